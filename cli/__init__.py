@@ -1,0 +1,1 @@
+"""The `asr` command-line interface (wires model, training, lm, service and client together)."""

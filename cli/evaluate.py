@@ -1,0 +1,67 @@
+"""`asr eval`: WER/CER of a registry model on a NeMo manifest (jiwer), skipping and counting bad lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jiwer
+
+from cli.inference import BatchDecoder, log_probs_in_batches
+from model.audio import AudioError, decode_audio
+from model.recognizer import SpeechRecognizer
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be evaluated at all (missing, or no usable line)."""
+
+
+def read_eval_manifest(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """(audio path, text) pairs with paths resolved against the manifest's folder, plus problems."""
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    items, problems = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            audio, text = row["audio_filepath"], row["text"]
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append(f"line {number}: not a manifest entry ({exc})")
+            continue
+        audio_path = Path(audio) if Path(audio).is_absolute() else path.parent / audio
+        items.append((str(audio_path), str(text)))
+    return items, problems
+
+
+def evaluate_manifest(model: SpeechRecognizer, manifest: Path, args, registry) -> dict:
+    """Decodes every readable utterance and scores corpus WER/CER."""
+    items, problems = read_eval_manifest(manifest)
+    clips, refs, names = [], [], []
+    for audio_path, text in items:
+        try:
+            clips.append(decode_audio(audio_path, model.sample_rate).samples)
+        except AudioError as exc:
+            problems.append(str(exc))
+            continue
+        refs.append(model.vocabulary.normalize(text))
+        names.append(audio_path)
+    if not clips:
+        raise ManifestError(f"{manifest}: no readable utterances ({len(problems)} problems; first: "
+                            f"{problems[0] if problems else 'empty manifest'})")
+    decoder = BatchDecoder(model, args, registry, registry.resolve(args.model or _default_spec()).path)
+    hyps = [decoder(lp).text for lp in log_probs_in_batches(model, clips, args.batch_size)]
+    scored = [(r, h) for r, h in zip(refs, hyps) if r]
+    wer = jiwer.wer([r for r, _ in scored], [h for _, h in scored])
+    cer = jiwer.cer([r for r, _ in scored], [h for _, h in scored])
+    return {"manifest": str(manifest), "decoder": args.decoder, "num_utterances": len(scored),
+            "num_skipped": len(problems), "problems": problems[:20], "wer": float(wer), "cer": float(cer),
+            "hypotheses": [{"file": n, "ref": r, "hyp": h} for n, r, h in zip(names, refs, hyps)]
+            if getattr(args, "json", False) else []}
+
+
+def _default_spec() -> str:
+    from cli.main import _default_model
+
+    return _default_model()

@@ -1,0 +1,71 @@
+"""File transcription for the CLI: decode audio, batch by length, greedy or beam decode."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+
+from model.audio import decode_audio
+from model.checkpoint import read_config
+from model.decoding import Transcript, greedy_decode
+from model.recognizer import SpeechRecognizer
+
+
+class BatchDecoder:
+    """Turns valid log-probs into Transcripts with the decoder the CLI arguments ask for."""
+
+    def __init__(self, model: SpeechRecognizer, args, registry, model_path=None) -> None:
+        self.model, self.args = model, args
+        self.beam = None
+        if args.decoder == "beam":
+            from lm.model_lm import beam_decoder_for
+
+            config = read_config(model_path) if model_path is not None else {}
+            self.beam, self.lm_name = beam_decoder_for(registry, model.vocabulary.labels, config, args.lm)
+
+    def __call__(self, log_probs: np.ndarray) -> Transcript:
+        frame_s = self.model.frame_duration_s
+        if self.beam is None:
+            return greedy_decode(log_probs, self.model.vocabulary.labels, frame_s)
+        from lm.model_lm import hypothesis_to_transcript
+
+        hyp = self.beam.decode(log_probs, beam_width=self.args.beam_width, alpha=self.args.alpha,
+                               beta=self.args.beta)[0]
+        return hypothesis_to_transcript(hyp, log_probs, frame_s)
+
+
+def log_probs_in_batches(model: SpeechRecognizer, clips: list[np.ndarray], batch_size: int,
+                         device=None) -> list[np.ndarray]:
+    """Runs clips through the model in length-sorted batches (less padding), in input order."""
+    order = sorted(range(len(clips)), key=lambda i: len(clips[i]))
+    out: list[np.ndarray | None] = [None] * len(clips)
+    for start in range(0, len(order), max(1, batch_size)):
+        chunk = order[start:start + batch_size]
+        for index, lp in zip(chunk, model.log_probs_batch([clips[i] for i in chunk], device)):
+            out[index] = lp
+    return out  # type: ignore[return-value]
+
+
+def decode_files(model: SpeechRecognizer, paths: list[str], args, registry, *, batch_size: int = 8) -> list[dict]:
+    """Transcribes files; any undecodable file aborts with its AudioError before any compute."""
+    audio = [decode_audio(path, model.sample_rate) for path in paths]
+    model_path = registry.resolve(args.model or _default_spec()).path
+    decoder = BatchDecoder(model, args, registry, model_path)
+    results = []
+    for path, clip, lp in zip(paths, audio, log_probs_in_batches(model, [a.samples for a in audio], batch_size)):
+        transcript = decoder(lp)
+        results.append({"file": path, "text": transcript.text, "duration": round(clip.duration_s, 3),
+                        "words": [_word_json(w) for w in transcript.words]})
+    return results
+
+
+def _word_json(word) -> dict:
+    data = asdict(word)
+    return {"word": data["word"], "start": data["start_s"], "end": data["end_s"], "confidence": data["confidence"]}
+
+
+def _default_spec() -> str:
+    from cli.main import _default_model
+
+    return _default_model()

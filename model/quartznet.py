@@ -1,0 +1,306 @@
+"""QuartzNet and Jasper CTC acoustic models: block configs, masked conv blocks, and size presets.
+
+QuartzNet: Kriman et al., "QuartzNet: Deep Automatic Speech Recognition with 1D Time-Channel
+Separable Convolutions", 2019. Jasper: Li et al., "Jasper: An End-to-End Convolutional Neural
+Acoustic Model", 2019.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# BatchNorm settings NeMo uses in every Jasper/QuartzNet block; checkpoints depend on them.
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.1
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """One encoder block: ``repeat`` conv sub-blocks of ``filters`` channels.
+
+    Attributes:
+        filters: output channels of every sub-block.
+        repeat: number of conv-BN sub-blocks (R in "BxR").
+        kernel: time kernel size (frames).
+        stride: time stride of the first sub-block.
+        dilation: time dilation of every sub-block; not combinable with stride > 1.
+        dropout: dropout probability after each ReLU.
+        residual: add a 1x1 conv + BN projection of the block input before the last ReLU.
+        separable: depthwise + pointwise convs (QuartzNet) instead of one full conv (Jasper).
+        residual_dense: take residual panes from every earlier dense block's output (Jasper DR).
+    """
+
+    filters: int
+    repeat: int = 1
+    kernel: int = 1
+    stride: int = 1
+    dilation: int = 1
+    dropout: float = 0.0
+    residual: bool = False
+    separable: bool = True
+    residual_dense: bool = False
+
+    def __post_init__(self) -> None:
+        if min(self.filters, self.repeat, self.kernel, self.stride, self.dilation) < 1:
+            raise ValueError(f"block sizes must be positive: {self}")
+        if self.stride > 1 and self.dilation > 1:
+            raise ValueError(f"stride > 1 with dilation > 1 is not supported: {self}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.residual_dense and not self.residual:
+            raise ValueError(f"residual_dense needs residual=True: {self}")
+
+
+@dataclass(frozen=True)
+class QuartzNetConfig:
+    """Encoder block table plus the CTC head size.
+
+    Attributes:
+        blocks: encoder blocks, first to last.
+        num_labels: vocabulary size without the blank; outputs have num_labels + 1 columns.
+        feat_in: input feature channels (mel bands).
+    """
+
+    blocks: tuple[BlockConfig, ...]
+    num_labels: int = 28
+    feat_in: int = 64
+    name: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.blocks:
+            raise ValueError("a model needs at least one block")
+        if self.num_labels < 1 or self.feat_in < 1:
+            raise ValueError(f"num_labels and feat_in must be positive: {self.num_labels}, {self.feat_in}")
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+
+    @property
+    def subsampling(self) -> int:
+        factor = 1
+        for block in self.blocks:
+            factor *= block.stride
+        return factor
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "feat_in": self.feat_in, "num_labels": self.num_labels,
+                "blocks": [asdict(b) for b in self.blocks]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "QuartzNetConfig":
+        blocks = tuple(BlockConfig(**b) for b in data["blocks"])
+        return cls(blocks=blocks, num_labels=int(data["num_labels"]), feat_in=int(data.get("feat_in", 64)),
+                   name=str(data.get("name", "custom")))
+
+
+def _same_padding(kernel: int, dilation: int) -> int:
+    return dilation * (kernel - 1) // 2
+
+
+def _mask_time(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zeroes frames at or past each item's length; x is (B, C, T)."""
+    valid = torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]
+    return x * valid.unsqueeze(1).to(x.dtype)
+
+
+class MaskedConv1d(nn.Conv1d):
+    """Conv1d that zeroes padded input frames first and maps lengths through the conv arithmetic."""
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        x = _mask_time(x, lengths)
+        k, s, d, p = self.kernel_size[0], self.stride[0], self.dilation[0], self.padding[0]
+        if s != 1 or 2 * p != d * (k - 1):
+            lengths = torch.div(lengths + 2 * p - d * (k - 1) - 1, s, rounding_mode="floor") + 1
+        return super().forward(x), lengths
+
+
+class _ConvNorm(nn.Module):
+    """One conv sub-block: depthwise+pointwise (separable) or one full conv, then BatchNorm."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, dilation: int, separable: bool) -> None:
+        super().__init__()
+        pad = _same_padding(kernel, dilation)
+        if separable:
+            self.depthwise = MaskedConv1d(in_ch, in_ch, kernel, stride=stride, dilation=dilation,
+                                          padding=pad, groups=in_ch, bias=False)
+            self.pointwise = MaskedConv1d(in_ch, out_ch, 1, bias=False)
+        else:
+            self.conv = MaskedConv1d(in_ch, out_ch, kernel, stride=stride, dilation=dilation,
+                                     padding=pad, bias=False)
+        self.norm = nn.BatchNorm1d(out_ch, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.separable = separable
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.separable:
+            x, lengths = self.depthwise(x, lengths)
+            x, lengths = self.pointwise(x, lengths)
+        else:
+            x, lengths = self.conv(x, lengths)
+        return self.norm(x), lengths
+
+
+class _ResidualPane(nn.Module):
+    """1x1 conv + BatchNorm projecting an earlier output onto the block's channels."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv = MaskedConv1d(in_ch, out_ch, 1, bias=False)
+        self.norm = nn.BatchNorm1d(out_ch, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x, lengths)[0])
+
+
+class JasperBlock(nn.Module):
+    """R conv sub-blocks with ReLU+dropout between them, residual panes summed before the last ReLU."""
+
+    def __init__(self, in_ch: int, config: BlockConfig, pane_channels: list[int]) -> None:
+        super().__init__()
+        self.config = config
+        self.sub = nn.ModuleList()
+        for i in range(config.repeat):
+            first = i == 0
+            self.sub.append(_ConvNorm(in_ch if first else config.filters, config.filters, config.kernel,
+                                      config.stride if first else 1, config.dilation, config.separable))
+        self.residual = nn.ModuleList(_ResidualPane(c, config.filters) for c in pane_channels)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, xs: list[torch.Tensor], lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        x, out_lengths = xs[-1], lengths
+        for i, sub in enumerate(self.sub):
+            x, out_lengths = sub(x, out_lengths)
+            if i < len(self.sub) - 1:
+                x = self.dropout(F.relu(x))
+        # Dense blocks see every earlier dense output (xs[0] is the prolog's); plain ones only their input.
+        for pane, earlier in zip(self.residual, xs):
+            x = x + pane(earlier, lengths)
+        x = self.dropout(F.relu(x))
+        return (xs + [x] if self.config.residual_dense else [x]), out_lengths
+
+
+class QuartzNet(nn.Module):
+    """Encoder of Jasper blocks plus a 1x1-conv CTC head; the blank is the last output index.
+
+    Padded frames are masked before every conv, so in eval mode each item's valid outputs are
+    independent of how much padding its batch carries.
+    """
+
+    def __init__(self, config: QuartzNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.blocks = nn.ModuleList()
+        in_ch, dense_inputs = config.feat_in, []
+        for block_cfg in config.blocks:
+            if block_cfg.residual_dense:
+                dense_inputs.append(in_ch)
+                panes = list(dense_inputs)
+            else:
+                panes = [in_ch] if block_cfg.residual else []
+            self.blocks.append(JasperBlock(in_ch, block_cfg, panes))
+            in_ch = block_cfg.filters
+        self.decoder = nn.Conv1d(in_ch, config.num_labels + 1, kernel_size=1, bias=True)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv1d):
+                nn.init.xavier_uniform_(module.weight)
+
+    @property
+    def blank_id(self) -> int:
+        return self.config.num_labels
+
+    def encode(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder only: (B, feat_in, T) -> (B, C_last, T'), lengths (B,)."""
+        xs, lengths = [features], feature_lengths
+        for block in self.blocks:
+            xs, lengths = block(xs, lengths)
+        return xs[-1], lengths
+
+    def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Computes CTC log-probabilities.
+
+        Args:
+            features: (B, feat_in, T) float.
+            feature_lengths: (B,) int64 valid frames.
+
+        Returns:
+            log_probs: (B, T', num_labels + 1); frames at or past ``output_lengths`` are garbage
+                and must be ignored.
+            output_lengths: (B,) int64, ceil(T / subsampling) for the stock configs.
+        """
+        encoded, lengths = self.encode(features, feature_lengths)
+        logits = self.decoder(encoded).transpose(1, 2)
+        return F.log_softmax(logits.float(), dim=-1), lengths
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameter count (BatchNorm running statistics excluded)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---- presets: (filters, kernel) per B-block; each preset repeats them per its size ----
+
+_QN_BLOCKS = ((256, 33), (256, 39), (512, 51), (512, 63), (512, 75))
+# The legacy NeMo 5x3 YAML (6.4M params) uses wider, longer blocks than the paper's Table 1.
+_QN_5X3_LEGACY = ((512, 63), (512, 63), (512, 75), (512, 75), (512, 75))
+
+
+def _quartznet(name: str, table, block_repeats: int, repeat: int, dropout: float, num_labels: int) -> QuartzNetConfig:
+    blocks = [BlockConfig(256, 1, 33, stride=2, dropout=dropout)]
+    for filters, kernel in table:
+        blocks += [BlockConfig(filters, repeat, kernel, dropout=dropout, residual=True)] * block_repeats
+    blocks += [BlockConfig(512, 1, 87, dilation=2, dropout=dropout),
+               BlockConfig(1024, 1, 1, dropout=dropout, separable=False)]
+    return QuartzNetConfig(tuple(blocks), num_labels=num_labels, name=name)
+
+
+def quartznet_5x3(num_labels: int = 28) -> QuartzNetConfig:
+    """QuartzNet 5x3 as in NeMo's legacy YAML: 6,407,005 parameters with 28 labels."""
+    return _quartznet("quartznet_5x3", _QN_5X3_LEGACY, 1, 3, 0.2, num_labels)
+
+
+def quartznet_5x5(num_labels: int = 28) -> QuartzNetConfig:
+    """QuartzNet 5x5: 6,713,181 parameters with 28 labels."""
+    return _quartznet("quartznet_5x5", _QN_BLOCKS, 1, 5, 0.0, num_labels)
+
+
+def quartznet_10x5(num_labels: int = 28) -> QuartzNetConfig:
+    """QuartzNet 10x5: 12,818,781 parameters with 28 labels."""
+    return _quartznet("quartznet_10x5", _QN_BLOCKS, 2, 5, 0.0, num_labels)
+
+
+def quartznet_15x5(num_labels: int = 28) -> QuartzNetConfig:
+    """QuartzNet 15x5 (NeMo's stt_en_quartznet15x5 layout): 18,924,381 parameters with 28 labels."""
+    return _quartznet("quartznet_15x5", _QN_BLOCKS, 3, 5, 0.0, num_labels)
+
+
+def jasper_10x5dr(num_labels: int = 28) -> QuartzNetConfig:
+    """Jasper 10x5 with dense residual connections: 332,632,349 parameters with 28 labels."""
+    table = ((256, 11, 0.2), (384, 13, 0.2), (512, 17, 0.2), (640, 21, 0.3), (768, 25, 0.3))
+    blocks = [BlockConfig(256, 1, 11, stride=2, dropout=0.2, separable=False)]
+    for filters, kernel, dropout in table:
+        blocks += [BlockConfig(filters, 5, kernel, dropout=dropout, residual=True, separable=False,
+                               residual_dense=True)] * 2
+    blocks += [BlockConfig(896, 1, 29, dilation=2, dropout=0.4, separable=False),
+               BlockConfig(1024, 1, 1, dropout=0.4, separable=False)]
+    return QuartzNetConfig(tuple(blocks), num_labels=num_labels, name="jasper_10x5dr")
+
+
+PRESETS = {
+    "quartznet_5x3": quartznet_5x3,
+    "quartznet_5x5": quartznet_5x5,
+    "quartznet_10x5": quartznet_10x5,
+    "quartznet_15x5": quartznet_15x5,
+    "jasper_10x5dr": jasper_10x5dr,
+}
+
+
+def preset_config(name: str, num_labels: int = 28) -> QuartzNetConfig:
+    """Looks up a named preset; raises ValueError listing the known ones."""
+    try:
+        return PRESETS[name](num_labels)
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None

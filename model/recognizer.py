@@ -1,0 +1,89 @@
+"""SpeechRecognizer: front end + acoustic model + vocabulary as one module, with batched transcription."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.decoding import Transcript, greedy_decode
+from model.features import MelFeaturizer, MelFeaturizerConfig
+from model.quartznet import QuartzNet, QuartzNetConfig
+from model.vocabulary import Vocabulary
+
+
+@dataclass(frozen=True)
+class RecognizerConfig:
+    """The three configs an artifact stores; enough to rebuild the model with no training code."""
+
+    features: MelFeaturizerConfig
+    network: QuartzNetConfig
+    vocabulary: Vocabulary
+
+    def to_dict(self) -> dict:
+        return {"sample_rate": self.features.sample_rate, "features": self.features.to_dict(),
+                "network": self.network.to_dict(), "vocabulary": list(self.vocabulary.labels)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RecognizerConfig":
+        vocab = Vocabulary(tuple(data["vocabulary"]))
+        network = QuartzNetConfig.from_dict(data["network"])
+        if network.num_labels != len(vocab.labels):
+            raise ValueError(f"network has {network.num_labels} labels but the vocabulary has {len(vocab.labels)}")
+        return cls(MelFeaturizerConfig.from_dict(data["features"]), network, vocab)
+
+
+class SpeechRecognizer(nn.Module):
+    """Waveform in, CTC log-probabilities out; the unit the registry stores and the service runs."""
+
+    def __init__(self, config: RecognizerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.featurizer = MelFeaturizer(config.features)
+        self.network = QuartzNet(config.network)
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return self.config.vocabulary
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.features.sample_rate
+
+    @property
+    def frame_duration_s(self) -> float:
+        """Seconds per output frame: feature hop times the encoder's subsampling."""
+        feats = self.config.features
+        return feats.hop_length * self.config.network.subsampling / feats.sample_rate
+
+    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) float audio + (B,) lengths -> log_probs (B, T', V+1) float32, output_lengths (B,)."""
+        features, feature_lengths = self.featurizer(audio, audio_lengths)
+        return self.network(features, feature_lengths)
+
+    @torch.inference_mode()
+    def log_probs_batch(self, clips: list[np.ndarray], device: torch.device | str | None = None) -> list[np.ndarray]:
+        """Runs a padded batch and returns each clip's valid log-probs as (T_i, V+1) float32 arrays."""
+        if not clips:
+            return []
+        device = torch.device(device) if device is not None else next(self.parameters()).device
+        lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
+        batch = torch.zeros(len(clips), int(lengths.max()), dtype=torch.float32)
+        for i, clip in enumerate(clips):
+            batch[i, : len(clip)] = torch.from_numpy(np.asarray(clip, dtype=np.float32))
+        log_probs, out_lengths = self(batch.to(device), lengths.to(device))
+        log_probs = log_probs.float().cpu().numpy()
+        return [log_probs[i, : int(n)] for i, n in enumerate(out_lengths.cpu())]
+
+    def transcribe(self, clips: list[np.ndarray], device=None) -> list[Transcript]:
+        """Greedy transcripts, with word times, of mono float32 clips at ``sample_rate``."""
+        was_training = self.training
+        self.eval()
+        try:
+            outputs = self.log_probs_batch(clips, device)
+        finally:
+            self.train(was_training)
+        labels = self.vocabulary.labels
+        return [greedy_decode(lp, labels, self.frame_duration_s) for lp in outputs]

@@ -1,0 +1,368 @@
+"""Versioned on-disk registry of acoustic models and KenLM language models with atomic publish."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+METADATA_FILE = "metadata.json"
+KINDS = ("model", "lm")
+SOURCES = ("trained", "imported")
+MAX_NAME_CHARS = 64
+# Staging lives inside the root so the claiming rename never crosses a filesystem boundary.
+TMP_DIR = ".tmp"
+# A publish copying a multi-GB file can run for minutes; an hour of silence means it died.
+STALE_TMP_S = 3600.0
+_CHUNK_BYTES = 1 << 20
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_VERSION_RE = re.compile(r"[1-9][0-9]*")
+
+
+class RegistryError(Exception):
+    """Base of every registry failure; the message is one line naming the problem."""
+
+
+class InvalidNameError(RegistryError):
+    """A model name, file name or version spec that the registry refuses."""
+
+
+class NotFoundError(RegistryError):
+    """A name or version that does not exist in the registry."""
+
+
+class IntegrityError(RegistryError):
+    """A published version whose files or metadata no longer match what was published."""
+
+
+def default_registry_root() -> Path:
+    """Returns ``$ASR_REGISTRY`` if set, else ``./registry`` relative to the working directory."""
+    return Path(os.environ.get("ASR_REGISTRY") or "registry")
+
+
+def validate_name(name: str) -> str:
+    """Returns ``name`` unchanged if it is a safe single path component.
+
+    Raises:
+        InvalidNameError: empty, too long, a path, hidden, or containing ``..`` or odd characters.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidNameError("invalid name '': must not be empty")
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidNameError(f"invalid name {name!r}: longer than {MAX_NAME_CHARS} characters")
+    # The regex alone already refuses these; the explicit checks give a more useful message.
+    if "/" in name or "\\" in name or ".." in name or name.startswith("."):
+        raise InvalidNameError(f"invalid name {name!r}: must be a plain name, not a path or hidden file")
+    if not _NAME_RE.fullmatch(name):
+        raise InvalidNameError(f"invalid name {name!r}: use only letters, digits, '.', '_' and '-'")
+    return name
+
+
+def parse_spec(spec: str) -> tuple[str, int | None]:
+    """Splits ``name``, ``name@latest`` or ``name@3`` into (name, version or None for latest)."""
+    name, sep, version = spec.partition("@")
+    validate_name(name)
+    if not sep or version == "latest":
+        return name, None
+    if not _VERSION_RE.fullmatch(version):
+        raise InvalidNameError(f"invalid spec {spec!r}: version must be 'latest' or a positive integer")
+    return name, int(version)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One published version; ``path`` is its folder."""
+
+    name: str
+    version: int
+    path: Path
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def _fsync_dir(path: Path) -> None:
+    # Directory fsync makes renames and new entries durable; Windows cannot open directories.
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(dest: Path, source: bytes | bytearray | memoryview | str | os.PathLike) -> dict:
+    """Writes or copies one file, fsyncs it, and returns its {"sha256", "bytes"} record."""
+    digest = hashlib.sha256()
+    size_bytes = 0
+    with open(dest, "xb") as out:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = bytes(source)
+            out.write(data)
+            digest.update(data)
+            size_bytes = len(data)
+        else:
+            with open(source, "rb") as src:
+                while chunk := src.read(_CHUNK_BYTES):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    size_bytes += len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return {"sha256": digest.hexdigest(), "bytes": size_bytes}
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Registry:
+    """A folder of versioned artifacts laid out as ``<root>/<name>/<version>/``."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        """Uses ``root`` (default ``default_registry_root()``); the folder is created on first publish."""
+        self.root = Path(root) if root is not None else default_registry_root()
+
+    def versions(self, name: str) -> list[int]:
+        """Returns the published versions of ``name`` in ascending order ([] if none)."""
+        folder = self.root / validate_name(name)
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name) for p in folder.iterdir() if _VERSION_RE.fullmatch(p.name) and p.is_dir())
+
+    def names(self, kind: str | None = None) -> list[str]:
+        """Returns names with at least one version, optionally only those whose latest has ``kind``."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for p in sorted(self.root.iterdir()):
+            if not p.is_dir() or not _NAME_RE.fullmatch(p.name) or ".." in p.name:
+                continue
+            versions = self.versions(p.name)
+            if not versions:
+                continue
+            if kind is not None:
+                try:
+                    meta = self.metadata(ModelRef(p.name, versions[-1], p / str(versions[-1])))
+                except IntegrityError:
+                    continue
+                if meta.get("kind") != kind:
+                    continue
+            found.append(p.name)
+        return found
+
+    def list(self) -> list[dict]:
+        """Returns one summary dict per version; unreadable metadata yields an ``error`` field."""
+        entries = []
+        for name in self.names():
+            for version in self.versions(name):
+                ref = ModelRef(name, version, self.root / name / str(version))
+                entry: dict = {"name": name, "version": version, "path": str(ref.path)}
+                try:
+                    meta = self.metadata(ref)
+                except IntegrityError as e:
+                    entry["error"] = str(e)
+                else:
+                    for key in ("kind", "created_at", "source", "metrics"):
+                        entry[key] = meta.get(key)
+                entries.append(entry)
+        return entries
+
+    def resolve(self, spec: str) -> ModelRef:
+        """Resolves ``name``, ``name@latest`` or ``name@N`` to a published version.
+
+        Raises:
+            InvalidNameError: malformed spec.
+            NotFoundError: unknown name or version; the message lists what exists.
+        """
+        name, version = parse_spec(spec)
+        available = self.versions(name)
+        if not available:
+            known = ", ".join(self.names()) or "none"
+            raise NotFoundError(f"no model named {name!r} in registry {self.root} (available: {known})")
+        if version is None:
+            version = available[-1]
+        elif version not in available:
+            listed = ", ".join(str(v) for v in available)
+            raise NotFoundError(f"'{name}@{version}' not found in registry {self.root} (available versions: {listed})")
+        return ModelRef(name, version, self.root / name / str(version))
+
+    def metadata(self, ref: ModelRef) -> dict:
+        """Reads a version's metadata.json.
+
+        Raises:
+            IntegrityError: missing, unparseable, or describing a different name/version.
+        """
+        try:
+            meta = json.loads((ref.path / METADATA_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise IntegrityError(f"'{ref}': {METADATA_FILE} is missing") from None
+        except (OSError, ValueError) as e:
+            raise IntegrityError(f"'{ref}': {METADATA_FILE} is unreadable ({e})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
+            raise IntegrityError(f"'{ref}': {METADATA_FILE} has no 'files' table")
+        for filename, record in meta["files"].items():
+            # A hand-edited table must not steer verify() or loaders outside the version folder.
+            if not _NAME_RE.fullmatch(filename) or ".." in filename or not isinstance(record, dict):
+                raise IntegrityError(f"'{ref}': {METADATA_FILE} has a bad entry for file {filename!r}")
+        if meta.get("name") != ref.name or meta.get("version") != ref.version:
+            found = f"{meta.get('name')}@{meta.get('version')}"
+            raise IntegrityError(f"'{ref}': {METADATA_FILE} describes '{found}' (folder was moved or edited)")
+        return meta
+
+    def verify(self, ref: ModelRef) -> dict:
+        """Recomputes every checksum of a version and returns its metadata.
+
+        Raises:
+            IntegrityError: unreadable metadata, a missing, modified or unexpected file.
+        """
+        meta = self.metadata(ref)
+        label = f"{meta.get('kind', 'model')} '{ref}'"
+        expected = meta["files"]
+        for filename, record in expected.items():
+            path = ref.path / filename
+            if not path.is_file():
+                raise IntegrityError(f"{label}: file {filename} is missing")
+            if path.stat().st_size != record.get("bytes") or _sha256_file(path) != record.get("sha256"):
+                raise IntegrityError(f"{label}: checksum mismatch for {filename} (file was modified or corrupted)")
+        # A stray file could be loaded instead of the published one (e.g. a second *.safetensors).
+        unexpected = sorted(p.name for p in ref.path.iterdir() if p.name != METADATA_FILE and p.name not in expected)
+        if unexpected:
+            raise IntegrityError(f"{label}: unexpected files not in {METADATA_FILE}: {', '.join(unexpected)}")
+        return meta
+
+    def open(self, spec: str, *, verify: bool = True) -> tuple[ModelRef, dict]:
+        """Resolves ``spec`` and (by default) verifies it; returns the ref and its metadata."""
+        ref = self.resolve(spec)
+        return ref, (self.verify(ref) if verify else self.metadata(ref))
+
+    def publish(
+        self,
+        name: str,
+        files: Mapping[str, bytes | str | os.PathLike],
+        *,
+        kind: str = "model",
+        source: str = "trained",
+        parent_version: int | None = None,
+        metrics: dict | None = None,
+        extra: dict | None = None,
+    ) -> ModelRef:
+        """Publishes ``files`` as the next version of ``name``; safe against crashes and concurrency.
+
+        Everything is staged and fsynced in ``<root>/.tmp/<uuid>/`` and then claimed with one
+        directory rename, so readers see either nothing or a complete version.
+
+        Args:
+            name: model or LM name (see ``validate_name``).
+            files: basename -> bytes to write, or a path to copy.
+            kind: "model" or "lm".
+            source: "trained" or "imported".
+            parent_version: version this one was fine-tuned from, if any.
+            metrics: JSON-serialisable evaluation results (e.g. {"wer": 0.12}).
+            extra: JSON-serialisable free-form fields, stored under "extra".
+
+        Returns:
+            The ref of the new version.
+        """
+        validate_name(name)
+        if kind not in KINDS:
+            raise RegistryError(f"invalid kind {kind!r}: expected one of {', '.join(KINDS)}")
+        if source not in SOURCES:
+            raise RegistryError(f"invalid source {source!r}: expected one of {', '.join(SOURCES)}")
+        if not files:
+            raise RegistryError(f"nothing to publish for {name!r}: no files given")
+        for filename in files:
+            if validate_name(filename) == METADATA_FILE:
+                raise InvalidNameError(f"invalid file name {filename!r}: reserved for the registry")
+        meta: dict = {
+            "name": name,
+            "version": None,
+            "kind": kind,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "source": source,
+            "parent_version": parent_version,
+            "metrics": metrics or {},
+            "files": {},
+            "extra": extra or {},
+        }
+        try:  # fail before copying gigabytes, not after
+            json.dumps(meta)
+        except (TypeError, ValueError) as e:
+            raise RegistryError(f"metrics/extra for {name!r} are not JSON-serialisable ({e})") from None
+
+        self._clean_stale_tmp()
+        staging = self.root / TMP_DIR / uuid.uuid4().hex
+        staging.mkdir(parents=True)
+        try:
+            for filename, content in files.items():
+                try:
+                    meta["files"][filename] = _write_file(staging / filename, content)
+                except OSError as e:
+                    where = f" ({e.filename})" if e.filename else ""
+                    raise RegistryError(f"cannot publish {name!r}: {filename}: {e.strerror or e}{where}") from e
+            ref = self._claim(name, staging, meta)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return ref
+
+    def _claim(self, name: str, staging: Path, meta: dict) -> ModelRef:
+        """Renames ``staging`` to the next free version folder, retrying when another publisher wins."""
+        name_dir = self.root / name
+        if not name_dir.is_dir():
+            name_dir.mkdir(exist_ok=True)
+            _fsync_dir(self.root)
+        tried = 0
+        while True:
+            # Never retry a number already lost, even if the winner's folder is not listed.
+            version = max(self.versions(name) + [tried]) + 1
+            tried = version
+            # Rewritten on every attempt so the claimed folder's metadata always names itself.
+            meta["version"] = version
+            part = staging / (METADATA_FILE + ".part")
+            with open(part, "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=2, sort_keys=True)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(part, staging / METADATA_FILE)
+            _fsync_dir(staging)
+            target = name_dir / str(version)
+            try:
+                os.rename(staging, target)
+            except OSError as e:
+                # Linux says ENOTEMPTY, some filesystems EEXIST: a concurrent publisher took it.
+                if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    continue
+                raise
+            _fsync_dir(name_dir)
+            return ModelRef(name, version, target)
+
+    def _clean_stale_tmp(self) -> None:
+        """Removes staging folders left by publishes that died more than STALE_TMP_S ago."""
+        tmp_root = self.root / TMP_DIR
+        if not tmp_root.is_dir():
+            return
+        cutoff = time.time() - STALE_TMP_S
+        for staging in tmp_root.iterdir():
+            try:
+                # Newest mtime inside, so a slow-but-alive publish is not swept from under itself.
+                newest = max([staging.stat().st_mtime] + [p.stat().st_mtime for p in staging.iterdir()])
+            except OSError:
+                continue  # vanished (claimed or cleaned by someone else) or not a folder
+            if newest < cutoff:
+                shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,130 @@
+"""ServiceConfig: every serving knob, read from ``ASR_*`` environment variables or passed explicitly.
+
+Nested fields use ``__`` (e.g. ``ASR_BEAM__WIDTH_MAX=128``); lists are JSON
+(``ASR_PRELOAD_MODELS='["an4-quartznet@2"]'``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_registry() -> Path:
+    return Path(os.environ.get("ASR_REGISTRY") or "registry")
+
+
+class BeamConfig(BaseModel):
+    """Defaults and per-request limits of the beam-search decoder (``ASR_BEAM__*``)."""
+
+    width: int = Field(32, ge=1)
+    """Beam width used when a request does not set one."""
+    width_max: int = Field(256, ge=1)
+    """Largest beam width a request may ask for; more is rejected with 400."""
+    alpha: float = 0.5
+    """Default LM weight (shallow fusion); a model's LM metadata does not override it."""
+    alpha_min: float = 0.0
+    """Smallest LM weight a request may set."""
+    alpha_max: float = 5.0
+    """Largest LM weight a request may set."""
+    beta: float = 1.0
+    """Default per-word bonus."""
+    beta_min: float = -5.0
+    """Smallest per-word bonus a request may set."""
+    beta_max: float = 10.0
+    """Largest per-word bonus a request may set."""
+    hotword_boost: float = 10.0
+    """Boost for a hotword given without ``:boost`` (pyctcdecode ``hotword_weight``, log-score units)."""
+    hotword_boost_max: float = 100.0
+    """Largest hotword boost a request may set (absolute value)."""
+    max_hotwords: int = Field(100, ge=0)
+    """Most hotword phrases one request may send."""
+    max_alternatives: int = Field(10, ge=1)
+    """Most N-best alternatives one request may ask for."""
+    max_cached_lms: int = Field(4, ge=1)
+    """How many loaded language models (and their decoders) to keep in memory."""
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> "BeamConfig":
+        if not (self.alpha_min <= self.alpha <= self.alpha_max):
+            raise ValueError(f"beam alpha {self.alpha} is outside [{self.alpha_min}, {self.alpha_max}]")
+        if not (self.beta_min <= self.beta <= self.beta_max):
+            raise ValueError(f"beam beta {self.beta} is outside [{self.beta_min}, {self.beta_max}]")
+        if self.width > self.width_max:
+            raise ValueError(f"beam width {self.width} exceeds width_max {self.width_max}")
+        return self
+
+
+class ServiceConfig(BaseSettings):
+    """Everything the server reads at start-up; pass it to ``create_app`` / ``run_server``."""
+
+    model_config = SettingsConfigDict(env_prefix="ASR_", env_nested_delimiter="__", extra="ignore")
+
+    # --- models -------------------------------------------------------------------------
+    registry: Path = Field(default_factory=_default_registry)
+    """Model registry root ($ASR_REGISTRY, else ./registry)."""
+    default_model: str = "an4-quartznet"
+    """NAME[@VERSION] served when a request names no model (or "default"/an OpenAI model id)."""
+    preload_models: list[str] = Field(default_factory=list)
+    """Extra NAME[@VERSION] specs loaded and warmed at start-up next to the default."""
+    max_loaded_models: int = Field(4, ge=1)
+    """Bound of the loaded-model cache; on-demand loads evict the least recently used idle model."""
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    """Inference device; "auto" picks CUDA when available."""
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    """Autocast precision on GPU; ignored (fp32) on CPU."""
+
+    # --- network ------------------------------------------------------------------------
+    http_host: str = "0.0.0.0"
+    """Interface the REST server binds."""
+    http_port: int = Field(8000, ge=0, le=65535)
+    """REST port."""
+    grpc_port: int = Field(50051, ge=0, le=65535)
+    """gRPC port; 0 disables gRPC."""
+
+    # --- batching -----------------------------------------------------------------------
+    max_batch_size: int = Field(16, ge=1)
+    """Most audio windows in one forward pass; 1 disables dynamic batching."""
+    max_queue_delay_ms: float = Field(10.0, ge=0)
+    """How long the oldest queued window may wait for a batch to fill."""
+    max_queue_size: int = Field(256, ge=1)
+    """Queued windows per model beyond which new requests get 429 / RESOURCE_EXHAUSTED."""
+    num_cpu_workers: int = Field(1, ge=1)
+    """Inference threads on CPU (on GPU: one worker per visible GPU)."""
+    torch_threads: int | None = Field(None, ge=1)
+    """torch intra-op threads; None lets torch decide."""
+    request_timeout_s: float = Field(60.0, gt=0)
+    """Server-side budget of a request that sets no deadline; expired queued work gets 504."""
+
+    # --- limits -------------------------------------------------------------------------
+    max_audio_bytes: int = Field(50 * 1024 * 1024, ge=1)
+    """Largest upload (encoded bytes); counted while streaming, over it -> 413."""
+    max_audio_duration_s: float = Field(3600.0, gt=0)
+    """Longest decoded audio accepted; over it -> 413."""
+    long_audio_window_s: float = Field(30.0, gt=0)
+    """Audio longer than this is cut into overlapping windows so memory stays bounded."""
+    long_audio_overlap_s: float = Field(2.0, ge=0)
+    """Overlap between consecutive windows; the seam sits at its midpoint."""
+
+    # --- decoding -----------------------------------------------------------------------
+    beam: BeamConfig = Field(default_factory=BeamConfig)
+    """Beam-search defaults and request limits (``ASR_BEAM__*``)."""
+    beam_pool_workers: int = Field(2, ge=1)
+    """Threads for beam search, kept apart from the inference workers."""
+
+    # --- operations ---------------------------------------------------------------------
+    admin_token: SecretStr | None = None
+    """Bearer token of /admin/*; unset disables the admin API."""
+    drain_timeout_s: float = Field(30.0, ge=0)
+    """On SIGTERM: how long in-flight requests may run before the server stops anyway."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "ServiceConfig":
+        if self.long_audio_overlap_s * 2 >= self.long_audio_window_s:
+            raise ValueError(f"long_audio_overlap_s ({self.long_audio_overlap_s}) must be under half of "
+                             f"long_audio_window_s ({self.long_audio_window_s})")
+        return self

@@ -1,0 +1,131 @@
+"""Transport-neutral request/result records and the error types every transport maps to a status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model.decoding import WordTiming
+
+__all__ = [
+    "TranscriptionRequest", "Alternative", "TranscriptionResult", "LogProbsResult",
+    "RequestError", "UnknownModelError", "QueueFullError", "DeadlineExceededError",
+    "PayloadTooLargeError", "ServiceUnavailableError", "error_reason", "WordTiming",
+]
+
+
+@dataclass(frozen=True)
+class TranscriptionRequest:
+    """One transcription job, built by REST or gRPC from their own wire formats.
+
+    Attributes:
+        audio: (L,) float32 mono samples at the model's sample rate.
+        model: NAME[@VERSION]; None or "default" means the active default model.
+        decoder: "greedy" or "beam".
+        word_timestamps: include per-word times and confidences.
+        hotwords: (phrase, boost) pairs; with the greedy decoder they switch to a beam without LM.
+        beam_width, lm_alpha, lm_beta: beam knobs; None takes the configured defaults.
+        lm: LM registry spec; None uses the model's ``default_lm`` (no LM if it has none).
+        num_alternatives: N-best size (beam only; greedy always returns one).
+        deadline_s: absolute ``time.monotonic()`` deadline; None uses ``request_timeout_s``.
+        api: transport label for metrics (rest|openai|grpc|grpc_stream).
+    """
+
+    audio: np.ndarray
+    model: str | None = None
+    decoder: str = "greedy"
+    word_timestamps: bool = True
+    hotwords: tuple[tuple[str, float], ...] = ()
+    beam_width: int | None = None
+    lm_alpha: float | None = None
+    lm_beta: float | None = None
+    lm: str | None = None
+    num_alternatives: int = 1
+    deadline_s: float | None = None
+    api: str = "rest"
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """One N-best hypothesis; ``confidence`` is the mean of its word confidences, in [0, 1]."""
+
+    text: str
+    confidence: float
+    words: tuple[WordTiming, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class TranscriptionResult:
+    """What every transport returns; ``model_name``/``model_version`` name the version that ran it.
+
+    Attributes:
+        timings: seconds spent in "queue_s", "inference_s", "decode_s" and "total_s".
+    """
+
+    text: str
+    words: tuple[WordTiming, ...]
+    alternatives: tuple[Alternative, ...]
+    duration_s: float
+    model_name: str
+    model_version: int
+    decoder: str
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class LogProbsResult:
+    """Acoustic-model output of one clip: (T, V+1) float32 log-probs, blank last."""
+
+    log_probs: np.ndarray
+    frame_duration_s: float
+    labels: tuple[str, ...]
+    model_name: str
+    model_version: int
+
+
+class RequestError(ValueError):
+    """The request itself is wrong (REST 400 / gRPC INVALID_ARGUMENT); the message says how."""
+
+    reason = "bad_request"
+
+
+class UnknownModelError(RequestError):
+    """No such model, version or LM (REST 404 / gRPC NOT_FOUND)."""
+
+    reason = "unknown_model"
+
+
+class QueueFullError(RequestError):
+    """The batch queue is full (REST 429 / gRPC RESOURCE_EXHAUSTED); retry later."""
+
+    reason = "queue_full"
+
+
+class DeadlineExceededError(RequestError):
+    """The deadline passed before the work finished (REST 504 / gRPC DEADLINE_EXCEEDED)."""
+
+    reason = "deadline"
+
+
+class PayloadTooLargeError(RequestError):
+    """Audio over the byte or duration limit (REST 413 / gRPC INVALID_ARGUMENT)."""
+
+    reason = "too_large"
+
+
+class ServiceUnavailableError(RequestError):
+    """No ready model, or the server is draining (REST 503 / gRPC UNAVAILABLE)."""
+
+    reason = "unavailable"
+
+
+def error_reason(exc: BaseException) -> str:
+    """The ``asr_errors_total{reason}`` label for an exception raised while serving a request."""
+    from model.audio import AudioError  # AudioError is a ValueError too, so test it first
+
+    if isinstance(exc, AudioError):
+        return "bad_audio"
+    if isinstance(exc, RequestError):
+        return exc.reason
+    return "internal"

@@ -1,0 +1,97 @@
+"""publish_lm / load_lm_files round trips through a temporary model registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import kenlm
+import pytest
+
+registry_mod = pytest.importorskip("model.registry", reason="model/registry.py is not importable yet")
+
+from lm.beam import BeamDecoder  # noqa: E402
+from lm.kenlm_tools import LMBuildError  # noqa: E402
+from lm.store import load_lm_files, publish_lm  # noqa: E402
+from tests.lm.helpers import CORPUS, LABELS, make_log_probs, spell  # noqa: E402
+
+
+@pytest.fixture
+def registry(tmp_path: Path):
+    return registry_mod.Registry(tmp_path / "registry")
+
+
+def test_publish_and_load_plain_text(kenlm_tools, registry, corpus_file: Path) -> None:
+    ref = publish_lm(registry, "tiny-lm", corpus_file, order=3, prune=None, labels=LABELS)
+    assert (ref.name, ref.version) == ("tiny-lm", 1)
+
+    binary, unigrams, meta = load_lm_files(registry, "tiny-lm@latest")
+    assert binary == ref.path / "lm.binary"
+    assert unigrams == sorted({w for line in CORPUS for w in line.split()})
+    assert meta["kind"] == "lm"
+    assert set(meta["files"]) == {"lm.binary", "unigrams.txt"}
+    extra = meta["extra"]
+    assert extra["order"] == 3 and extra["prune"] == [] and extra["num_sentences"] == len(CORPUS)
+    assert extra["labels"] == list(LABELS)
+
+    model = kenlm.Model(str(binary))
+    assert model.order == 3 and "cats" in model
+
+    # the published LM drives the beam search like a freshly built one
+    decoder = BeamDecoder(LABELS, binary, unigrams)
+    log_probs = make_log_probs(spell([{"y": 0.9}, {"e": 0.9}, {"z": 0.55, "s": 0.40}]))
+    assert decoder.decode(log_probs)[0].text == "yes"
+
+
+def test_publish_from_nemo_manifest_normalises_text(kenlm_tools, registry, tmp_path: Path) -> None:
+    manifest = tmp_path / "train_manifest.json"
+    rows = [{"audio_filepath": f"a{i}.wav", "duration": 1.0, "text": text} for i, text in enumerate(
+        ["Hello, World!", "It\u2019s a well-known world.", "", "HELLO again\u2026", "hello world"] * 3
+    )]
+    manifest.write_text("\n\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    ref = publish_lm(registry, "manifest-lm", manifest, order=2, prune=[0, 1], labels=LABELS)
+    _, unigrams, meta = load_lm_files(registry, f"manifest-lm@{ref.version}")
+    assert unigrams == ["a", "again", "hello", "it's", "known", "well", "world"]
+    assert meta["extra"]["num_sentences"] == 12  # the empty transcripts are skipped
+    assert meta["extra"]["prune"] == [0, 1]
+
+
+def test_second_publish_is_a_new_version(kenlm_tools, registry, corpus_file: Path) -> None:
+    first = publish_lm(registry, "tiny-lm", corpus_file, 2, None, LABELS)
+    corpus_file.write_text("one more sentence\n" + corpus_file.read_text(), encoding="utf-8")
+    second = publish_lm(registry, "tiny-lm", corpus_file, 2, None, LABELS)
+    assert (first.version, second.version) == (1, 2)
+    assert "sentence" not in load_lm_files(registry, "tiny-lm@1")[1]
+    assert "sentence" in load_lm_files(registry, "tiny-lm")[1]
+
+
+def test_tampered_lm_is_refused(kenlm_tools, registry, corpus_file: Path) -> None:
+    ref = publish_lm(registry, "tiny-lm", corpus_file, 2, None, LABELS)
+    with open(ref.path / "unigrams.txt", "a", encoding="utf-8") as f:
+        f.write("injected\n")
+    with pytest.raises(registry_mod.IntegrityError, match="unigrams.txt"):
+        load_lm_files(registry, "tiny-lm@1")
+
+
+def test_acoustic_model_is_not_an_lm(registry) -> None:
+    registry.publish("am", {"model.safetensors": b"x"}, kind="model")
+    with pytest.raises(registry_mod.RegistryError, match="not a language model"):
+        load_lm_files(registry, "am")
+
+
+def test_bad_corpora(kenlm_tools, registry, tmp_path: Path) -> None:
+    with pytest.raises(LMBuildError, match="not found"):
+        publish_lm(registry, "x", tmp_path / "missing.txt", 3, None, LABELS)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("123\n?!\n\n", encoding="utf-8")
+    with pytest.raises(LMBuildError, match="no sentences"):
+        publish_lm(registry, "x", empty, 3, None, LABELS)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"text": "fine"}\n{"duration": 1}\n', encoding="utf-8")
+    with pytest.raises(LMBuildError, match=r"broken.json:2: .*'text'"):
+        publish_lm(registry, "x", broken, 3, None, LABELS)
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(b"fine line\n" * 2000 + b"caf\xe9\n")
+    with pytest.raises(LMBuildError, match="not UTF-8"):
+        publish_lm(registry, "x", latin1, 3, None, LABELS)
+    assert registry.names() == []

@@ -1,0 +1,181 @@
+"""Training-time augmentation: speed perturbation of waveforms and SpecAugment/SpecCutout masks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+from model.audio import resample
+
+# Speed perturbation resamples by a ratio of small integers: torchaudio's sinc kernel has
+# one row per output phase, so 16000 -> 17777 Hz (gcd 1) would build a ~1 GB kernel,
+# whereas 9 -> 10 gives the same 1/0.9 ratio with a 10-row kernel. A denominator of at
+# most 100 keeps the ratio within 1e-4 of the requested one.
+_MAX_RATIO_DENOMINATOR = 100
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """What the training pipeline perturbs, and how much.
+
+    Attributes:
+        speed_rates: playback-speed factors to pick from uniformly, each in [0.9, 1.1];
+            rate > 1 is faster (shorter) audio, see :func:`speed_perturb`.
+        speed_prob: chance that an utterance is speed-perturbed at all, in [0, 1].
+        freq_masks: SpecAugment frequency masks per utterance.
+        freq_width: widest frequency mask, in mel bins (width drawn from 0..freq_width).
+        time_masks: SpecAugment time masks per utterance.
+        time_width: widest time mask: an int is frames, a float in (0, 1] is a fraction
+            of the utterance's valid length.
+        cutout_rects: SpecCutout rectangles per utterance (QuartzNet's recipe uses 5).
+        cutout_time: widest rectangle in frames (width drawn from 0..cutout_time).
+        cutout_freq: tallest rectangle in mel bins (height drawn from 0..cutout_freq).
+        dither: std of Gaussian noise added to the waveform, in full-scale units
+            (0 disables it; the featurizer may dither on its own as well).
+    """
+
+    # Waveform level.
+    speed_rates: tuple[float, ...] = (0.9, 1.0, 1.1)
+    speed_prob: float = 0.0
+    dither: float = 0.0
+    # SpecAugment; QuartzNet's configs leave these off and rely on SpecCutout.
+    freq_masks: int = 0
+    freq_width: int = 10
+    time_masks: int = 0
+    time_width: int | float = 10
+    # SpecCutout, QuartzNet's values.
+    cutout_rects: int = 5
+    cutout_time: int = 120
+    cutout_freq: int = 50
+
+    def __post_init__(self) -> None:
+        if not self.speed_rates or any(not 0.9 <= r <= 1.1 for r in self.speed_rates):
+            raise ValueError(f"speed_rates must be a non-empty tuple within [0.9, 1.1], got {self.speed_rates}")
+        if not 0.0 <= self.speed_prob <= 1.0:
+            raise ValueError(f"speed_prob must lie in [0, 1], got {self.speed_prob}")
+        if self.dither < 0.0:
+            raise ValueError(f"dither must be >= 0, got {self.dither}")
+        for name in ("freq_masks", "freq_width", "time_masks", "cutout_rects", "cutout_time", "cutout_freq"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        width = self.time_width
+        if isinstance(width, bool) or not isinstance(width, (int, float)):
+            raise ValueError(f"time_width must be an int or float, got {width!r}")
+        if isinstance(width, int) and width < 0:
+            raise ValueError(f"time_width as frames must be >= 0, got {width}")
+        if isinstance(width, float) and not 0.0 < width <= 1.0:
+            raise ValueError(f"time_width as a fraction must lie in (0, 1], got {width}")
+
+
+def speed_perturb(samples: np.ndarray, rate: float, sample_rate: int) -> np.ndarray:
+    """Changes playback speed (tempo and pitch together) by resampling.
+
+    Convention: ``rate`` is the speed factor, so rate > 1 makes the utterance *faster*
+    and shorter, with about ``len(samples) / rate`` samples. (NeMo's SpeedPerturbation
+    resamples to ``sr * rate`` instead, so there rate > 1 is slower; the sets of rates
+    used, symmetric around 1, make the two recipes equivalent.)
+
+    The signal is resampled from ``sample_rate`` to about ``sample_rate / rate`` and then
+    read as if still at ``sample_rate``; the ratio is rounded to a fraction with a
+    denominator of at most 100 to keep the resampling kernel small.
+
+    Args:
+        samples: mono audio, shape (L,), float32.
+        rate: speed factor in [0.5, 2]; 1.0 returns ``samples`` unchanged.
+        sample_rate: rate of ``samples`` in Hz.
+
+    Returns:
+        The perturbed audio, shape (about L / rate,), float32.
+
+    Raises:
+        ValueError: a rate outside [0.5, 2] or a non-positive sample rate.
+    """
+    if not 0.5 <= rate <= 2.0:
+        raise ValueError(f"speed rate must lie in [0.5, 2], got {rate}")
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    if rate == 1.0:
+        return samples
+    target_rate = int(sample_rate / rate)
+    ratio = Fraction(target_rate, sample_rate).limit_denominator(_MAX_RATIO_DENOMINATOR)
+    return resample(np.ascontiguousarray(samples, dtype=np.float32), ratio.denominator, ratio.numerator)
+
+
+def choose_speed_rate(cfg: AugmentConfig, rng: np.random.Generator) -> float:
+    """Draws the speed factor for one utterance: 1.0 with chance 1 - speed_prob, else one of speed_rates."""
+    if cfg.speed_prob == 0.0 or rng.random() >= cfg.speed_prob:
+        return 1.0
+    return float(cfg.speed_rates[rng.integers(len(cfg.speed_rates))])
+
+
+def add_dither(samples: np.ndarray, dither: float, rng: np.random.Generator) -> np.ndarray:
+    """Returns ``samples + dither * N(0, 1)`` as float32 (a copy), or ``samples`` when dither is 0."""
+    if dither == 0.0:
+        return samples
+    noise = rng.standard_normal(samples.shape[0]).astype(np.float32)
+    return (samples + dither * noise).astype(np.float32, copy=False)
+
+
+def spec_augment(features: torch.Tensor, feature_lengths: torch.Tensor, cfg: AugmentConfig,
+                 generator: torch.Generator) -> torch.Tensor:
+    """Zeroes random frequency bands, time spans and rectangles of a feature batch.
+
+    All masks stay within each item's valid frames, so padding is never chosen as a mask
+    position (NeMo's SpecCutout ignores lengths and can waste rectangles on padding).
+    Widths are drawn uniformly from 0..max inclusive and starts uniformly over the
+    positions where the whole mask fits.
+
+    Args:
+        features: log-mel features, shape (B, F, T).
+        feature_lengths: valid frames per item, shape (B,), int.
+        cfg: mask counts and widths.
+        generator: a CPU ``torch.Generator``; the only source of randomness.
+
+    Returns:
+        A new tensor shaped like ``features``; the input and the lengths are untouched.
+    """
+    if features.dim() != 3:
+        raise ValueError(f"features must be (B, F, T), got shape {tuple(features.shape)}")
+    batch, num_bins, num_frames = features.shape
+    lengths = feature_lengths.detach().to("cpu", torch.long).clamp(0, num_frames)
+    bins = torch.arange(num_bins)
+    frames = torch.arange(num_frames)
+    mask = torch.zeros(batch, num_bins, num_frames, dtype=torch.bool)
+
+    if cfg.freq_masks > 0:
+        full = torch.full((batch,), num_bins, dtype=torch.long)
+        bands = _spans(full, cfg.freq_masks, torch.full((batch,), cfg.freq_width), generator, bins)
+        mask |= bands.any(dim=1)[:, :, None]
+    if cfg.time_masks > 0:
+        if isinstance(cfg.time_width, float):
+            max_width = (lengths.double() * cfg.time_width).floor().long()
+        else:
+            max_width = torch.full((batch,), cfg.time_width, dtype=torch.long)
+        spans = _spans(lengths, cfg.time_masks, max_width, generator, frames)
+        mask |= spans.any(dim=1)[:, None, :]
+    if cfg.cutout_rects > 0:
+        full = torch.full((batch,), num_bins, dtype=torch.long)
+        rect_bins = _spans(full, cfg.cutout_rects, torch.full((batch,), cfg.cutout_freq), generator, bins)
+        rect_frames = _spans(lengths, cfg.cutout_rects, torch.full((batch,), cfg.cutout_time), generator, frames)
+        # (B, R, F, 1) & (B, R, 1, T): each rectangle is a band crossed with a span.
+        mask |= (rect_bins[:, :, :, None] & rect_frames[:, :, None, :]).any(dim=1)
+
+    return features.masked_fill(mask.to(features.device), 0.0)
+
+
+def _spans(extent: torch.Tensor, count: int, max_width: torch.Tensor, generator: torch.Generator,
+           positions: torch.Tensor) -> torch.Tensor:
+    """Boolean (B, count, len(positions)) masks of ``count`` random spans inside [0, extent) per item."""
+    batch = extent.shape[0]
+    widest = torch.minimum(max_width.long(), extent)[:, None]
+    width = (torch.rand(batch, count, generator=generator, dtype=torch.float64) * (widest + 1)).floor().long()
+    width = torch.minimum(width, widest)
+    room = (extent[:, None] - width + 1).clamp(min=1)
+    start = (torch.rand(batch, count, generator=generator, dtype=torch.float64) * room).floor().long()
+    start = torch.minimum(start, room - 1)
+    pos = positions[None, None, :]
+    return (pos >= start[:, :, None]) & (pos < (start + width)[:, :, None])

@@ -1,0 +1,327 @@
+"""The training configuration tree (TrainConfig), its YAML loader with dotted overrides, and validation."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from training.augment import AugmentConfig
+
+PRESETS = ("quartznet_5x3", "quartznet_5x5", "quartznet_10x5", "quartznet_15x5", "jasper_10x5dr")
+# NeMo's English character set: space, a-z, apostrophe; the CTC blank is appended after them.
+DEFAULT_LABELS = [" ", *"abcdefghijklmnopqrstuvwxyz", "'"]
+_PUBLISH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ConfigError(ValueError):
+    """An invalid training config; the message has one ``field.path: problem`` line per error."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a misspelt option silently keeping its default is worse.
+    model_config = ConfigDict(extra="forbid")
+
+
+class BlockConfig(_Section):
+    """One Jasper/QuartzNet block: ``repeat`` sub-blocks of (separable) conv + BN + ReLU + dropout."""
+
+    filters: PositiveInt
+    repeat: PositiveInt
+    kernel: PositiveInt
+    stride: PositiveInt = 1
+    dilation: PositiveInt = 1
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    residual: bool = True
+    separable: bool = True
+    residual_dense: bool = False
+
+
+class ModelConfig(_Section):
+    """Which network to build: a named preset or an explicit block list (exactly one)."""
+
+    preset: str | None = None
+    blocks: list[BlockConfig] | None = None
+    labels: list[str] = Field(default_factory=lambda: list(DEFAULT_LABELS))
+    frontend: Literal["nemo25", "nemo24"] = "nemo25"
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, preset: str | None) -> str | None:
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        return preset
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, labels: list[str]) -> list[str]:
+        if not labels:
+            raise ValueError("labels must not be empty")
+        if any(len(label) == 0 for label in labels):
+            raise ValueError("labels must be non-empty strings")
+        if len(set(labels)) != len(labels):
+            raise ValueError("labels must be distinct")
+        return labels
+
+    @model_validator(mode="after")
+    def _preset_xor_blocks(self) -> ModelConfig:
+        if (self.preset is None) == (self.blocks is None):
+            raise ValueError("set exactly one of model.preset or model.blocks")
+        if self.blocks is not None and not self.blocks:
+            raise ValueError("model.blocks must list at least one block")
+        return self
+
+
+class ManifestConfig(_Section):
+    """A NeMo manifest and its repeat weight in the mix (0.5 = a random half, 2 = twice)."""
+
+    path: str
+    weight: Annotated[float, Field(gt=0.0)] = 1.0
+
+
+class DataConfig(_Section):
+    """Where utterances come from and how they are batched."""
+
+    train_manifests: Annotated[list[ManifestConfig], Field(min_length=1)]
+    val_manifests: list[ManifestConfig] = Field(default_factory=list)
+    # Speakers (an audio file's parent folder name) moved from the training to the validation set.
+    holdout_speakers: list[str] = Field(default_factory=list)
+    sample_rate: PositiveInt = 16_000
+    # NeMo's QuartzNet recipe: 16.7 s maximum, 32 utterances per GPU.
+    max_duration_s: Annotated[float, Field(gt=0.0)] = 16.7
+    min_duration_s: Annotated[float, Field(ge=0.0)] = 0.0
+    # With max_batch_audio_s set, batch_size becomes the upper bound on utterances per batch.
+    batch_size: PositiveInt = 32
+    max_batch_audio_s: Annotated[float, Field(gt=0.0)] | None = None
+    num_buckets: PositiveInt = 30
+    num_loader_workers: Annotated[int, Field(ge=0)] = 2
+    # Speakers (audio parent-folder names) moved from the training manifests to validation.
+    holdout_speakers: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _duration_range(self) -> DataConfig:
+        if self.min_duration_s >= self.max_duration_s:
+            raise ValueError(f"min_duration_s ({self.min_duration_s}) must be below "
+                             f"max_duration_s ({self.max_duration_s})")
+        return self
+
+
+class AugmentSettings(_Section):
+    """The config-file side of :class:`training.augment.AugmentConfig`; same fields and meaning."""
+
+    speed_rates: tuple[Annotated[float, Field(ge=0.9, le=1.1)], ...] = (0.9, 1.0, 1.1)
+    speed_prob: Probability = 0.0
+    dither: Annotated[float, Field(ge=0.0)] = 0.0
+    freq_masks: Annotated[int, Field(ge=0)] = 0
+    freq_width: Annotated[int, Field(ge=0)] = 10
+    time_masks: Annotated[int, Field(ge=0)] = 0
+    time_width: int | float = 10
+    cutout_rects: Annotated[int, Field(ge=0)] = 5
+    cutout_time: Annotated[int, Field(ge=0)] = 120
+    cutout_freq: Annotated[int, Field(ge=0)] = 50
+
+    @field_validator("speed_rates")
+    @classmethod
+    def _some_rates(cls, rates: tuple[float, ...]) -> tuple[float, ...]:
+        if not rates:
+            raise ValueError("speed_rates must list at least one rate")
+        return rates
+
+    @field_validator("time_width")
+    @classmethod
+    def _frames_or_fraction(cls, width: int | float) -> int | float:
+        if (isinstance(width, int) and width < 0) or (isinstance(width, float) and not 0.0 < width <= 1.0):
+            raise ValueError(f"an int is frames (>= 0), a float a fraction of the length in (0, 1]; got {width}")
+        return width
+
+    def to_augment_config(self) -> AugmentConfig:
+        """The frozen dataclass the data pipeline and spec_augment take."""
+        return AugmentConfig(**self.model_dump())
+
+
+class OptimConfig(_Section):
+    """Optimiser and schedule; defaults are NeMo's current QuartzNet YAML (NovoGrad)."""
+
+    name: Literal["novograd", "adamw"] = "novograd"
+    lr: Annotated[float, Field(gt=0.0)] = 0.01
+    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.8, 0.5)
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.001
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    min_lr: Annotated[float, Field(ge=0.0)] = 0.0
+    epochs: PositiveInt = 100
+    grad_clip_norm: Annotated[float, Field(gt=0.0)] | None = None
+    grad_accum_steps: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _floor_below_peak(self) -> OptimConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        return self
+
+
+class ScalingConfig(_Section):
+    """How many Ray Train workers, on what; ``ray_address`` defaults to $RAY_ADDRESS (None: local)."""
+
+    num_workers: PositiveInt = 1
+    use_gpu: bool = False
+    cpus_per_worker: Annotated[float, Field(gt=0.0)] = 1.0
+    gpus_per_worker: Annotated[float, Field(ge=0.0)] = 1.0
+    ray_address: str | None = Field(default_factory=lambda: os.environ.get("RAY_ADDRESS") or None)
+
+
+class RunConfig(_Section):
+    """Where results go, seeding, logging cadence and fine-tuning."""
+
+    output_dir: str = "runs/quartznet"
+    registry: str | None = None
+    publish_name: str = "quartznet"
+    seed: int = 0
+    log_every_steps: PositiveInt = 50
+    checkpoint_every_epochs: PositiveInt = 1
+    # Extra mid-epoch resume checkpoints every N optimiser steps; None writes only per epoch.
+    checkpoint_every_steps: PositiveInt | None = None
+    # Also checkpoint mid-epoch every N optimiser steps (None: epoch ends only).
+    checkpoint_every_steps: PositiveInt | None = None
+    # A registry spec NAME[@VERSION] or a path to a .nemo archive.
+    fine_tune_from: str | None = None
+    freeze_encoder: bool = False
+    # Peak lr of the decoder's own param group; None uses optim.lr for everything.
+    decoder_lr: Annotated[float, Field(gt=0.0)] | None = None
+
+    @field_validator("publish_name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not _PUBLISH_NAME.fullmatch(name):
+            raise ValueError(f"publish_name {name!r} must match [A-Za-z0-9][A-Za-z0-9._-]*")
+        return name
+
+    @model_validator(mode="after")
+    def _freeze_needs_weights(self) -> RunConfig:
+        if self.freeze_encoder and self.fine_tune_from is None:
+            raise ValueError("run.freeze_encoder needs run.fine_tune_from (a frozen random encoder learns nothing)")
+        return self
+
+
+class TrainConfig(_Section):
+    """Everything one training run needs; ``model`` and ``data`` are required, the rest has defaults."""
+
+    model: ModelConfig
+    data: DataConfig
+    augment: AugmentSettings = Field(default_factory=AugmentSettings)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    # fp16 needs a GradScaler and CUDA kernels; bf16 autocast also runs on CPU.
+    amp: Literal["off", "fp16", "bf16"] = "off"
+    sync_bn: bool = False
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @field_validator("amp")
+    @classmethod
+    def _fp16_needs_gpu(cls, amp: str, info: ValidationInfo) -> str:
+        # scaling is declared before amp, so it is already validated here (absent if invalid).
+        scaling = info.data.get("scaling")
+        if amp == "fp16" and scaling is not None and not scaling.use_gpu:
+            raise ValueError("fp16 needs scaling.use_gpu=true; use bf16 or off on CPU")
+        return amp
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Reads a YAML training config and applies ``dotted.key=value`` overrides.
+
+    Each override's value is parsed with ``yaml.safe_load`` ("0.01" is a float, "[0.9, 1.1]"
+    a list, "null" None); list items are addressed by index (``data.train_manifests.0.path=...``).
+
+    Args:
+        path: the YAML file, or None to build from overrides alone.
+        overrides: "a.b.c=value" strings, applied in order.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, malformed override, or a validation error;
+            the message names each offending field, e.g. "optim.lr: Input should be greater than 0".
+    """
+    raw: Any = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                raw = yaml.safe_load(handle)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML ({_one_line(exc)})") from None
+        raw = {} if raw is None else raw
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    for override in overrides:
+        _apply_override(raw, override)
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    """Validates a plain dict (e.g. Ray's ``train_loop_config``, from ``cfg.model_dump()``).
+
+    Raises:
+        ConfigError: one ``field.path: problem`` line per validation error.
+    """
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"override {override!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: cannot parse override value {text!r} ({_one_line(exc)})") from None
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[:depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{where}: no list item {part!r} (the list has {len(node)})")
+            index: Any = int(part)
+        elif isinstance(node, dict):
+            index = part
+            if not last and node.get(part) is None:
+                node[part] = {}
+        else:
+            raise ConfigError(f"{'.'.join(parts[:depth])}: cannot set {part!r} inside a {type(node).__name__}")
+        if last:
+            node[index] = value
+        else:
+            node = node[index]
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        # Union members add their type name to the location (e.g. "time_width.int");
+        # keep only the field names so the message points at the key the user wrote.
+        where = ".".join(str(part) for part in error["loc"] if not _is_type_tag(part)) or "config"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {message}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _is_type_tag(part: Any) -> bool:
+    return isinstance(part, str) and (part in {"int", "float", "str", "bool", "list", "tuple"}
+                                      or part.startswith(("constrained-", "function-")))
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())

@@ -1,0 +1,55 @@
+"""Turns the data section of a TrainConfig into train/validation utterance lists, reporting what was skipped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.vocabulary import Vocabulary
+from training.config import TrainConfig
+from training.data import ManifestEntry, filter_by_duration, mix_manifests
+
+
+class DataError(ValueError):
+    """No usable data (all lines bad, all filtered out); the message says why."""
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: list[ManifestEntry]
+    val: list[ManifestEntry]
+
+
+def speaker_of(entry: ManifestEntry) -> str:
+    """The speaker id of an utterance: its audio file's parent folder name (AN4/LibriSpeech layout)."""
+    return Path(entry.audio_filepath).parent.name
+
+
+def load_splits(cfg: TrainConfig, vocabulary: Vocabulary, *, log: bool = True) -> Splits:
+    """Reads, mixes and filters the manifests; holds out ``data.holdout_speakers`` for validation."""
+    say = print if log else (lambda *a, **k: None)
+    train, problems = mix_manifests([(m.path, m.weight) for m in cfg.data.train_manifests], seed=cfg.run.seed)
+    for problem in problems[:20]:
+        say(f"[data] skipped {problem}", flush=True)
+    if len(problems) > 20:
+        say(f"[data] ... and {len(problems) - 20} more bad manifest lines", flush=True)
+    val: list[ManifestEntry] = []
+    if cfg.data.val_manifests:
+        val, val_problems = mix_manifests([(m.path, m.weight) for m in cfg.data.val_manifests], seed=cfg.run.seed)
+        problems += val_problems
+    holdout = set(cfg.data.holdout_speakers)
+    if holdout:
+        val += [e for e in train if speaker_of(e) in holdout]
+        train = [e for e in train if speaker_of(e) not in holdout]
+    train, report = filter_by_duration(train, max_duration_s=cfg.data.max_duration_s,
+                                       min_duration_s=cfg.data.min_duration_s)
+    # Utterances whose transcript has no character of the vocabulary cannot be CTC targets.
+    no_text = [e for e in train if not vocabulary.encode(e.text)]
+    train = [e for e in train if vocabulary.encode(e.text)]
+    say(f"[data] train: {len(train)} utterances ({sum(e.duration_s for e in train) / 60:.1f} min); "
+        f"val: {len(val)}; skipped {len(problems)} bad manifest lines, {report.num_skipped} outside "
+        f"[{cfg.data.min_duration_s}, {cfg.data.max_duration_s}] s, {len(no_text)} with empty transcripts",
+        flush=True)
+    if not train:
+        raise DataError("no usable training utterances after filtering (check the manifests and max_duration_s)")
+    return Splits(train, val)

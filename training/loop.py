@@ -1,0 +1,329 @@
+"""The per-worker training loop: data, model, optimiser, epochs, validation and checkpoints.
+
+Runs inside a Ray Train worker (``train_loop_per_worker``) or, for tests and debugging, in
+the calling process. Rank 0 alone writes logs and reports checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from model.decoding import greedy_decode
+from model.recognizer import SpeechRecognizer
+from training.augment import spec_augment
+from training.config import TrainConfig, config_from_dict
+from training.data import DurationBucketSampler, ManifestDataset, collate
+from training.init_model import build_recognizer
+from training.novograd import NovoGrad
+from training.schedule import build_warmup_cosine_scheduler
+from training.state import TrainState, load_resume_state, save_resume_state
+from training.sync_bn import convert_sync_batchnorm
+from training.datasets import load_splits
+
+
+@dataclass
+class _Context:
+    rank: int
+    world_size: int
+    device: torch.device
+    under_ray: bool
+
+
+def _context(cfg: TrainConfig) -> _Context:
+    try:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        under_ray = True
+    except (ImportError, RuntimeError, AttributeError, ValueError):
+        rank, world, under_ray = 0, 1, False
+    if rank is None:
+        rank, world, under_ray = 0, 1, False
+    if cfg.scaling.use_gpu and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
+    return _Context(rank, world, device, under_ray)
+
+
+class _TrainStep(nn.Module):
+    """Featurize -> SpecAugment -> network, wrapped as one module so DDP sees a single forward."""
+
+    def __init__(self, recognizer: SpeechRecognizer, augment, seed: int) -> None:
+        super().__init__()
+        self.recognizer = recognizer
+        self.augment = augment
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            feats, feat_lengths = self.recognizer.featurizer(audio, audio_lengths)
+            if self.augment is not None and self.training:
+                feats = spec_augment(feats.cpu(), feat_lengths.cpu(), self.augment, self.generator).to(feats.device)
+        return self.recognizer.network(feats, feat_lengths)
+
+
+def _optimizer(cfg: TrainConfig, recognizer: SpeechRecognizer) -> torch.optim.Optimizer:
+    decoder = [p for p in recognizer.network.decoder.parameters() if p.requires_grad]
+    decoder_ids = {id(p) for p in decoder}
+    encoder = [p for p in recognizer.network.parameters() if p.requires_grad and id(p) not in decoder_ids]
+    groups = [g for g in ({"params": encoder, "lr": cfg.optim.lr},
+                          {"params": decoder, "lr": cfg.run.decoder_lr or cfg.optim.lr}) if g["params"]]
+    if cfg.optim.name == "novograd":
+        return NovoGrad(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+
+
+def ctc_loss(log_probs: torch.Tensor, output_lengths: torch.Tensor, targets: torch.Tensor,
+             target_lengths: torch.Tensor, blank_id: int) -> torch.Tensor:
+    """CTC in float32, summed per utterance and averaged over the batch (NeMo's 'mean_batch')."""
+    losses = F.ctc_loss(log_probs.float().transpose(0, 1), targets, output_lengths, target_lengths,
+                        blank=blank_id, reduction="none", zero_infinity=True)
+    return losses.mean()
+
+
+def evaluate(recognizer: SpeechRecognizer, loader: DataLoader, device: torch.device) -> dict[str, float]:
+    """Greedy WER/CER over a loader, with the same decoder the service uses."""
+    recognizer.eval()
+    labels = recognizer.vocabulary.labels
+    refs, hyps = [], []
+    with torch.inference_mode():
+        for batch in loader:
+            if batch.audio.shape[0] == 0:
+                continue
+            log_probs, lengths = recognizer(batch.audio.to(device), batch.audio_lengths.to(device))
+            log_probs = log_probs.cpu().numpy()
+            for i in range(len(lengths)):
+                hyps.append(greedy_decode(log_probs[i, : int(lengths[i])], labels,
+                                          recognizer.frame_duration_s).text)
+                refs.append(recognizer.vocabulary.decode(batch.targets[i, : int(batch.target_lengths[i])].tolist()))
+    return word_char_error_rates(refs, hyps)
+
+
+def word_char_error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
+    """Corpus WER and CER (jiwer), tolerant of empty references and hypotheses."""
+    pairs = [(r.strip(), h.strip()) for r, h in zip(refs, hyps) if r.strip()]
+    if not pairs:
+        return {"wer": float("nan"), "cer": float("nan"), "num_utterances": 0}
+    refs_, hyps_ = zip(*pairs)
+    out = jiwer.process_words(list(refs_), list(hyps_))
+    cer = jiwer.cer(list(refs_), list(hyps_))
+    return {"wer": float(out.wer), "cer": float(cer), "num_utterances": len(pairs)}
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point; ``config`` is ``TrainConfig.model_dump()`` plus private ``_`` keys."""
+    cfg = config_from_dict({k: v for k, v in config.items() if not k.startswith("_")})
+    ctx = _context(cfg)
+    torch.manual_seed(cfg.run.seed + ctx.rank)
+    if ctx.device.type == "cpu" and config.get("_threads_per_worker"):
+        torch.set_num_threads(int(config["_threads_per_worker"]))
+    recognizer, init_info = build_recognizer(cfg, config.get("_init_dir"))
+    splits = load_splits(cfg, recognizer.vocabulary, log=ctx.rank == 0)
+
+    if cfg.sync_bn and ctx.world_size > 1:
+        recognizer.network = convert_sync_batchnorm(recognizer.network, use_cuda=ctx.device.type == "cuda")
+    recognizer.to(ctx.device)
+    step_module: nn.Module = _TrainStep(recognizer, cfg.augment.to_augment_config(), cfg.run.seed * 1000 + ctx.rank)
+    if ctx.world_size > 1:
+        step_module = nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+    train_ds = ManifestDataset(splits.train, encode=recognizer.vocabulary.encode,
+                               sample_rate=recognizer.sample_rate, augment=cfg.augment.to_augment_config(),
+                               seed=cfg.run.seed)
+    sampler = DurationBucketSampler([e.duration_s for e in splits.train], batch_size=cfg.data.batch_size,
+                                    max_batch_audio_s=cfg.data.max_batch_audio_s, num_buckets=cfg.data.num_buckets,
+                                    seed=cfg.run.seed, rank=ctx.rank, world_size=ctx.world_size)
+    loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate,
+                        num_workers=cfg.data.num_loader_workers)
+    val_loader = None
+    if splits.val and ctx.rank == 0:
+        val_ds = ManifestDataset(splits.val, encode=recognizer.vocabulary.encode, sample_rate=recognizer.sample_rate)
+        val_sampler = DurationBucketSampler([e.duration_s for e in splits.val], batch_size=cfg.data.batch_size,
+                                            shuffle=False)
+        val_loader = DataLoader(val_ds, batch_sampler=val_sampler, collate_fn=collate, num_workers=0)
+
+    optimizer = _optimizer(cfg, recognizer)
+    steps_per_epoch = max(1, math.ceil(len(sampler) / cfg.optim.grad_accum_steps))
+    scheduler = build_warmup_cosine_scheduler(optimizer, warmup_steps=cfg.optim.warmup_steps,
+                                              max_steps=steps_per_epoch * cfg.optim.epochs, min_lr=cfg.optim.min_lr)
+    use_amp = cfg.amp != "off"
+    amp_dtype = torch.float16 if cfg.amp == "fp16" else torch.bfloat16
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.amp == "fp16")
+
+    state = TrainState()
+    resumed = load_resume_state(ctx.under_ray, recognizer, optimizer, scheduler, scaler)
+    if resumed is not None:
+        state = resumed
+        if ctx.rank == 0:
+            print(f"[train] resumed at epoch {state.epoch} batch {state.batches_done}", flush=True)
+
+    logger = _Logger(Path(cfg.run.output_dir), enabled=ctx.rank == 0)
+    wall_start = time.monotonic() - state.wall_time_s
+    for epoch in range(state.epoch, cfg.optim.epochs):
+        train_ds.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        sampler.skip_batches(state.batches_done if epoch == state.epoch else 0)
+        step_module.train()
+        if cfg.run.freeze_encoder:
+            recognizer.network.blocks.eval()  # frozen BN statistics must not drift either
+        t0, utts, audio_s, dropped = time.monotonic(), 0, 0.0, 0
+        optimizer.zero_grad(set_to_none=True)
+        batch_index = state.batches_done if epoch == state.epoch else 0
+        last_batch = batch_index + len(sampler)
+        for batch in loader:
+            batch_index += 1
+            dropped += batch.num_dropped
+            audio, audio_lengths = batch.audio.to(ctx.device), batch.audio_lengths.to(ctx.device)
+            with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=use_amp):
+                if audio.shape[0] == 0:
+                    # Every file of this batch was unreadable: take part in the step with a zero loss.
+                    audio, audio_lengths = torch.zeros(1, 16000, device=ctx.device), torch.tensor([16000], device=ctx.device)
+                    log_probs, out_lengths = step_module(audio, audio_lengths)
+                    loss = log_probs.sum() * 0.0
+                else:
+                    log_probs, out_lengths = step_module(audio, audio_lengths)
+                    loss = ctc_loss(log_probs, out_lengths, batch.targets.to(ctx.device),
+                                    batch.target_lengths.to(ctx.device), recognizer.vocabulary.blank_id)
+            scaler.scale(loss / cfg.optim.grad_accum_steps).backward()
+            if batch_index % cfg.optim.grad_accum_steps == 0 or batch_index == last_batch:
+                _optimizer_step(cfg, recognizer, optimizer, scaler, scheduler)
+                state.global_step += 1
+            utts += int(batch.audio.shape[0])
+            audio_s += float(batch.audio_lengths.sum()) / recognizer.sample_rate
+            if state.global_step % cfg.run.log_every_steps == 0 and batch_index % cfg.optim.grad_accum_steps == 0:
+                elapsed = time.monotonic() - t0
+                logger.step(epoch=epoch, step=state.global_step, loss=float(loss),
+                            lr=optimizer.param_groups[0]["lr"], utterances_per_s=utts * ctx.world_size / elapsed,
+                            audio_s_per_s=audio_s * ctx.world_size / elapsed)
+            if cfg.run.checkpoint_every_steps and state.global_step % cfg.run.checkpoint_every_steps == 0 \
+                    and batch_index % cfg.optim.grad_accum_steps == 0:
+                state.epoch, state.batches_done = epoch, batch_index
+                state.wall_time_s = time.monotonic() - wall_start
+                _report(ctx, cfg, state, recognizer, optimizer, scheduler, scaler, {"epoch": epoch})
+        epoch_s = time.monotonic() - t0
+        metrics: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(loss), "epoch_time_s": epoch_s,
+                                   "audio_s_per_s": audio_s * ctx.world_size / max(epoch_s, 1e-9),
+                                   "utterances_per_s": utts * ctx.world_size / max(epoch_s, 1e-9),
+                                   "skipped_unreadable": dropped, "step": state.global_step}
+        if val_loader is not None:
+            metrics.update({f"val_{k}": v for k, v in evaluate(recognizer, val_loader, ctx.device).items()})
+            if metrics["val_wer"] <= state.best_wer:
+                state.best_wer, state.best_cer, state.best_epoch = metrics["val_wer"], metrics["val_cer"], epoch + 1
+                state.best_weights = {k: v.detach().cpu().clone() for k, v in _plain_state_dict(recognizer).items()}
+        elif ctx.rank == 0:
+            state.best_epoch = epoch + 1
+            state.best_weights = {k: v.detach().cpu().clone() for k, v in _plain_state_dict(recognizer).items()}
+        if ctx.world_size > 1:
+            dist.barrier()
+        logger.epoch(metrics)
+        state.epoch, state.batches_done = epoch + 1, 0
+        state.wall_time_s = time.monotonic() - wall_start
+        state.history.append(metrics)
+        if (epoch + 1) % cfg.run.checkpoint_every_epochs == 0 or epoch + 1 == cfg.optim.epochs:
+            _report(ctx, cfg, state, recognizer, optimizer, scheduler, scaler, metrics)
+    logger.close()
+
+
+def _optimizer_step(cfg, recognizer, optimizer, scaler, scheduler) -> None:
+    if cfg.optim.grad_clip_norm:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
+        torch.nn.utils.clip_grad_norm_(recognizer.parameters(), cfg.optim.grad_clip_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _plain_state_dict(recognizer: SpeechRecognizer) -> dict[str, torch.Tensor]:
+    """State dict with the plain BatchNorm key layout, whatever sync-BN class is in use."""
+    return recognizer.state_dict()
+
+
+def _report(ctx: _Context, cfg: TrainConfig, state: TrainState, recognizer, optimizer, scheduler, scaler,
+            metrics: dict[str, Any]) -> None:
+    """Saves a resume checkpoint (rank 0 writes; every rank reports so Ray stays in step)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint_dir = None
+        if ctx.rank == 0:
+            save_resume_state(Path(tmp), cfg, state, recognizer, optimizer, scheduler, scaler)
+            checkpoint_dir = tmp
+        if ctx.under_ray:
+            import ray.train
+
+            checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+            ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, checkpoint=checkpoint)
+        elif checkpoint_dir:
+            target = Path(cfg.run.output_dir) / "checkpoints" / f"step-{state.global_step:08d}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            import shutil
+
+            shutil.copytree(tmp, target, dirs_exist_ok=True)
+
+
+class _Logger:
+    """Console lines, a JSON-lines metrics log and TensorBoard scalars (rank 0 only)."""
+
+    def __init__(self, output_dir: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(output_dir / "metrics.jsonl", "a", encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(output_dir / "tensorboard"))
+        except ImportError:  # tensorboard is optional at run time; the JSON log is always written
+            self.writer = None
+
+    def _write(self, kind: str, values: dict[str, Any]) -> None:
+        self.jsonl.write(json.dumps({"kind": kind, "time": time.time(), **values}) + "\n")
+        self.jsonl.flush()
+        if self.writer is not None:
+            step = int(values.get("step", values.get("epoch", 0)))
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and key not in ("step", "epoch") and math.isfinite(value):
+                    self.writer.add_scalar(f"{kind}/{key}", value, step)
+
+    def step(self, **values: Any) -> None:
+        if not self.enabled:
+            return
+        print("[train] epoch {epoch} step {step} loss {loss:.3f} lr {lr:.2e} {utterances_per_s:.1f} utt/s "
+              "{audio_s_per_s:.1f} audio-s/s".format(**values), flush=True)
+        self._write("step", values)
+
+    def epoch(self, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        val = ""
+        if "val_wer" in metrics:
+            val = f" val WER {metrics['val_wer'] * 100:.2f}% CER {metrics['val_cer'] * 100:.2f}%"
+        print(f"[train] epoch {metrics['epoch']} done in {metrics['epoch_time_s']:.0f}s "
+              f"({metrics['audio_s_per_s']:.1f} audio-s/s) loss {metrics['train_loss']:.3f}{val}"
+              + (f" skipped {metrics['skipped_unreadable']} unreadable" if metrics["skipped_unreadable"] else ""),
+              flush=True)
+        self._write("epoch", metrics)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            if self.writer is not None:
+                self.writer.close()

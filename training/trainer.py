@@ -1,0 +1,131 @@
+"""The `asr train` driver: Ray Train TorchTrainer setup, resume after a kill, and publishing the best model.
+
+Usage:
+    asr train training/recipes/an4.yaml                        # local Ray, CPU workers (gloo)
+    asr train cfg.yaml --set scaling.num_workers=2             # 2 DDP workers on this machine
+    RAY_ADDRESS=auto asr train cfg.yaml --set scaling.use_gpu=true --set scaling.num_workers=8
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from model.checkpoint import artifact_files
+from model.recognizer import RecognizerConfig, SpeechRecognizer
+from model.registry import ModelRef, Registry
+from training.config import TrainConfig
+from training.loop import train_loop_per_worker
+from training.state import load_best_weights, read_checkpoint_summary
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _resolve_init(cfg: TrainConfig, registry: Registry, scratch: Path) -> tuple[str | None, int | None]:
+    """Turns ``run.fine_tune_from`` into an artifact folder the workers can read, plus its parent version."""
+    source = cfg.run.fine_tune_from
+    if source is None:
+        return None, None
+    if source.endswith(".nemo") or Path(source).is_file():
+        from interop.nemo import import_nemo  # only fine-tuning from .nemo needs the importer
+
+        model, _ = import_nemo(Path(source))
+        folder = scratch / "init"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in artifact_files(model).items():
+            (folder / name).write_bytes(data)
+        return str(folder), None
+    ref, _ = registry.open(source)
+    return str(ref.path), ref.version
+
+
+class TrainingError(ValueError):
+    """A run that cannot start (missing manifest, unknown fine-tuning source); one-line message."""
+
+
+def check_manifests(cfg: TrainConfig) -> None:
+    """Fails fast, before Ray starts, when a manifest file is missing."""
+    for key in ("train_manifests", "val_manifests"):
+        for index, item in enumerate(getattr(cfg.data, key)):
+            if not Path(item.path).is_file():
+                raise TrainingError(f"data.{key}.{index}.path: manifest not found: {item.path}")
+
+
+def run_training(cfg: TrainConfig, *, run_name: str | None = None) -> tuple[ModelRef | None, dict[str, Any]]:
+    """Trains with Ray Train and publishes the best checkpoint to the registry.
+
+    Args:
+        cfg: validated config.
+        run_name: Ray run name; re-running with the same name and output_dir resumes from the
+            latest checkpoint (that is how a killed run continues).
+
+    Returns:
+        The published version (None if no epoch finished) and the final summary.
+    """
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    check_manifests(cfg)
+    output_dir = Path(cfg.run.output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    registry = Registry(cfg.run.registry)
+    run_name = run_name or cfg.run.publish_name
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=output_dir) as scratch:
+        init_dir, parent_version = _resolve_init(cfg, registry, Path(scratch))
+        if not ray.is_initialized():
+            address = cfg.scaling.ray_address
+            ray.init(address=address, include_dashboard=False, log_to_driver=True,
+                     **({} if address else {"num_cpus": max(os.cpu_count() or 1, int(cfg.scaling.num_workers
+                                                                                      * cfg.scaling.cpus_per_worker))}))
+        threads = max(1, int(cfg.scaling.cpus_per_worker))
+        loop_config = {**cfg.model_dump(mode="json"), "_init_dir": init_dir, "_threads_per_worker": threads}
+        loop_config["run"]["output_dir"] = str(output_dir)
+        # Ray workers run in their own working directory: hand them absolute paths.
+        for key in ("train_manifests", "val_manifests"):
+            for item in loop_config["data"][key]:
+                item["path"] = str(Path(item["path"]).resolve())
+        resources = {"CPU": cfg.scaling.cpus_per_worker}
+        if cfg.scaling.use_gpu:
+            resources["GPU"] = cfg.scaling.gpus_per_worker
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_config,
+            torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+            scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                                   resources_per_worker=resources),
+            run_config=ray.train.RunConfig(name=run_name, storage_path=str(output_dir / "ray"),
+                                           checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+        )
+        result = trainer.fit()
+    if result.checkpoint is None:
+        return None, {"error": "no checkpoint was reported"}
+    with result.checkpoint.as_directory() as folder:
+        summary = read_checkpoint_summary(Path(folder))
+        weights = load_best_weights(Path(folder))
+    model = SpeechRecognizer(RecognizerConfig.from_dict(summary["recognizer"]))
+    model.load_state_dict(weights)
+    state = summary["state"]
+    metrics = {"val_wer": state["best_wer"], "val_cer": state["best_cer"], "best_epoch": state["best_epoch"]}
+    extra = {"train_config": summary["config"], "train_manifests": [m.path for m in cfg.data.train_manifests],
+             "val_manifests": [m.path for m in cfg.data.val_manifests],
+             "holdout_speakers": list(cfg.data.holdout_speakers), "epochs": state["epoch"],
+             "global_steps": state["global_step"], "wall_time_s": round(state["wall_time_s"], 1),
+             "git_commit": _git_commit(), "history": state["history"]}
+    ref = registry.publish(cfg.run.publish_name, artifact_files(model), kind="model", source="trained",
+                           parent_version=parent_version, metrics=metrics, extra=extra)
+    summary_out = {**metrics, "epochs": state["epoch"], "wall_time_s": state["wall_time_s"],
+                   "driver_time_s": time.monotonic() - started, "published": str(ref)}
+    return ref, summary_out
