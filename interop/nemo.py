@@ -44,7 +44,7 @@ def _read_archive(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             config_text = tar.extractfile(members[CONFIG_MEMBER]).read().decode("utf-8")
             weights_bytes = tar.extractfile(members[WEIGHTS_MEMBER]).read()
     except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as exc:
-        raise NemoImportError(f"{path}: unreadable .nemo archive ({exc})") from None
+        raise NemoImportError(f"{path}: unreadable .nemo archive ({' '.join(str(exc).split())})") from None
     try:
         config = yaml.safe_load(config_text)
     except yaml.YAMLError as exc:
@@ -62,7 +62,7 @@ def _read_archive(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 def _params(section: Any) -> dict[str, Any]:
     """Flattens NeMo's two sub-config forms: ``{_target_: X, **kw}`` and the 1.0-era ``{cls: X, params: {...}}``."""
     if not isinstance(section, dict):
-        return {}
+        return {"_target_": ""}
     params = dict(section.get("params") or {})
     params.update({k: v for k, v in section.items() if k not in ("params",)})
     params["_target_"] = section.get("_target_") or section.get("cls") or ""

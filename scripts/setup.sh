@@ -77,6 +77,27 @@ as_root() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# The starter model and its LM ship in starter/registry; the service and CLI read the registry
+# at $ASR_REGISTRY (default ./registry), so copy in any shipped version it does not have yet.
+# Each version is copied to a temporary name and renamed, so readers never see half a version.
+step_seed_registry() {
+  local target="${ASR_REGISTRY:-$ROOT/registry}" src name version
+  [[ -d "$ROOT/starter/registry" ]] || { log "no starter/registry; nothing to seed"; return 0; }
+  mkdir -p "$target/.tmp"
+  for src in "$ROOT"/starter/registry/*/*/; do
+    [[ -f "$src/metadata.json" ]] || continue
+    version="$(basename "$src")"
+    name="$(basename "$(dirname "$src")")"
+    if [[ -e "$target/$name/$version" ]]; then
+      continue
+    fi
+    mkdir -p "$target/$name"
+    cp -r "$src" "$target/.tmp/seed-$name-$version"
+    mv "$target/.tmp/seed-$name-$version" "$target/$name/$version"
+    log "seeded $name@$version into $target"
+  done
+}
+
 step_apt() {
   command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found; install Python 3.11 (Debian 12: apt-get install python3)"
   local packages=("${APT_PACKAGES[@]}")
@@ -110,6 +131,40 @@ step_apt() {
        } >"$apt_log" 2>&1; then
     tail -n 30 "$apt_log" >&2
     die "apt-get failed (full log: $apt_log)"
+  fi
+  rm -f "$apt_log"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Tools only the deployment tests (tests/deploy) use, from Debian too: a headless browser for
+# the web page, Prometheus + promtool, and docker-compose to validate docker-compose.yml (no
+# Docker daemon needed). ASR_SKIP_TEST_TOOLS=1 skips them (the Docker image build sets it).
+# On a host that runs systemd the prometheus package also enables a prometheus.service on :9090;
+# the tests start their own on a free port and do not need it.
+TEST_APT_PACKAGES=(chromium prometheus docker-compose)
+
+step_test_tools() {
+  if [[ "${ASR_SKIP_TEST_TOOLS:-}" == "1" || "${ASR_SKIP_APT:-}" == "1" ]]; then
+    log "ASR_SKIP_TEST_TOOLS/ASR_SKIP_APT set: not checking the test tools"
+    return
+  fi
+  local missing=() pkg
+  for pkg in "${TEST_APT_PACKAGES[@]}"; do
+    dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed' || missing+=("$pkg")
+  done
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    log "all ${#TEST_APT_PACKAGES[@]} test tool packages present"
+    return
+  fi
+  command -v apt-get >/dev/null 2>&1 || die "missing test tools (${missing[*]}) and no apt-get; install them by hand"
+  log "installing test tools: ${missing[*]}"
+  local apt_log
+  apt_log="$(mktemp)"
+  if ! { as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+         && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; \
+       } >"$apt_log" 2>&1; then
+    tail -n 30 "$apt_log" >&2
+    die "apt-get failed for the test tools (full log: $apt_log)"
   fi
   rm -f "$apt_log"
 }
@@ -220,9 +275,11 @@ step_protos() {
 # ---------------------------------------------------------------------------------------------
 TOTAL_START="$(now)"
 run_step "apt packages" step_apt
+run_step "test tools" step_test_tools
 run_step "python venv" step_venv
 run_step "kenlm binaries" step_kenlm
 run_step "grpc stubs" step_protos
+run_step "starter models" step_seed_registry
 TIMINGS_LINE="$(printf '%s, ' "${TIMINGS[@]}")"
 log "timings: ${TIMINGS_LINE%, }"
 log "ready in $(elapsed "$TOTAL_START")"

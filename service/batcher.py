@@ -24,7 +24,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from service.domain import DeadlineExceededError, QueueFullError, ServiceUnavailableError
+from service.errors import DeadlineExceededError, QueueFullError, ServiceUnavailableError
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model.decoding import WordTiming
+from service.errors import (DeadlineExceededError, PayloadTooLargeError, QueueFullError, RequestError,
+                            ServiceUnavailableError, UnknownModelError)
 
 __all__ = [
     "TranscriptionRequest", "Alternative", "TranscriptionResult", "LogProbsResult",
@@ -82,42 +84,6 @@ class LogProbsResult:
     labels: tuple[str, ...]
     model_name: str
     model_version: int
-
-
-class RequestError(ValueError):
-    """The request itself is wrong (REST 400 / gRPC INVALID_ARGUMENT); the message says how."""
-
-    reason = "bad_request"
-
-
-class UnknownModelError(RequestError):
-    """No such model, version or LM (REST 404 / gRPC NOT_FOUND)."""
-
-    reason = "unknown_model"
-
-
-class QueueFullError(RequestError):
-    """The batch queue is full (REST 429 / gRPC RESOURCE_EXHAUSTED); retry later."""
-
-    reason = "queue_full"
-
-
-class DeadlineExceededError(RequestError):
-    """The deadline passed before the work finished (REST 504 / gRPC DEADLINE_EXCEEDED)."""
-
-    reason = "deadline"
-
-
-class PayloadTooLargeError(RequestError):
-    """Audio over the byte or duration limit (REST 413 / gRPC INVALID_ARGUMENT)."""
-
-    reason = "too_large"
-
-
-class ServiceUnavailableError(RequestError):
-    """No ready model, or the server is draining (REST 503 / gRPC UNAVAILABLE)."""
-
-    reason = "unavailable"
 
 
 def error_reason(exc: BaseException) -> str:

@@ -187,6 +187,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer.zero_grad(set_to_none=True)
         batch_index = state.batches_done if epoch == state.epoch else 0
         last_batch = batch_index + len(sampler)
+        # No batches left for this rank (resumed at an epoch's end, or fewer batches than ranks).
+        loss = torch.tensor(float("nan"))
         for batch in loader:
             batch_index += 1
             dropped += batch.num_dropped

@@ -86,10 +86,12 @@ def run_training(cfg: TrainConfig, *, run_name: str | None = None) -> tuple[Mode
     with tempfile.TemporaryDirectory(dir=output_dir) as scratch:
         init_dir, parent_version = _resolve_init(cfg, registry, Path(scratch))
         if not ray.is_initialized():
-            address = cfg.scaling.ray_address
+            # No address means a new local instance ("local"), never a `ray start` cluster that
+            # ray.init(address=None) would otherwise join; RAY_ADDRESS=local is local too.
+            address = cfg.scaling.ray_address or "local"
+            local = {"num_cpus": max(os.cpu_count() or 1, int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker))}
             ray.init(address=address, include_dashboard=False, log_to_driver=True,
-                     **({} if address else {"num_cpus": max(os.cpu_count() or 1, int(cfg.scaling.num_workers
-                                                                                      * cfg.scaling.cpus_per_worker))}))
+                     **(local if address == "local" else {}))
         threads = max(1, int(cfg.scaling.cpus_per_worker))
         loop_config = {**cfg.model_dump(mode="json"), "_init_dir": init_dir, "_threads_per_worker": threads}
         loop_config["run"]["output_dir"] = str(output_dir)

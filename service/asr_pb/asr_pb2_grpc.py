@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class SpeechRecognitionStub:
-    """Missing associated documentation comment in .proto file."""
+    """Speech to text with QuartzNet/Jasper CTC models from the model registry.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -52,7 +53,8 @@ class SpeechRecognitionStub:
 
 
 class SpeechRecognitionServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Speech to text with QuartzNet/Jasper CTC models from the model registry.
+    """
 
     def Recognize(self, request, context):
         """Transcribes one complete recording. Raise the client's max send message length for long
@@ -106,7 +108,8 @@ def add_SpeechRecognitionServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SpeechRecognition:
-    """Missing associated documentation comment in .proto file."""
+    """Speech to text with QuartzNet/Jasper CTC models from the model registry.
+    """
 
     @staticmethod
     def Recognize(request,

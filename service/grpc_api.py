@@ -1,0 +1,330 @@
+"""The asr.v1.SpeechRecognition servicer: proto <-> domain conversion and one error-to-status mapping.
+
+Recognize builds a TranscriptionRequest and calls ``Engine.transcribe`` (the REST path does the
+same). StreamingRecognize feeds a service.streaming.StreamingSession, which runs its windows
+through ``Engine.log_probs``. Every failure leaves through ``_rpc_status``: request errors become
+INVALID_ARGUMENT / NOT_FOUND / RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED / UNAVAILABLE with the
+error's one-line message, anything else INTERNAL (logged with its traceback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+from google.protobuf import duration_pb2
+
+from model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError, decode_audio, resample
+from service.asr_pb import asr_pb2, asr_pb2_grpc
+from service.domain import (DeadlineExceededError, PayloadTooLargeError, QueueFullError, RequestError,
+                            ServiceUnavailableError, TranscriptionRequest, TranscriptionResult, UnknownModelError,
+                            WordTiming, error_reason)
+from service.model_slot import ModelLoadError
+from service.streaming import StreamingOptions, StreamingSession, StreamResult, pcm16_to_float32
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = asr_pb2.DESCRIPTOR.services_by_name["SpeechRecognition"].full_name
+
+# Most specific class first: every domain error is a RequestError.
+_STATUS_BY_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (UnknownModelError, grpc.StatusCode.NOT_FOUND),
+    (QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (ServiceUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (PayloadTooLargeError, grpc.StatusCode.INVALID_ARGUMENT),
+    (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (AudioError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelLoadError, grpc.StatusCode.UNAVAILABLE),
+)
+_CONTAINER_HINT = " (raw PCM needs encoding=LINEAR_PCM and sample_rate_hertz)"
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status and one-line message a request failure is reported with."""
+    for error_type, code in _STATUS_BY_ERROR:
+        if isinstance(exc, error_type):
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return code, message
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see server logs"
+
+
+class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
+    """Serves asr.v1.SpeechRecognition on top of an ``Engine`` (service.engine)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.config = engine.config
+        self.metrics = engine.metrics
+
+    # ---- RPCs ---------------------------------------------------------------------------
+
+    async def Recognize(self, request: asr_pb2.RecognizeRequest, context: grpc.aio.ServicerContext
+                        ) -> asr_pb2.RecognizeResponse:
+        async with self._rpc_status(context, "grpc"):
+            config = request.config
+            name, version, model_rate = self.engine.resolve_model(config.model or None)
+            if len(request.audio) > self.config.max_audio_bytes:
+                raise PayloadTooLargeError(f"audio is {len(request.audio)} bytes; the limit is "
+                                           f"{self.config.max_audio_bytes}")
+            audio = await asyncio.to_thread(_decode_request_audio, request.audio, config, model_rate)
+            result = await self.engine.transcribe(self._transcription_request(
+                audio, f"{name}@{version}", config, _deadline(context)))
+            return _recognize_response(result, request.request_id)
+
+    async def StreamingRecognize(self, request_iterator: AsyncIterator[asr_pb2.StreamingRecognizeRequest],
+                                 context: grpc.aio.ServicerContext
+                                 ) -> AsyncIterator[asr_pb2.StreamingRecognizeResponse]:
+        async with self._rpc_status(context, "grpc_stream"):
+            first = await anext(aiter(request_iterator), None)
+            if first is None or first.WhichOneof("streaming_request") != "streaming_config":
+                got = "an empty stream" if first is None else "audio_content"
+                raise RequestError(f"the first message must carry streaming_config, got {got}")
+            stream_config = first.streaming_config
+            name, version, model_rate = self.engine.resolve_model(stream_config.config.model or None)
+            session = StreamingSession(self.engine, f"{name}@{version}", model_rate,
+                                       _stream_sample_rate(stream_config.config), _streaming_options(stream_config),
+                                       deadline_s=_deadline(context))
+            model_ref = asr_pb2.ModelRef(name=name, version=version)
+            self.metrics.active_streams.inc()
+            reader = _AudioReader(request_iterator, session, max(1, stream_config.config.audio_channel_count),
+                                  self.config.max_audio_bytes, self.config.max_audio_duration_s)
+            try:
+                async for results in reader.drive():
+                    yield _streaming_response(results, model_ref)
+            finally:
+                self.metrics.active_streams.dec()
+
+    async def ListModels(self, request: asr_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+                         ) -> asr_pb2.ListModelsResponse:
+        async with self._rpc_status(context, "grpc"):
+            entries = await asyncio.to_thread(self.engine.registry_models)
+            loaded = {(m["name"], m["version"]): m for m in self.engine.list_models()}
+            response = asr_pb2.ListModelsResponse(default_model=self.config.default_model)
+            for entry in entries:
+                if request.name and entry["name"] != request.name:
+                    continue
+                key = (entry["name"], entry["version"])
+                rate = loaded[key]["sample_rate"] if key in loaded else _published_rate(self.engine, *key)
+                params = {k: v if isinstance(v, str) else json.dumps(v) for k, v in entry.items()
+                          if k not in ("name", "version") and v is not None}
+                if key in loaded:
+                    params["frame_duration_s"] = str(loaded[key]["frame_duration_s"])
+                response.models.append(asr_pb2.ModelInfo(
+                    name=entry["name"], version=entry["version"], sample_rate_hertz=rate,
+                    is_default=entry["state"] == "active", loaded=key in loaded, parameters=params))
+            return response
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _rpc_status(self, context: grpc.aio.ServicerContext, api: str):
+        """Counts the call once it ends and turns any exception into a gRPC status."""
+        started = time.monotonic()
+        code = grpc.StatusCode.OK
+        try:
+            yield
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN  # the status abort() was given
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure must become a status, never a crash
+            code, message = status_for(exc)
+            self.metrics.count_error(error_reason(exc))
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception("gRPC %s failed", api)
+            await context.abort(code, message)
+        finally:
+            self.metrics.observe_request(api, code.name, time.monotonic() - started)
+
+    def _transcription_request(self, audio: np.ndarray, model: str, config: asr_pb2.RecognitionConfig,
+                               deadline_s: float | None) -> TranscriptionRequest:
+        decoder = config.decoder_config
+        default_boost = self.config.beam.hotword_boost
+        hotwords = tuple((phrase, context.boost or default_boost)
+                         for context in config.speech_contexts for phrase in context.phrases)
+        return TranscriptionRequest(
+            audio=audio, model=model, decoder=decoder.decoder or "greedy",
+            word_timestamps=config.enable_word_time_offsets, hotwords=hotwords,
+            beam_width=decoder.beam_width or None,
+            lm_alpha=decoder.lm_alpha if decoder.HasField("lm_alpha") else None,
+            lm_beta=decoder.lm_beta if decoder.HasField("lm_beta") else None,
+            lm=decoder.lm or None, num_alternatives=max(1, config.max_alternatives),
+            deadline_s=deadline_s, api="grpc")
+
+
+class _AudioReader:
+    """Reads a stream's audio messages in the background while the session runs the model.
+
+    Reading and inference overlap, so a slow window never stalls the client's sends, and the
+    next window covers all audio that arrived meanwhile.
+    """
+
+    def __init__(self, requests: AsyncIterator, session: StreamingSession, channels: int,
+                 max_bytes: int, max_duration_s: float) -> None:
+        self.requests = requests
+        self.session = session
+        self.channels = channels
+        self.max_bytes = max_bytes
+        self.max_duration_s = max_duration_s
+        self._wake = asyncio.Event()
+        self._done = False
+        self._error: BaseException | None = None
+        self._carry = b""
+        self._received = 0
+
+    async def drive(self) -> AsyncIterator[list[StreamResult]]:
+        """Yields each non-empty batch of results until the client half-closes, then the finals."""
+        task = asyncio.create_task(self._read())
+        try:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if self.session.ready():
+                    results = await self.session.step()
+                elif self._done:
+                    break
+                else:
+                    await self._wake.wait()
+                    self._wake.clear()
+                    continue
+                if results:
+                    yield results
+            results = await self.session.finish()
+            if results:
+                yield results
+        finally:
+            task.cancel()
+
+    async def _read(self) -> None:
+        try:
+            async for message in self.requests:
+                if message.WhichOneof("streaming_request") != "audio_content":
+                    raise RequestError("streaming_config may only be sent once, as the first message")
+                self._add(message.audio_content)
+                self._wake.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to drive(), which reports it as the call's status
+            self._error = exc
+        self._done = True
+        self._wake.set()
+
+    def _add(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > self.max_bytes:
+            raise PayloadTooLargeError(f"stream audio exceeds {self.max_bytes} bytes")
+        data = self._carry + data
+        usable = len(data) - len(data) % (2 * self.channels)  # a message may end inside a PCM frame
+        self._carry = data[usable:]
+        self.session.add_audio(pcm16_to_float32(data[:usable], self.channels))
+        if self.session.audio_received_s > self.max_duration_s:
+            raise PayloadTooLargeError(f"stream audio exceeds {self.max_duration_s:.0f} s")
+
+
+# ---- proto -> domain --------------------------------------------------------------------
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + max(0.0, remaining)
+
+
+def _check_rate(rate: int) -> int:
+    if rate <= 0:
+        raise RequestError("sample_rate_hertz is required for LINEAR_PCM audio")
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise RequestError(f"sample_rate_hertz must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE}, got {rate}")
+    return rate
+
+
+def _decode_request_audio(data: bytes, config: asr_pb2.RecognitionConfig, model_rate: int) -> np.ndarray:
+    """Recognize's audio bytes to (L,) float32 mono at ``model_rate`` (runs in a worker thread)."""
+    if not data:
+        raise RequestError("audio is empty (0 bytes)")
+    if config.encoding == asr_pb2.LINEAR_PCM:
+        rate = _check_rate(config.sample_rate_hertz)
+        if config.audio_channel_count < 0:
+            raise RequestError(f"audio_channel_count must not be negative, got {config.audio_channel_count}")
+        samples = pcm16_to_float32(data, max(1, config.audio_channel_count))
+        return resample(samples, rate, model_rate)
+    try:
+        return decode_audio(data, model_rate, name="audio").samples
+    except AudioError as e:
+        hint = _CONTAINER_HINT if config.encoding == asr_pb2.ENCODING_UNSPECIFIED else ""
+        raise AudioError(f"{e}{hint}") from None
+
+
+def _stream_sample_rate(config: asr_pb2.RecognitionConfig) -> int:
+    if config.encoding not in (asr_pb2.ENCODING_UNSPECIFIED, asr_pb2.LINEAR_PCM):
+        raise RequestError(f"StreamingRecognize accepts LINEAR_PCM audio only, got "
+                           f"{asr_pb2.AudioEncoding.Name(config.encoding)}")
+    if config.audio_channel_count < 0:
+        raise RequestError(f"audio_channel_count must not be negative, got {config.audio_channel_count}")
+    return _check_rate(config.sample_rate_hertz)
+
+
+def _streaming_options(stream_config: asr_pb2.StreamingRecognitionConfig) -> StreamingOptions:
+    config = stream_config.config
+    if config.decoder_config.decoder not in ("", "greedy"):
+        raise RequestError(f"StreamingRecognize decodes greedily; decoder {config.decoder_config.decoder!r} "
+                           "is only available in Recognize")
+    if any(context.phrases for context in config.speech_contexts):
+        raise RequestError("speech_contexts (hotwords) need the beam decoder; use Recognize")
+    if config.max_alternatives > 1:
+        raise RequestError("StreamingRecognize returns one alternative; max_alternatives must be 0 or 1")
+    endpointing = stream_config.endpointing
+    if endpointing.silence_ms < 0:
+        raise RequestError(f"endpointing.silence_ms must not be negative, got {endpointing.silence_ms}")
+    silence_ms = None if endpointing.disabled else (endpointing.silence_ms or 800)
+    return StreamingOptions(interim_results=stream_config.interim_results,
+                            word_timestamps=config.enable_word_time_offsets, silence_ms=silence_ms)
+
+
+def _published_rate(engine, name: str, version: int) -> int:
+    try:
+        return engine.resolve_model(f"{name}@{version}")[2]
+    except Exception:  # noqa: BLE001 - a broken version is still listed (its error is in parameters)
+        return 0
+
+
+# ---- domain -> proto --------------------------------------------------------------------
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(round(seconds * 1e9))
+    return value
+
+
+def _words(words: tuple[WordTiming, ...]) -> list[asr_pb2.WordInfo]:
+    return [asr_pb2.WordInfo(word=w.word, start_time=_duration(w.start_s), end_time=_duration(w.end_s),
+                             confidence=w.confidence) for w in words]
+
+
+def _recognize_response(result: TranscriptionResult, request_id: str) -> asr_pb2.RecognizeResponse:
+    alternatives = [asr_pb2.SpeechRecognitionAlternative(transcript=a.text, confidence=a.confidence,
+                                                         words=_words(a.words))
+                    for a in result.alternatives]
+    timings = asr_pb2.Timings(**{k: float(result.timings.get(k, 0.0))
+                                 for k in ("queue_s", "inference_s", "decode_s", "total_s")})
+    return asr_pb2.RecognizeResponse(
+        results=[asr_pb2.SpeechRecognitionResult(alternatives=alternatives, channel_tag=1,
+                                                 audio_processed=result.duration_s)],
+        model=asr_pb2.ModelRef(name=result.model_name, version=result.model_version),
+        timings=timings, request_id=request_id)
+
+
+def _streaming_response(results: list[StreamResult], model: asr_pb2.ModelRef) -> asr_pb2.StreamingRecognizeResponse:
+    return asr_pb2.StreamingRecognizeResponse(model=model, results=[
+        asr_pb2.StreamingRecognitionResult(
+            alternatives=[asr_pb2.SpeechRecognitionAlternative(transcript=r.text, confidence=r.confidence,
+                                                               words=_words(r.words))],
+            is_final=r.is_final, stability=r.stability, audio_processed=r.audio_processed_s, channel_tag=1)
+        for r in results])

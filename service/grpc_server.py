@@ -1,0 +1,111 @@
+"""The gRPC server: asr.v1.SpeechRecognition plus grpc.health.v1 and reflection, on the app's event loop.
+
+``service/server.py`` calls ``start_grpc`` once the Engine's models are loaded, and stops it on shutdown:
+
+    grpc_server = await start_grpc(engine, config)   # serving on config.grpc_port
+    ...
+    await stop_grpc(grpc_server, config.drain_timeout_s)   # or grpc_server.stop(grace_s)
+
+Health reports SERVING while ``engine.ready`` (a model is loaded and the engine is not
+draining), so ``engine.begin_drain()`` alone already turns it NOT_SERVING.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.asr_pb import asr_pb2_grpc
+from service.config import ServiceConfig
+from service.grpc_api import SERVICE_NAME, SpeechRecognitionServicer
+
+log = logging.getLogger(__name__)
+
+# Recognize carries the whole file in one message. gRPC's default 4 MiB holds only about
+# 131 s of 16 kHz 16-bit PCM; 32 MiB holds 17 minutes, and the configured upload limit
+# (plus room for the config fields) always fits.
+_MIN_MESSAGE_BYTES = 32 * 1024 * 1024
+_MESSAGE_OVERHEAD_BYTES = 1024 * 1024
+# Long-lived streams behind NATs and load balancers need keepalive pings; clients may ping
+# every 30 s without being told "too_many_pings".
+_KEEPALIVE_OPTIONS = (
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+
+
+
+class _EngineHealth(health.aio.HealthServicer):
+    """grpc.health.v1 whose status follows ``engine.ready`` (loaded and not draining) on every call."""
+
+    def __init__(self, engine) -> None:
+        super().__init__()
+        self.engine = engine
+
+    async def sync(self) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if self.engine.ready
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", SERVICE_NAME):  # "" is the whole server's health
+            await self.set(name, status)
+
+    async def Check(self, request, context):
+        await self.sync()
+        return await super().Check(request, context)
+
+    async def Watch(self, request, context):
+        await self.sync()
+        return await super().Watch(request, context)
+
+
+_health_by_server: "weakref.WeakKeyDictionary[grpc.aio.Server, _EngineHealth]" = weakref.WeakKeyDictionary()
+
+
+def max_message_bytes(config: ServiceConfig) -> int:
+    """The largest request message the server accepts."""
+    return max(_MIN_MESSAGE_BYTES, config.max_audio_bytes + _MESSAGE_OVERHEAD_BYTES)
+
+
+async def start_grpc(engine, config: ServiceConfig) -> grpc.aio.Server:
+    """Builds, binds and starts the gRPC server on ``config.http_host:config.grpc_port``.
+
+    Args:
+        engine: the started service.engine.Engine.
+        config: limits (``max_audio_bytes``) and the port.
+
+    Returns:
+        The running server; pass it to ``stop_grpc``.
+
+    Raises:
+        RuntimeError: the port could not be bound.
+    """
+    limit = max_message_bytes(config)
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+                                      ("grpc.max_send_message_length", limit), *_KEEPALIVE_OPTIONS])
+    asr_pb2_grpc.add_SpeechRecognitionServicer_to_server(SpeechRecognitionServicer(engine), server)
+    health_servicer = _EngineHealth(engine)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"{getattr(config, 'grpc_host', config.http_host)}:{config.grpc_port}"
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise RuntimeError(f"cannot bind gRPC to {address}: {e}") from None
+    await server.start()
+    await health_servicer.sync()
+    _health_by_server[server] = health_servicer
+    log.info("gRPC serving %s on %s (max message %d bytes)", SERVICE_NAME, address, limit)
+    return server
+
+
+async def stop_grpc(server: grpc.aio.Server, grace_s: float | None) -> None:
+    """Reports NOT_SERVING, stops taking calls, and lets open calls finish for up to ``grace_s``."""
+    health_servicer = _health_by_server.pop(server, None)
+    if health_servicer is not None:
+        await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace_s)

@@ -1,0 +1,206 @@
+"""REST routes: POST /transcribe, GET /v1/models, health probes and /metrics (thin over the Engine).
+
+``/transcribe`` takes multipart (``file`` + fields) or a raw audio body; decoder knobs come
+as query parameters or form fields:
+
+    curl -F file=@clip.flac 'localhost:8000/transcribe?decoder=beam&hotwords=yes:8,two&alternatives=3'
+    curl --data-binary @clip.wav -H 'Content-Type: audio/wav' localhost:8000/transcribe
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from model.audio import decode_audio
+from service.domain import PayloadTooLargeError, RequestError, TranscriptionRequest, TranscriptionResult
+from service.engine import Engine
+from service.http_errors import count_failure, error_response, status_for
+from service.metrics import CONTENT_TYPE_LATEST
+from service.upload import Upload, read_upload
+
+router = APIRouter()
+
+_TRANSCRIBE_PARAMS = ("model", "decoder", "word_timestamps", "hotwords", "beam_width", "lm_alpha", "lm_beta", "lm",
+                      "alternatives")
+_UPLOAD_DOC = {"requestBody": {"content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary"}, **{p: {"type": "string"} for p in _TRANSCRIBE_PARAMS}}}},
+    "audio/*": {"schema": {"type": "string", "format": "binary"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+def engine_of(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+async def serve(request: Request, api: str, handler: Callable[[], Awaitable[Response]]) -> Response:
+    """Runs a route body, converting errors to JSON and counting the request once, when it ends."""
+    metrics = engine_of(request).metrics
+    started = time.monotonic()
+    try:
+        response = await handler()
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error, never a traceback
+        count_failure(metrics, exc)
+        response = error_response(exc)
+    metrics.observe_request(api, response.status_code, time.monotonic() - started)
+    return response
+
+
+# --- parameter parsing (form fields override query parameters) ---------------------------
+
+def param(request: Request, upload: Upload, name: str) -> str | None:
+    value = upload.field(name)
+    return value if value is not None else request.query_params.get(name)
+
+
+def parse_bool(name: str, value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise RequestError(f"{name} must be true or false, got {value!r}")
+
+
+def parse_number(name: str, value: str | None, kind: type = float) -> float | int | None:
+    if value is None or value.strip() == "":
+        return None
+    try:
+        number = kind(value)
+    except ValueError:
+        raise RequestError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise RequestError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def parse_hotwords(value: str | None, default_boost: float) -> tuple[tuple[str, float], ...]:
+    """"yes:8, two cats" -> (("yes", 8.0), ("two cats", default_boost))."""
+    if not value:
+        return ()
+    hotwords = []
+    for item in value.split(","):
+        phrase, sep, boost = item.strip().rpartition(":")
+        if not sep:
+            phrase, boost = boost, ""
+        if not phrase.strip():
+            continue
+        hotwords.append((phrase.strip(), parse_number(f"hotword boost of {phrase!r}", boost) if boost else default_boost))
+    return tuple(hotwords)
+
+
+async def decode_upload(engine: Engine, upload: Upload, model: str | None) -> np.ndarray:
+    """Decodes the uploaded file to the target model's rate, off the event loop.
+
+    Raises:
+        AudioError (400), UnknownModelError (404), PayloadTooLargeError (413, too long).
+    """
+    _, _, sample_rate = engine.resolve_model(model)
+    decoded = await asyncio.to_thread(decode_audio, upload.data, sample_rate, name=upload.filename)
+    limit_s = engine.config.max_audio_duration_s
+    if decoded.duration_s > limit_s:
+        raise PayloadTooLargeError(f"audio is {decoded.duration_s:.1f} s long; the limit is {limit_s:.0f} s")
+    return decoded.samples
+
+
+def words_json(words) -> list[dict]:
+    return [{"word": w.word, "start": w.start_s, "end": w.end_s, "confidence": w.confidence} for w in words]
+
+
+def model_header(result: TranscriptionResult) -> dict[str, str]:
+    """Every transcription response names the version that produced it (hot-swap audits)."""
+    return {"X-ASR-Model": f"{result.model_name}@{result.model_version}"}
+
+
+def result_json(result: TranscriptionResult) -> dict:
+    return {
+        "text": result.text,
+        "words": words_json(result.words),
+        "alternatives": [{"text": a.text, "confidence": a.confidence, "words": words_json(a.words)}
+                         for a in result.alternatives],
+        "duration": result.duration_s,
+        "model": {"name": result.model_name, "version": result.model_version},
+        "decoder": result.decoder,
+        "timings": result.timings,
+    }
+
+
+# --- routes ----------------------------------------------------------------------------------
+
+@router.post("/transcribe", tags=["transcription"], openapi_extra=_UPLOAD_DOC,
+             summary="Transcribe an audio file (multipart 'file' or raw audio body)")
+async def transcribe(request: Request) -> Response:
+    """Query/form parameters: model (NAME[@VERSION]), decoder (greedy|beam), word_timestamps (bool),
+    hotwords (comma-separated, optional ``phrase:boost``), beam_width, lm_alpha, lm_beta, lm,
+    alternatives (N-best, beam only)."""
+    engine = engine_of(request)
+
+    async def handle() -> Response:
+        upload = await read_upload(request, max_bytes=engine.config.max_audio_bytes)
+        get = lambda name: param(request, upload, name)  # noqa: E731
+        model = get("model") or None
+        alternatives = parse_number("alternatives", get("alternatives"), int)
+        req_fields = dict(
+            model=model, decoder=(get("decoder") or "greedy").lower(),
+            word_timestamps=parse_bool("word_timestamps", get("word_timestamps"), True),
+            hotwords=parse_hotwords(get("hotwords"), engine.config.beam.hotword_boost),
+            beam_width=parse_number("beam_width", get("beam_width"), int),
+            lm_alpha=parse_number("lm_alpha", get("lm_alpha")), lm_beta=parse_number("lm_beta", get("lm_beta")),
+            lm=get("lm") or None, num_alternatives=1 if alternatives is None else alternatives, api="rest")
+        audio = await decode_upload(engine, upload, model)
+        result = await engine.transcribe(TranscriptionRequest(audio=audio, **req_fields))
+        return JSONResponse(result_json(result), headers=model_header(result))
+
+    return await serve(request, "rest", handle)
+
+
+@router.get("/v1/models", tags=["models"], summary="Loaded models (OpenAI list shape)")
+async def list_models(request: Request) -> dict:
+    engine = engine_of(request)
+    data = []
+    for m in engine.list_models():
+        entry = {"id": f"{m['name']}@{m['version']}", "object": "model", "created": 0, "owned_by": "quartznet-asr",
+                 "name": m["name"], "version": m["version"], "state": m["state"], "sample_rate": m["sample_rate"],
+                 "language": "en"}
+        data.append(entry)
+        if m["state"] == "active":
+            data.append(entry | {"id": m["name"]})
+    return {"object": "list", "data": data}
+
+
+@router.get("/health/live", tags=["health"], summary="The process is up and its event loop answers")
+async def live() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/health/ready", tags=["health"], summary="200 once a model is loaded and warmed; 503 while draining")
+async def ready(request: Request) -> JSONResponse:
+    engine = engine_of(request)
+    if engine.ready:
+        active = engine.slot.active
+        return JSONResponse({"status": "ready", "model": {"name": active.name, "version": active.version}})
+    if engine.startup_error:
+        message = engine.startup_error
+    elif engine.slot.active is None:
+        message = "loading model"
+    else:
+        message = "draining"
+    return JSONResponse({"status": "unavailable", "error": {"message": message, "type": "unavailable",
+                                                            "code": "not_ready"}}, 503)
+
+
+@router.get("/metrics", tags=["health"], summary="Prometheus metrics (text exposition format)")
+async def metrics(request: Request) -> Response:
+    return Response(engine_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+__all__ = ["router", "serve", "status_for"]

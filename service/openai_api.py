@@ -1,0 +1,135 @@
+"""OpenAI-compatible ``POST /v1/audio/transcriptions`` over the same Engine as /transcribe.
+
+Model ids: a registry NAME[@VERSION] picks that model; "default", an empty value and
+OpenAI's own ids (``whisper-1``, ``gpt-4o-transcribe``, ``gpt-4o-mini-transcribe``) mean the
+active model. ``language`` accepts only English ("en", "en-US", "english" or empty);
+``prompt`` and ``temperature`` are accepted and ignored (CTC has no prompt or sampling).
+``timestamp_granularities[]=word`` (also without brackets, or repeated) adds ``words`` to
+``verbose_json``; with other formats it is ignored rather than refused.
+
+    curl localhost:8000/v1/audio/transcriptions -F file=@clip.flac -F model=whisper-1 \\
+         -F response_format=verbose_json -F 'timestamp_granularities[]=word'
+"""
+
+from __future__ import annotations
+
+import math
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from model.decoding import WordTiming
+from service.domain import RequestError, TranscriptionRequest, TranscriptionResult
+from service.http_api import decode_upload, engine_of, model_header, parse_number, serve
+from service.upload import read_upload
+
+router = APIRouter()
+
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+OPENAI_MODEL_IDS = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
+_ENGLISH = ("", "en", "en-us", "en-gb", "english")
+# A new segment starts at a pause this long, or once a segment spans this many seconds.
+_SEGMENT_PAUSE_S = 1.0
+_SEGMENT_MAX_S = 30.0
+
+_UPLOAD_DOC = {"requestBody": {"content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary"}, "model": {"type": "string"},
+        "language": {"type": "string"}, "prompt": {"type": "string"},
+        "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS)},
+        "temperature": {"type": "number"},
+        "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["word", "segment"]}}}}}}}}
+
+
+class _ParamError(RequestError):
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@router.post("/v1/audio/transcriptions", tags=["openai"], openapi_extra=_UPLOAD_DOC,
+             summary="OpenAI-compatible transcription (multipart)")
+async def create_transcription(request: Request) -> Response:
+    engine = engine_of(request)
+
+    async def handle() -> Response:
+        upload = await read_upload(request, max_bytes=engine.config.max_audio_bytes)
+        model = (upload.field("model") or "").strip()
+        model = None if model in ("", "default", *OPENAI_MODEL_IDS) else model
+        response_format = (upload.field("response_format") or "json").strip().lower()
+        if response_format not in RESPONSE_FORMATS:
+            raise _ParamError(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, "
+                              f"got {response_format!r}", "response_format")
+        language = (upload.field("language") or "").strip()
+        if language.lower() not in _ENGLISH:
+            raise _ParamError(f"language {language!r} is not supported: this model transcribes English only "
+                              "(use 'en' or leave it empty)", "language")
+        temperature = parse_number("temperature", upload.field("temperature"))
+        if temperature is not None and not 0.0 <= temperature <= 1.0:
+            raise _ParamError(f"temperature must be between 0 and 1, got {temperature}", "temperature")
+        granularities = {g.strip().lower() for key in ("timestamp_granularities[]", "timestamp_granularities")
+                         for value in upload.fields.get(key, []) for g in value.split(",") if g.strip()}
+        if granularities - {"word", "segment"}:
+            raise _ParamError(f"timestamp_granularities must be 'word' and/or 'segment', got {sorted(granularities)}",
+                              "timestamp_granularities[]")
+        audio = await decode_upload(engine, upload, model)
+        result = await engine.transcribe(TranscriptionRequest(audio=audio, model=model, api="openai"))
+        return format_result(result, response_format, "word" in granularities)
+
+    return await serve(request, "openai", handle)
+
+
+def format_result(result: TranscriptionResult, response_format: str, with_words: bool) -> Response:
+    headers = model_header(result)
+    model_id = f"{result.model_name}@{result.model_version}"
+    if response_format == "json":
+        return JSONResponse({"text": result.text, "model": model_id}, headers=headers)
+    if response_format == "text":
+        return PlainTextResponse(result.text + "\n", headers=headers)
+    segments = build_segments(result.words, result.text, result.duration_s)
+    if response_format == "srt":
+        return PlainTextResponse(to_srt(segments), headers=headers, media_type="application/x-subrip")
+    if response_format == "vtt":
+        return PlainTextResponse(to_vtt(segments), headers=headers, media_type="text/vtt")
+    body = {"task": "transcribe", "language": "english", "duration": result.duration_s, "text": result.text,
+            "segments": segments, "model": model_id}
+    if with_words:
+        body["words"] = [{"word": w.word, "start": w.start_s, "end": w.end_s, "probability": w.confidence}
+                         for w in result.words]
+    return JSONResponse(body, headers=headers)
+
+
+def build_segments(words: tuple[WordTiming, ...], text: str, duration_s: float) -> list[dict]:
+    """Groups words into Whisper-style segments, breaking at pauses and at _SEGMENT_MAX_S."""
+    groups: list[list[WordTiming]] = []
+    for word in words:
+        if (not groups or word.start_s - groups[-1][-1].end_s >= _SEGMENT_PAUSE_S
+                or word.end_s - groups[-1][0].start_s > _SEGMENT_MAX_S):
+            groups.append([])
+        groups[-1].append(word)
+    if not groups:
+        spans = [(0.0, duration_s, text, 0.0)] if text else []
+    else:
+        spans = [(g[0].start_s, g[-1].end_s, " ".join(w.word for w in g),
+                  sum(w.confidence for w in g) / len(g)) for g in groups]
+    return [{"id": i, "seek": 0, "start": start, "end": end, "text": seg_text, "tokens": [], "temperature": 0.0,
+             "avg_logprob": round(math.log(max(conf, 1e-6)), 4), "compression_ratio": 1.0, "no_speech_prob": 0.0}
+            for i, (start, end, seg_text, conf) in enumerate(spans)]
+
+
+def _timestamp(seconds: float, separator: str) -> str:
+    ms = int(round(seconds * 1000))
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    secs, ms = divmod(ms, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{ms:03d}"
+
+
+def to_srt(segments: list[dict]) -> str:
+    return "".join(f"{i + 1}\n{_timestamp(s['start'], ',')} --> {_timestamp(s['end'], ',')}\n{s['text']}\n\n"
+                   for i, s in enumerate(segments))
+
+
+def to_vtt(segments: list[dict]) -> str:
+    return "WEBVTT\n\n" + "".join(f"{_timestamp(s['start'], '.')} --> {_timestamp(s['end'], '.')}\n{s['text']}\n\n"
+                                  for s in segments)

@@ -1,0 +1,402 @@
+"""Buffered CTC streaming: a growing audio stream in, interim and final transcripts out.
+
+The method is NeMo's buffered CTC inference (FrameBatchASR), run incrementally:
+
+* The stream is cut into *segments* at endpoints: ``silence_ms`` of consecutive blank CTC frames
+  after some speech. Each segment gets exactly one final result.
+* Inside a segment, each time ``chunk_s`` of new audio has arrived, the model runs on one
+  window: ``left_context_s`` of already-settled audio, then everything not yet settled. Window
+  starts are multiples of the model's frame stride, so window frame ``t`` is global frame
+  ``start // samples_per_frame + t``. Frames of whole chunks that have at least
+  ``right_context_s`` of look-ahead inside the window are *committed* (kept for good); the later
+  frames are a *tentative* tail, recomputed next time. An interim result is one global greedy
+  CTC merge (collapse repeats, drop blanks) over committed + tentative frames.
+* A final result must equal what offline ``Recognize`` gives for the same audio. The model
+  normalises features per utterance, over all valid frames, so frames computed on 2-3 s windows
+  are close to, but not the same as, one pass over the whole segment. So a segment of at most
+  ``max_redecode_s`` is finalised by running the model once over the segment's audio, which is
+  the offline computation. A longer segment is finalised from its committed frames plus one
+  flush window whose right context is all the remaining audio (buffered inference proper).
+
+Every model run goes through ``Engine.log_probs``, so stream windows batch with other work.
+Endpointing reads committed frames only, so a silence is declared after ``silence_ms`` plus at
+most ``right_context_s + chunk_s`` of audio.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, resample
+from model.decoding import WordTiming, greedy_decode
+from service.domain import LogProbsResult, RequestError
+
+__all__ = ["StreamingOptions", "StreamResult", "StreamingSession", "pcm16_to_float32"]
+
+# Interim results are split where the committed frames end. Text on committed frames changes
+# only if the final one-pass decode (other normalisation statistics) disagrees; the tail can
+# change with every new chunk of audio.
+STABLE_STABILITY = 0.9
+TAIL_STABILITY = 0.1
+# Source samples of real signal kept on each side of a window before resampling it.
+_RESAMPLE_MARGIN = 64
+
+
+class LogProbsEngine(Protocol):
+    """The part of service.engine.Engine a stream needs."""
+
+    async def log_probs(self, audio: np.ndarray, model: str | None, *, deadline_s: float | None = None,
+                        api: str = "grpc") -> LogProbsResult: ...
+
+
+@dataclass(frozen=True)
+class StreamingOptions:
+    """How a stream is chunked, endpointed and finalised.
+
+    Attributes:
+        interim_results: produce interim (``is_final=False``) results.
+        word_timestamps: put word times and confidences on final results.
+        silence_ms: trailing blank frames (in ms) after speech that end a segment; None disables
+            endpointing (one segment, finalised at the end of the stream).
+        chunk_s: audio between two model runs, and the unit in which frames are committed.
+        left_context_s: settled audio put in front of each window (not re-committed).
+        right_context_s: look-ahead a frame needs inside its window before it is committed.
+        first_step_s: audio needed for the first run of a segment (sets the first-interim latency).
+        max_redecode_s: segments up to this long are finalised by one pass over their audio.
+        max_leading_silence_s: speech-free audio at the start of a segment beyond this is dropped.
+    """
+
+    interim_results: bool = True
+    word_timestamps: bool = True
+    silence_ms: int | None = 800
+    chunk_s: float = 0.32
+    left_context_s: float = 1.6
+    right_context_s: float = 0.64
+    first_step_s: float = 0.2
+    max_redecode_s: float = 30.0
+    max_leading_silence_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.silence_ms is not None and self.silence_ms <= 0:
+            raise ValueError(f"silence_ms must be positive or None, got {self.silence_ms}")
+        if min(self.chunk_s, self.first_step_s, self.max_redecode_s) <= 0:
+            raise ValueError(f"chunk_s, first_step_s and max_redecode_s must be positive: {self}")
+        if min(self.left_context_s, self.right_context_s) < 0:
+            raise ValueError(f"context lengths must not be negative: {self}")
+        if self.max_leading_silence_s < self.left_context_s:
+            raise ValueError(f"max_leading_silence_s must be at least left_context_s: {self}")
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """One result of a stream.
+
+    Attributes:
+        text: words separated by single spaces.
+        words: per-word times (seconds from the start of the stream); finals only.
+        is_final: the segment is over and this text will not change.
+        stability: interims only, in (0, 1): how likely the text is to stay; 0 for finals.
+        confidence: finals only: mean word confidence in [0, 1].
+        audio_processed_s: seconds of stream audio transcribed when this result was made.
+    """
+
+    text: str
+    words: tuple[WordTiming, ...]
+    is_final: bool
+    stability: float
+    confidence: float
+    audio_processed_s: float
+
+
+def pcm16_to_float32(data: bytes, channels: int = 1) -> np.ndarray:
+    """Signed 16-bit little-endian interleaved PCM to mono float32 in [-1, 1), shape (L,).
+
+    Raises:
+        RequestError: the byte count is not a whole number of frames.
+    """
+    frame_bytes = 2 * channels
+    if len(data) % frame_bytes:
+        raise RequestError(f"LINEAR_PCM audio must be whole 16-bit frames of {channels} channel(s) "
+                           f"({frame_bytes} bytes each); got {len(data)} bytes")
+    samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+    if channels > 1:
+        samples = samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)
+    return samples
+
+
+class _AudioBuffer:
+    """Audio of the current segment, kept at the source rate and read at the model rate.
+
+    Positions are absolute model-rate sample indices counted from the start of the stream.
+    Keeping the source samples (rather than resampling each message on arrival) lets a
+    segment's one-pass final resample the whole segment at once, as offline decoding does.
+    """
+
+    def __init__(self, source_rate: int, model_rate: int) -> None:
+        self.source_rate = source_rate
+        self.model_rate = model_rate
+        g = math.gcd(source_rate, model_rate)
+        self._src_step, self._model_step = source_rate // g, model_rate // g
+        self._data = np.zeros(16_384, dtype=np.float32)
+        self._size = 0  # valid source samples in _data
+        self._first = 0  # absolute source index of _data[0]
+
+    @property
+    def end(self) -> int:
+        """Model-rate samples received so far."""
+        return (self._first + self._size) * self.model_rate // self.source_rate
+
+    @property
+    def start(self) -> int:
+        """First model-rate sample still held."""
+        return -(-self._first * self.model_rate // self.source_rate)
+
+    def append(self, samples: np.ndarray) -> None:
+        need = self._size + len(samples)
+        if need > len(self._data):
+            grown = np.zeros(max(need, 2 * len(self._data)), dtype=np.float32)
+            grown[: self._size] = self._data[: self._size]
+            self._data = grown
+        self._data[self._size: need] = samples
+        self._size = need
+
+    def read(self, start: int, end: int) -> np.ndarray:
+        """Model-rate samples [start, end) (both absolute), shape (end - start,)."""
+        if self.source_rate == self.model_rate:
+            return self._data[start - self._first: end - self._first].copy()
+        # Resample from a source sample that maps onto a whole model sample (a "block"
+        # boundary), a little before ``start`` so the kernel sees real signal at the left edge.
+        first_block = -(-self._first // self._src_step)
+        lo_block = min(start // self._model_step,
+                       max(first_block, start // self._model_step - -(-_RESAMPLE_MARGIN // self._src_step)))
+        src_lo = lo_block * self._src_step
+        src_hi = min(self._first + self._size, -(-end * self.source_rate // self.model_rate) + _RESAMPLE_MARGIN)
+        out = resample(self._data[src_lo - self._first: src_hi - self._first], self.source_rate, self.model_rate)
+        offset = start - lo_block * self._model_step
+        piece = out[offset: offset + (end - start)]
+        return np.pad(piece, (0, end - start - len(piece))) if len(piece) < end - start else piece
+
+    def drop_before(self, position: int) -> None:
+        """Frees audio before model-rate sample ``position`` (keeping a resampling margin)."""
+        src = position * self.source_rate // self.model_rate - _RESAMPLE_MARGIN - self._src_step
+        cut = min(max(0, src - self._first), self._size)
+        if cut:
+            self._data[: self._size - cut] = self._data[cut: self._size]
+            self._size -= cut
+            self._first += cut
+
+
+class StreamingSession:
+    """One stream's state: call ``add_audio`` as audio arrives, ``step`` when ``ready``, then ``finish``.
+
+    Not thread-safe; one coroutine drives it (audio may be added between awaits).
+
+    Args:
+        engine: runs the acoustic model (``Engine`` or anything with its ``log_probs``).
+        model: the pinned NAME@VERSION every window of this stream uses.
+        model_rate: the model's sample rate in Hz.
+        source_rate: the rate of the audio passed to ``add_audio``, in Hz.
+        options: chunking, endpointing and finalisation settings.
+        deadline_s: ``time.monotonic()`` deadline of the whole stream, or None.
+        api: metrics label passed to the engine.
+    """
+
+    def __init__(self, engine: LogProbsEngine, model: str, model_rate: int, source_rate: int,
+                 options: StreamingOptions | None = None, *, deadline_s: float | None = None,
+                 api: str = "grpc_stream") -> None:
+        if not MIN_SAMPLE_RATE <= source_rate <= MAX_SAMPLE_RATE:
+            raise RequestError(f"sample_rate_hertz must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE}, "
+                               f"got {source_rate}")
+        self.engine = engine
+        self.model = model
+        self.options = options or StreamingOptions()
+        self.deadline_s = deadline_s
+        self.api = api
+        self.model_rate = model_rate
+        self._audio = _AudioBuffer(source_rate, model_rate)
+        self._labels: tuple[str, ...] = ()
+        self._frame_s = 0.0
+        self._spf = 0  # model-rate samples per output frame; known after the first model run
+        self._num_finals = 0
+        self._start_segment(0)
+
+    # ---- public API -----------------------------------------------------------------------
+
+    @property
+    def audio_received_s(self) -> float:
+        return self._audio.end / self.model_rate
+
+    def add_audio(self, samples: np.ndarray) -> None:
+        """Appends mono float32 samples at ``source_rate``."""
+        if len(samples):
+            self._audio.append(np.asarray(samples, dtype=np.float32))
+
+    def ready(self) -> bool:
+        """Whether enough new audio has arrived for ``step`` to run the model."""
+        end = self._audio.end
+        if self._last_run_end is None:
+            return end - self._seg_start >= self.options.first_step_s * self.model_rate
+        return end - self._last_run_end >= self.options.chunk_s * self.model_rate
+
+    async def step(self) -> list[StreamResult]:
+        """Runs the model on the newest window; returns a final (on an endpoint) and/or an interim.
+
+        The interim list holds the committed prefix (stability 0.9) and the tentative tail
+        (stability 0.1), either of which may be left out when empty; nothing is returned when
+        the interim text has not changed since the last one.
+        """
+        end = self._audio.end
+        window_start = max(self._seg_start, self._commit - self._left_samples())
+        if end - window_start < max(self._spf, 1):
+            return []
+        frames = await self._run(window_start, end)
+        self._last_run_end = end
+        first_frame = window_start // self._spf
+        num_chunks = max(0, (end - self._right_samples() - self._commit) // self._chunk_samples())
+        new_commit = self._commit + num_chunks * self._chunk_samples()
+        cut = self._commit_frames(frames[self._commit // self._spf - first_frame:
+                                         new_commit // self._spf - first_frame])
+        if cut is not None:
+            # Endpoint: the segment ends after the silence; the frames after the cut are
+            # recomputed as the start of the next segment.
+            self._commit += cut * self._spf
+            final = await self._finalize(self._commit)
+            self._start_segment(self._commit)
+            return [final]
+        self._commit = new_commit
+        tail = frames[new_commit // self._spf - first_frame:]
+        self._trim()
+        if not self.options.interim_results:
+            return []
+        return self._interim(tail)
+
+    async def finish(self) -> list[StreamResult]:
+        """Flushes the open segment at the end of the stream; returns its final (if any)."""
+        end = self._audio.end
+        had_final = self._num_finals > 0
+        if end <= self._seg_start and had_final:
+            return []
+        final = await self._finalize(end)
+        # Trailing silence after an endpoint is not worth an empty final; a stream without
+        # any final still gets one, so every stream ends with is_final=True.
+        return [] if had_final and not final.text else [final]
+
+    # ---- segments and frames --------------------------------------------------------------
+
+    def _start_segment(self, start: int) -> None:
+        self._seg_start = start
+        self._commit = start  # committed frames cover [seg_start, commit)
+        self._committed: list[np.ndarray] = []
+        self._has_speech = False
+        self._trailing_blanks = 0
+        self._last_run_end: int | None = None
+        self._last_interim: tuple[str, str] | None = None
+
+    def _chunk_samples(self) -> int:
+        return max(1, round(self.options.chunk_s * self.model_rate / self._spf)) * self._spf
+
+    def _left_samples(self) -> int:
+        return round(self.options.left_context_s * self.model_rate / self._spf) * self._spf if self._spf else 0
+
+    def _right_samples(self) -> int:
+        return round(self.options.right_context_s * self.model_rate / self._spf) * self._spf
+
+    async def _run(self, start: int, end: int) -> np.ndarray:
+        """Log-probs (T, V+1) of model-rate samples [start, end); ``start`` is frame-aligned."""
+        result = await self.engine.log_probs(self._audio.read(start, end), self.model,
+                                             deadline_s=self.deadline_s, api=self.api)
+        if not self._spf:
+            self._labels = tuple(result.labels)
+            self._frame_s = float(result.frame_duration_s)
+            self._spf = max(1, round(self._frame_s * self.model_rate))
+        return result.log_probs
+
+    def _commit_frames(self, frames: np.ndarray) -> int | None:
+        """Appends newly settled frames; returns how many of them end at an endpoint, if one is reached."""
+        if not len(frames):
+            return None
+        silence_ms = self.options.silence_ms
+        needed = math.ceil(silence_ms / 1000.0 / self._frame_s - 1e-9) if silence_ms is not None else None
+        cut = None
+        for t, blank in enumerate((frames.argmax(axis=1) == frames.shape[1] - 1).tolist()):
+            if not blank:
+                self._has_speech = True
+                self._trailing_blanks = 0
+                continue
+            self._trailing_blanks += 1
+            if needed is not None and self._has_speech and self._trailing_blanks >= needed:
+                cut = t + 1
+                break
+        self._committed.append(frames if cut is None else frames[:cut])
+        return cut
+
+    def _trim(self) -> None:
+        """Bounds memory: drops leading silence, and audio a long segment will never reread."""
+        left = self._left_samples()
+        if (not self._has_speech
+                and self._commit - self._seg_start > self.options.max_leading_silence_s * self.model_rate):
+            # Keep the last left_context of blank frames; the segment now starts there.
+            frames = self._committed_array()[-(left // self._spf):] if left else self._committed_array()[:0]
+            self._seg_start = self._commit - len(frames) * self._spf
+            self._committed = [frames]
+            self._trailing_blanks = len(frames)
+        if self._audio.end - self._seg_start > self.options.max_redecode_s * self.model_rate:
+            self._audio.drop_before(max(self._seg_start, self._commit - left))
+        else:
+            self._audio.drop_before(self._seg_start)
+
+    def _decode(self, frames: np.ndarray):
+        return greedy_decode(frames, self._labels, self._frame_s, time_offset_s=self._seg_start / self.model_rate)
+
+    def _interim(self, tail: np.ndarray) -> list[StreamResult]:
+        parts = self._committed + [tail]
+        if not self._labels or not sum(len(p) for p in parts):
+            return []
+        transcript = self._decode(np.concatenate(parts, axis=0))
+        settled_s = self._commit / self.model_rate + 1e-6
+        stable = " ".join(w.word for w in transcript.words if w.end_s <= settled_s)
+        unstable = " ".join(w.word for w in transcript.words if w.end_s > settled_s)
+        if (stable, unstable) == self._last_interim:
+            return []
+        first = self._last_interim is None
+        self._last_interim = (stable, unstable)
+        processed = self._last_run_end / self.model_rate
+        results = [StreamResult(text, (), False, stability, 0.0, processed)
+                   for text, stability in ((stable, STABLE_STABILITY), (unstable, TAIL_STABILITY)) if text]
+        if not results and first and self._num_finals == 0:
+            # The stream's first interim is sent even when empty, so clients see it is live.
+            results = [StreamResult("", (), False, TAIL_STABILITY, 0.0, processed)]
+        return results
+
+    async def _finalize(self, end: int) -> StreamResult:
+        """The final result of the segment [seg_start, end)."""
+        start = self._seg_start
+        if end - start > self.options.max_redecode_s * self.model_rate or start < self._audio.start:
+            frames = self._committed_array()
+            if end > self._commit:
+                window_start = max(start, self._commit - self._left_samples())
+                flushed = await self._run(window_start, end)
+                frames = np.concatenate([frames, flushed[(self._commit - window_start) // self._spf:]], axis=0)
+        elif end - start >= max(self._spf, 1):
+            frames = await self._run(start, end)
+        else:
+            frames = np.zeros((0, len(self._labels) + 1), dtype=np.float32)
+        self._num_finals += 1
+        processed = self._audio.end / self.model_rate
+        if not self._labels:
+            return StreamResult("", (), True, 0.0, 0.0, processed)
+        transcript = self._decode(frames)
+        words = transcript.words
+        confidence = round(float(np.mean([w.confidence for w in words])), 4) if words else 0.0
+        return StreamResult(transcript.text, words if self.options.word_timestamps else (), True, 0.0,
+                            confidence, processed)
+
+    def _committed_array(self) -> np.ndarray:
+        if not self._committed:
+            return np.zeros((0, len(self._labels) + 1), dtype=np.float32)
+        return np.concatenate(self._committed, axis=0)
+

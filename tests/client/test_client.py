@@ -1,0 +1,130 @@
+"""`asr client transcribe` over gRPC (unary and streaming) and REST, against in-process servers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import threading
+import time
+
+import pytest
+
+from client.cli import add_client_arguments
+from model.audio import decode_audio
+from service.domain import TranscriptionRequest
+from tests.service.test_grpc_support import (AN4_TEST_MANIFEST, REPO_ROOT, an4_test_set, free_port,
+                                             publish_tiny_model, service_config, serving)
+
+pytestmark = pytest.mark.skipif(not AN4_TEST_MANIFEST.exists(), reason="shared AN4 data not found")
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="asr")
+    add_client_arguments(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["client", "transcribe", *argv])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A gRPC server on its own event-loop thread (the client is synchronous); yields (target, offline)."""
+    root = tmp_path_factory.mktemp("registry")
+    publish_tiny_model(root)
+    path = an4_test_set(limit=1)[0][0]
+    ready, stop, box = threading.Event(), None, {}
+
+    async def main():
+        nonlocal stop
+        stop = asyncio.Event()
+        async with serving(service_config(root)) as (engine, target):
+            audio = decode_audio(path, 16_000).samples
+            box["offline"] = (await engine.transcribe(TranscriptionRequest(audio))).text
+            box["target"] = target
+            ready.set()
+            await stop.wait()
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    assert ready.wait(60), "server did not start"
+    yield box["target"], path, box["offline"]
+    loop.call_soon_threadsafe(stop.set)
+    thread.join(10)
+
+
+def _run(capsys, *argv):
+    args = _parse(*argv)
+    code = args.func(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_grpc_unary(server, capsys):
+    target, path, offline = server
+    code, out, _ = _run(capsys, str(path), "--grpc", target)
+    assert code == 0 and out.strip() == offline
+    code, out, _ = _run(capsys, str(path), "--grpc", target, "--json")
+    assert json.loads(out)["model"]["name"] == "tiny"
+
+
+def test_grpc_stream_prints_interims_then_final(server, capsys):
+    target, path, offline = server
+    code, out, err = _run(capsys, str(path), "--grpc", target, "--stream")
+    assert code == 0
+    assert out.strip() == offline
+    assert err.count("... ") >= 2  # interim results arrived while streaming
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["/no/such/file.wav"], "file not found"),
+    (["{pyproject}", "--stream"], "--stream needs --grpc"),
+    (["{pyproject}", "--grpc", "{target}"], "INVALID_ARGUMENT"),
+    (["{pyproject}", "--grpc", "{target}", "--stream"], "not a readable audio file"),
+    (["{clip}", "--grpc", "{target}", "--model", "nosuch"], "NOT_FOUND"),
+])
+def test_bad_input_exits_2_with_one_line(server, capsys, argv, fragment):
+    target, path, _ = server
+    values = {"pyproject": str(REPO_ROOT / "pyproject.toml"), "target": target, "clip": str(path)}
+    code, _, err = _run(capsys, *[a.format(**values) for a in argv])
+    assert code == 2
+    assert fragment in err and len(err.strip().splitlines()) == 1
+
+
+def test_unreachable_server_exits_1(capsys):
+    path = an4_test_set(limit=1)[0][0]
+    code, _, err = _run(capsys, str(path), "--grpc", "127.0.0.1:9", "--timeout", "3")
+    assert code == 1 and err.startswith("error:")
+
+
+@pytest.mark.skipif(not (REPO_ROOT / "service" / "app.py").exists(), reason="service/app.py (REST) not written yet")
+def test_rest(tmp_path, capsys):
+    import httpx
+    import uvicorn
+
+    from service.app import create_app
+
+    publish_tiny_model(tmp_path)
+    config = service_config(tmp_path, http_port=free_port())
+    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=config.http_port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{config.http_port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the app loads its model in the background
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.2)
+        path = an4_test_set(limit=1)[0][0]
+        code, out, _ = _run(capsys, str(path), "--url", url, "--json")
+        assert code == 0 and isinstance(json.loads(out)["text"], str)
+        code, _, err = _run(capsys, str(REPO_ROOT / "pyproject.toml"), "--url", url)
+        assert code == 2 and err.startswith("error: HTTP 4")
+        code, _, err = _run(capsys, str(path), "--url", url, "--model", "nosuch")
+        assert code == 2 and "HTTP 404" in err
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -1,0 +1,176 @@
+"""The web page at GET /, in a real headless browser (Debian's chromium, driven by Playwright),
+against a real `asr serve` process: upload, record (fake microphone), decoder choice, errors."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.deploy.conftest import require_tool
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--autoplay-policy=no-user-gesture-required"]
+VIEWPORT = {"width": 1280, "height": 860}
+
+
+def _launch(playwright, extra_args=()):
+    chromium = require_tool("/usr/bin/chromium", "Debian's chromium")
+    profile = tempfile.mkdtemp(prefix="asr-chromium-")  # fresh --user-data-dir
+    return playwright.chromium.launch_persistent_context(
+        profile, executable_path=chromium, headless=True, args=CHROMIUM_ARGS + list(extra_args), viewport=VIEWPORT)
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require_tool("playwright-python-not-installed", "the playwright Python package (dev extra)")
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    context = _launch(playwright)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def page(browser, asr_server):
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(asr_server.url + "/")
+    page.wait_for_selector('#status[data-state="ready"]', timeout=30_000)
+    yield page
+    page.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def _rest(asr_server, path: Path, **fields):
+    with asr_server.client() as c, open(path, "rb") as f:
+        return c.post("/transcribe", files={"file": (path.name, f)}, data=fields)
+
+
+def _wait_done(page, timeout_ms: int = 60_000) -> str:
+    page.wait_for_function("['done', 'error'].includes(document.body.dataset.state)", timeout=timeout_ms)
+    return page.evaluate("document.body.dataset.state")
+
+
+def test_page_and_assets_are_served(asr_server):
+    with asr_server.client() as c:
+        index = c.get("/")
+        assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
+        for src in ("/static/app.js", "/static/app.css", "/static/recorder-worklet.js", "/static/logo.svg"):
+            assert src in index.text or src == "/static/recorder-worklet.js"
+            r = c.get(src)
+            assert r.status_code == 200, src
+        assert c.get("/static/app.js").headers["content-type"].startswith("text/javascript")
+        missing = c.get("/static/..%2Fweb.py")
+        assert missing.status_code == 404 and "error" in missing.json()
+    # nothing may come from another origin (no CDN: the page must work offline)
+    for name in ("index.html", "app.js", "app.css"):
+        text = (Path(__file__).resolve().parents[2] / "service" / "static" / name).read_text()
+        assert "http://" not in text and "https://" not in text, name
+
+
+def test_upload_shows_the_rest_transcript_with_word_timings(page, asr_server, an4_clip, model_id, artifacts):
+    expected = _rest(asr_server, an4_clip, model=model_id, decoder="greedy")
+    assert expected.status_code == 200, expected.text
+    want = expected.json()
+    if asr_server.model.real:
+        assert want["text"].strip(), "the starter model transcribed an AN4 test clip as nothing"
+
+    options = page.eval_on_selector_all("#model-select option", "els => els.map(e => e.value)")
+    assert model_id in options, options
+    page.select_option("#model-select", model_id)
+    page.check("#decoder-greedy")
+    page.set_input_files("#file-input", str(an4_clip))
+    assert _wait_done(page) == "done", page.text_content("#error")
+
+    assert page.text_content("#transcript") == want["text"]
+    chips = page.locator("#words .word .word-text")
+    assert chips.all_text_contents() == [w["word"] for w in want["words"]]
+    assert page.text_content("#stat-model") == f"{want['model']['name']}@{want['model']['version']}"
+    assert page.text_content("#stat-decoder") == "greedy"
+    assert page.text_content("#stat-latency").endswith(("ms", " s"))
+    assert page.text_content("#clip-name") == an4_clip.name
+    page.screenshot(path=str(artifacts / "web-page.png"), full_page=True)
+
+    if want["words"]:  # clicking a word plays the audio from its start
+        last = want["words"][-1]
+        page.locator("#words .word").last.click()
+        page.wait_for_function("document.getElementById('player').currentTime > 0", timeout=10_000)
+        current = page.evaluate("document.getElementById('player').currentTime")
+        assert last["start"] - 0.05 <= current <= last["start"] + 2.0, (current, last)
+
+
+def test_beam_decoder_choice_matches_rest(page, asr_server, an4_clip, model_id):
+    expected = _rest(asr_server, an4_clip, model=model_id, decoder="beam")
+    page.select_option("#model-select", model_id)
+    page.check("#decoder-beam")
+    assert page.is_visible("#beam-options")
+    page.set_input_files("#file-input", str(an4_clip))
+    state = _wait_done(page)
+    if expected.status_code == 200:
+        assert state == "done", page.text_content("#error")
+        assert page.text_content("#transcript") == expected.json()["text"]
+        assert page.text_content("#stat-decoder") == "beam"
+    else:  # e.g. a model without an LM: the page shows the server's own message
+        assert state == "error"
+        assert page.text_content("#error-message") == expected.json()["error"]["message"]
+
+
+def test_server_error_is_shown_as_its_message(page, asr_server, tmp_path):
+    bogus = tmp_path / "notes.wav"
+    bogus.write_text("this is not audio\n" * 20)
+    expected = _rest(asr_server, bogus)
+    assert expected.status_code == 400
+    page.set_input_files("#file-input", str(bogus))
+    assert _wait_done(page) == "error"
+    assert page.is_visible("#error")
+    assert page.text_content("#error-message") == expected.json()["error"]["message"]
+    assert "400" in page.text_content("#error-title")
+    assert page.is_hidden("#result")
+
+
+def test_recording_from_a_microphone_is_sent_as_wav(playwright, asr_server, an4_clip, tmp_path, artifacts):
+    # Chromium's fake microphone plays a WAV file: record it through the page's Web Audio recorder.
+    audio, rate = sf.read(an4_clip, dtype="float32")
+    silence = np.zeros(int(rate * 0.3), dtype=np.float32)
+    wav = tmp_path / "mic.wav"
+    sf.write(wav, np.concatenate([silence, audio, silence]), rate, subtype="PCM_16")
+    context = _launch(playwright, ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                                   f"--use-file-for-fake-audio-capture={wav}%noloop"])
+    try:
+        context.grant_permissions(["microphone"], origin=asr_server.url)
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(asr_server.url + "/")
+        page.wait_for_selector('#status[data-state="ready"]', timeout=30_000)
+        page.click("#record-btn")
+        page.wait_for_function("document.getElementById('record-btn').classList.contains('recording')",
+                               timeout=10_000)
+        page.wait_for_timeout(int((len(audio) / rate + 0.6) * 1000))
+        with page.expect_request(lambda r: r.url.endswith("/transcribe") and r.method == "POST") as request:
+            page.click("#record-btn")
+        body = request.value.post_data_buffer or b""
+        assert b"RIFF" in body and b"WAVE" in body, "the recording was not uploaded as WAV"
+        assert _wait_done(page) == "done", page.text_content("#error")
+        assert page.text_content("#clip-name").startswith("recording-")
+        duration = float(page.text_content("#stat-duration").split()[0])
+        assert duration >= len(audio) / rate * 0.8, duration
+        if asr_server.model.real:
+            assert page.text_content("#transcript").strip()
+        page.screenshot(path=str(artifacts / "web-page-recording.png"), full_page=True)
+        assert not errors, errors
+    finally:
+        context.close()

@@ -1,0 +1,74 @@
+"""Tests for model.vocabulary (and the normalisation it delegates to model.text)."""
+
+from __future__ import annotations
+
+import pytest
+
+from model.text import normalize_text
+from model.vocabulary import ENGLISH_LABELS, Vocabulary
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("Hello, World!", "hello world"),
+    ("Don\u2019t stop", "don't stop"),                       # curly apostrophe
+    ("It\u02bcs o\u2018clock", "it's o'clock"),
+    ("\u201cQuoted\u201d words", "quoted words"),            # curly double quotes are dropped
+    ("well-known and/or snake_case", "well known and or snake case"),
+    ("wait\u2014what \u2013 now", "wait what now"),           # em/en dashes separate words
+    ("Caf\u00e9 na\u00efve se\u00f1or \u00c5ngstr\u00f6m", "cafe naive senor angstrom"),
+    ("2 dogs and 10 cats", "dogs and cats"),                 # digits are dropped, not verbalised
+    ("'hello' said 'tis rock 'n' roll", "hello said tis rock n roll"),
+    ("the dogs' bones", "the dogs bones"),                   # apostrophe at a word edge is a quote
+    ("  many\t\tspaces\n here  ", "many spaces here"),
+    ("\uff21\uff22\uff23", "abc"),                           # full-width letters (NFKC)
+    ("!!! 123 ???", ""),
+    ("", ""),
+])
+def test_normalisation(raw, expected):
+    vocab = Vocabulary()
+    assert vocab.normalize(raw) == expected
+    assert set(vocab.normalize(raw)) <= set(ENGLISH_LABELS)
+
+
+def test_normalisation_is_idempotent():
+    vocab = Vocabulary()
+    text = "\u201cIt\u2019s 5 o\u2019clock\u201d \u2014 caf\u00e9-time!"
+    once = vocab.normalize(text)
+    assert once == "it's o'clock cafe time"
+    assert vocab.normalize(once) == once
+
+
+def test_normalisation_respects_the_label_set():
+    assert normalize_text("Ab-C d", ("A", "b", "C")) == "AbC"  # upper-case labels: no lower-casing, no space label
+    assert normalize_text("it's", ("i", "t", "s", " ")) == "its"  # no apostrophe label: dropped
+
+
+def test_encode_decode_round_trip():
+    vocab = Vocabulary()
+    text = "the quick brown fox jumps over the lazy dog's back"
+    ids = vocab.encode(text)
+    assert all(0 <= i < vocab.blank_id for i in ids)
+    assert vocab.decode(ids) == text
+    assert vocab.encode("Hello!") == [vocab.labels.index(c) for c in "hello"]
+    assert vocab.decode(ids + [vocab.blank_id]) == text  # the blank decodes to nothing
+
+
+def test_blank_is_after_the_labels():
+    vocab = Vocabulary()
+    assert vocab.labels == ENGLISH_LABELS
+    assert len(vocab.labels) == 28
+    assert vocab.blank_id == len(vocab.labels) == 28
+    assert vocab.size == 29
+    assert Vocabulary(("a", "b", " ")).blank_id == 3
+
+
+@pytest.mark.parametrize("labels", [(), ("a", "a"), ("a", "bc")], ids=["empty", "duplicate", "word-piece"])
+def test_invalid_vocabularies(labels):
+    with pytest.raises(ValueError):
+        Vocabulary(labels)
+
+
+def test_labels_given_as_a_list_become_a_tuple():
+    vocab = Vocabulary(list("ab "))
+    assert vocab.labels == ("a", "b", " ")
+    hash(vocab)

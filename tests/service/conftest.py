@@ -1,0 +1,84 @@
+"""Shared fixtures for the service tests: a registry with a tiny random model (two versions),
+real AN4 test clips, and helpers that run an app in-process over httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from model import (BlockConfig, MelFeaturizerConfig, QuartzNetConfig, RecognizerConfig, Registry, SpeechRecognizer,
+                   Vocabulary, decode_audio, publish_model)
+from service.app import create_app
+from service.config import ServiceConfig
+
+SPEECH_DIR = Path("/work/shared/speech")
+AN4_TEST = SPEECH_DIR / "an4_test.json"
+
+
+def tiny_model(seed: int) -> SpeechRecognizer:
+    torch.manual_seed(seed)
+    cfg = RecognizerConfig(MelFeaturizerConfig(), QuartzNetConfig(
+        (BlockConfig(32, 1, 11, stride=2), BlockConfig(32, 2, 7, residual=True), BlockConfig(64, 1, 1, separable=False)),
+        num_labels=28), Vocabulary())
+    return SpeechRecognizer(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def registry_root(tmp_path_factory) -> Path:
+    """A registry with "tiny"@1 and "tiny"@2 (different random weights)."""
+    root = tmp_path_factory.mktemp("registry")
+    registry = Registry(root)
+    publish_model(registry, "tiny", tiny_model(0), source="trained")
+    publish_model(registry, "tiny", tiny_model(1), source="trained")
+    return root
+
+
+@pytest.fixture(scope="session")
+def an4_entries() -> list[dict]:
+    with open(AN4_TEST) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def an4_paths(an4_entries) -> list[Path]:
+    return [SPEECH_DIR / e["audio_filepath"] for e in an4_entries]
+
+
+@pytest.fixture(scope="session")
+def an4_audio(an4_paths) -> list[np.ndarray]:
+    """The first 8 AN4 test clips, 16 kHz float32."""
+    return [decode_audio(p, 16_000).samples for p in an4_paths[:8]]
+
+
+def make_config(registry_root: Path, **overrides) -> ServiceConfig:
+    settings = dict(registry=registry_root, default_model="tiny@1", device="cpu", grpc_port=0,
+                    max_queue_delay_ms=2.0, drain_timeout_s=5.0)
+    settings.update(overrides)
+    return ServiceConfig(**settings)
+
+
+@asynccontextmanager
+async def running_app(config: ServiceConfig):
+    """Runs ``create_app(config)`` with its lifespan and yields (httpx client, engine) once ready."""
+    app = create_app(config)
+    async with app.router.lifespan_context(app):
+        engine = app.state.engine
+        for _ in range(500):
+            if engine.ready or engine.startup_error:
+                break
+            await asyncio.sleep(0.02)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://asr.test", timeout=60) as client:
+            yield client, engine

@@ -1,0 +1,25 @@
+"""The committed service/asr_pb/ is exactly what scripts/gen_protos.sh makes from protos/asr/v1/asr.proto."""
+
+import re
+import subprocess
+import sys
+
+from tests.service.test_grpc_support import REPO_ROOT
+
+GENERATED = REPO_ROOT / "service" / "asr_pb"
+# Lines that name the grpcio-tools / protobuf version that generated the file, not its content.
+_VERSION_LINE = re.compile(r"GRPC_GENERATED_VERSION = |Protobuf Python Version: |^\s+\d+,\s*$|^\s+'',\s*$")
+
+
+def _normalised(text: str) -> list[str]:
+    return [line for line in text.splitlines() if not _VERSION_LINE.search(line)]
+
+
+def test_generated_code_matches_proto(tmp_path):
+    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gen_protos.sh"), str(tmp_path)], check=True,
+                   capture_output=True, env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(p.name for p in GENERATED.iterdir() if p.is_file() and p.suffix in (".py", ".pyi"))
+    for name in names:
+        assert _normalised((tmp_path / name).read_text()) == _normalised((GENERATED / name).read_text()), (
+            f"service/asr_pb/{name} is stale: run scripts/gen_protos.sh")

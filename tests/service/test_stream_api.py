@@ -1,0 +1,130 @@
+"""gRPC StreamingRecognize: finals equal offline Recognize, interims arrive, message order is enforced."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from model.audio import decode_audio
+from service.asr_pb import asr_pb2, asr_pb2_grpc
+from service.domain import TranscriptionRequest
+from tests.service.test_grpc_support import (AN4_TEST_MANIFEST, an4_test_set, publish_tiny_model, run,
+                                             service_config, serving)
+
+pytestmark = pytest.mark.skipif(not AN4_TEST_MANIFEST.exists(), reason="shared AN4 data not found")
+
+
+@pytest.fixture(scope="module")
+def tiny_registry(tmp_path_factory):
+    root = tmp_path_factory.mktemp("registry")
+    publish_tiny_model(root)
+    return root
+
+
+def _config(rate=16_000, interim=True, **config):
+    config = {"encoding": asr_pb2.LINEAR_PCM, "enable_word_time_offsets": True} | config
+    return asr_pb2.StreamingRecognizeRequest(streaming_config=asr_pb2.StreamingRecognitionConfig(
+        config=asr_pb2.RecognitionConfig(sample_rate_hertz=rate, **config),
+        interim_results=interim))
+
+
+def _audio_messages(pcm: bytes, chunk_bytes=3200, pace_s=0.0):
+    async def gen():
+        for offset in range(0, len(pcm), chunk_bytes):
+            if pace_s:
+                await __import__("asyncio").sleep(pace_s)
+            yield asr_pb2.StreamingRecognizeRequest(audio_content=pcm[offset: offset + chunk_bytes])
+    return gen()
+
+
+async def _with_first(first, rest):
+    for message in first:
+        yield message
+    async for message in rest:
+        yield message
+
+
+def _pcm(samples) -> bytes:
+    return (samples * 32768).round().clip(-32768, 32767).astype("<i2").tobytes()
+
+
+def _stream(tiny_registry, requests_factory):
+    async def main():
+        async with serving(service_config(tiny_registry)) as (engine, target):
+            async with grpc.aio.insecure_channel(target) as channel:
+                stub = asr_pb2_grpc.SpeechRecognitionStub(channel)
+                return engine, [r async for r in stub.StreamingRecognize(requests_factory())]
+    return run(main())
+
+
+def test_stream_finals_equal_offline(tiny_registry):
+    clips = [decode_audio(path, 16_000).samples for path, _ in an4_test_set(limit=4)]
+
+    async def main():
+        async with serving(service_config(tiny_registry)) as (engine, target):
+            async with grpc.aio.insecure_channel(target) as channel:
+                stub = asr_pb2_grpc.SpeechRecognitionStub(channel)
+                for index, audio in enumerate(clips):
+                    offline = await engine.transcribe(TranscriptionRequest(audio))
+                    # The first clip at real-time pace (100 ms per message), the rest as fast as possible.
+                    pace = 0.1 if index == 0 else 0.0
+                    started = time.monotonic()
+                    responses = []
+                    async for response in stub.StreamingRecognize(
+                            _with_first([_config()], _audio_messages(_pcm(audio), pace_s=pace))):
+                        responses.append((time.monotonic() - started, response))
+                    results = [r for _, resp in responses for r in resp.results]
+                    finals = [r for r in results if r.is_final]
+                    assert " ".join(f.alternatives[0].transcript for f in finals if f.alternatives[0].transcript
+                                    ) == offline.text
+                    assert finals[-1].audio_processed == pytest.approx(len(audio) / 16_000, abs=1e-3)
+                    if offline.words:
+                        assert [w.word for f in finals for w in f.alternatives[0].words] == [
+                            w.word for w in offline.words]
+                    if pace:
+                        interims = [(t, r) for t, resp in responses for r in resp.results if not r.is_final]
+                        assert interims, "no interim results at real-time pace"
+                        assert interims[0][0] < 1.0
+                        assert all(0 < r.stability < 1 for _, r in interims)
+                    assert responses[0][1].model.name == "tiny"
+    run(main())
+
+
+def test_stream_resamples_8k_pcm(tiny_registry):
+    audio = decode_audio(an4_test_set(limit=1)[0][0], 8_000).samples
+    _, responses = _stream(tiny_registry, lambda: _with_first([_config(rate=8_000, interim=False)],
+                                                             _audio_messages(_pcm(audio), chunk_bytes=1601)))
+    results = [r for resp in responses for r in resp.results]
+    assert results and all(r.is_final for r in results)
+    assert results[-1].audio_processed == pytest.approx(len(audio) / 8_000, abs=1e-3)
+
+
+@pytest.mark.parametrize("messages, fragment", [
+    (lambda: [asr_pb2.StreamingRecognizeRequest(audio_content=b"\0\0" * 100)], "first message must carry"),
+    (lambda: [_config(), _config()], "only be sent once"),
+    (lambda: [], "got an empty stream"),
+    (lambda: [_config(encoding=asr_pb2.FLAC)], "LINEAR_PCM audio only"),
+    (lambda: [_config(rate=0)], "sample_rate_hertz is required"),
+    (lambda: [_config(rate=4_000)], "between 8000 and 48000"),
+    (lambda: [_config(decoder_config=asr_pb2.DecoderConfig(decoder="beam"))], "decodes greedily"),
+])
+def test_stream_rejects_bad_requests(tiny_registry, messages, fragment):
+    async def gen():
+        for message in messages():
+            yield message
+
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        _stream(tiny_registry, gen)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment in error.value.details()
+
+
+def test_stream_unknown_model_is_not_found(tiny_registry):
+    async def gen():
+        yield _config(model="nosuchmodel@3")
+
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        _stream(tiny_registry, gen)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND

@@ -1,0 +1,55 @@
+"""Streaming finals vs offline transcripts on the whole AN4 test set (130 utterances).
+
+Each utterance is streamed through a StreamingSession in 100 ms messages with default options
+(endpointing on), stepping whenever the session is ready, then its finals are joined and
+compared with Engine.transcribe on the same audio. No batch wait: one stream at a time never
+fills a batch, and the ~1,500 model calls would otherwise each wait max_queue_delay_ms.
+"""
+
+from __future__ import annotations
+
+import jiwer
+import pytest
+
+from model.audio import decode_audio
+from service.domain import TranscriptionRequest
+from service.streaming import StreamingOptions
+from tests.service.test_grpc_support import (AN4_MODEL, AN4_REGISTRY, AN4_TEST_MANIFEST, an4_test_set,
+                                             publish_tiny_model, run, service_config, serving, stream_simulated)
+
+pytestmark = pytest.mark.skipif(not AN4_TEST_MANIFEST.exists(), reason="shared AN4 data not found")
+
+
+async def _compare(config) -> tuple[list[str], list[str], list[str]]:
+    """(references, offline texts, streaming texts) over the AN4 test set."""
+    refs, offline, streamed = [], [], []
+    async with serving(config) as (engine, _target):
+        name, version, rate = engine.resolve_model(None)
+        for path, text in an4_test_set():
+            audio = decode_audio(path, rate).samples
+            refs.append(text)
+            offline.append((await engine.transcribe(TranscriptionRequest(audio))).text)
+            results = await stream_simulated(engine, f"{name}@{version}", rate, audio, StreamingOptions())
+            streamed.append(" ".join(r.text for r in results if r.is_final and r.text))
+    return refs, offline, streamed
+
+
+def test_tiny_model_stream_finals_equal_offline_text(tmp_path):
+    """Always-on weak check: a random model's (non-empty, noisy) output, utterance by utterance."""
+    publish_tiny_model(tmp_path)
+    _, offline, streamed = run(_compare(service_config(tmp_path, max_queue_delay_ms=0)))
+    assert sum(bool(t) for t in offline) > 100  # the random model does emit characters
+    mismatches = [(i, a, b) for i, (a, b) in enumerate(zip(offline, streamed)) if a != b]
+    assert not mismatches, mismatches[:3]
+
+
+@pytest.mark.skipif(not (AN4_REGISTRY / AN4_MODEL).is_dir(),
+                    reason=f"trained model {AN4_MODEL} is not published in {AN4_REGISTRY} yet")
+def test_an4_model_stream_wer_within_half_a_point_of_offline():
+    refs, offline, streamed = run(_compare(service_config(AN4_REGISTRY, model=AN4_MODEL, max_queue_delay_ms=0)))
+    offline_wer = jiwer.wer(refs, offline)
+    stream_wer = jiwer.wer(refs, streamed)
+    differing = sum(a != b for a, b in zip(offline, streamed))
+    print(f"AN4 test: offline WER {offline_wer:.4f}, streaming WER {stream_wer:.4f}, "
+          f"{differing} of {len(refs)} transcripts differ")
+    assert abs(stream_wer - offline_wer) <= 0.005

@@ -1,0 +1,158 @@
+"""AN4 recipe, step 2: build the word LM, tune alpha/beta on held-out training speakers, report, ship the starter.
+
+Usage (after `asr train training/recipes/an4.yaml` published an4-quartznet into runs/an4/registry):
+    python -m training.recipes.finish_an4 --train-registry runs/an4/registry --model an4-quartznet
+
+It never trains or tunes on the AN4/FSDD test sets: they are only decoded for the final report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import torch
+
+from lm.beam import BeamDecoder
+from lm.model_lm import DEFAULT_ALPHA_KEY, DEFAULT_BETA_KEY, DEFAULT_LM_KEY
+from lm.store import load_lm_files, publish_lm
+from model.audio import decode_audio
+from model.checkpoint import artifact_files, load_model
+from model.decoding import greedy_decode
+from model.registry import Registry
+from training.config import load_config
+from training.data import read_manifest
+from training.datasets import speaker_of
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEECH = ROOT.parent / "shared" / "speech"
+
+
+def _clips(model, entries):
+    return [decode_audio(e.audio_filepath, model.sample_rate).samples for e in entries]
+
+
+def _log_probs(model, clips, batch_size=16):
+    order = sorted(range(len(clips)), key=lambda i: len(clips[i]))
+    out = [None] * len(clips)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        for i, lp in zip(idx, model.log_probs_batch([clips[j] for j in idx])):
+            out[i] = lp
+    return out
+
+
+def _score(refs, hyps):
+    pairs = [(r, h) for r, h in zip(refs, hyps) if r]
+    return {"wer": float(jiwer.wer([p[0] for p in pairs], [p[1] for p in pairs])),
+            "cer": float(jiwer.cer([p[0] for p in pairs], [p[1] for p in pairs])), "num_utterances": len(pairs)}
+
+
+def _greedy(model, lps):
+    return [greedy_decode(lp, model.vocabulary.labels, model.frame_duration_s).text for lp in lps]
+
+
+def _beam(decoder, lps, alpha, beta, width):
+    return [decoder.decode(lp, beam_width=width, alpha=alpha, beta=beta)[0].text for lp in lps]
+
+
+def _write_corpus(entries, path: Path) -> None:
+    path.write_text("".join(e.text.strip() + "\n" for e in entries))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(ROOT / "training/recipes/an4.yaml"))
+    parser.add_argument("--train-registry", default=str(ROOT / "runs/an4/registry"))
+    parser.add_argument("--model", default="an4-quartznet")
+    parser.add_argument("--starter-registry", default=str(ROOT / "starter/registry"))
+    parser.add_argument("--order", type=int, default=3)
+    parser.add_argument("--beam-width", type=int, default=64)
+    parser.add_argument("--results", default=str(ROOT / "bench/results/an4_recipe.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    started = time.monotonic()
+
+    cfg = load_config(args.config, [])
+    holdout = set(cfg.data.holdout_speakers)
+    train_registry = Registry(args.train_registry)
+    model, ref, metadata = load_model(train_registry, args.model)
+    labels = model.vocabulary.labels
+
+    an4_train, _ = read_manifest(SPEECH / "an4_train.json")
+    fsdd_train, _ = read_manifest(SPEECH / "fsdd_train.json")
+    val = [e for e in an4_train if speaker_of(e) in holdout]
+    lm_fit = [e for e in an4_train if speaker_of(e) not in holdout] + fsdd_train
+
+    # Tuning LM: training transcripts minus the validation speakers, so alpha/beta are not tuned
+    # against sentences the LM has memorised.
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_registry = Registry(Path(tmp) / "registry")
+        _write_corpus(lm_fit, Path(tmp) / "tune.txt")
+        publish_lm(tmp_registry, "tune", Path(tmp) / "tune.txt", order=args.order, labels=labels)
+        binary, unigrams, _ = load_lm_files(tmp_registry, "tune")
+        tune_decoder = BeamDecoder(labels, binary, unigrams)
+        val_lps = _log_probs(model, _clips(model, val))
+        val_refs = [model.vocabulary.normalize(e.text) for e in val]
+        grid = []
+        for alpha, beta in itertools.product((0.3, 0.5, 0.8, 1.0, 1.5), (0.0, 0.5, 1.0, 2.0)):
+            grid.append({"alpha": alpha, "beta": beta,
+                         **_score(val_refs, _beam(tune_decoder, val_lps, alpha, beta, args.beam_width))})
+            print(f"[tune] alpha {alpha} beta {beta}: val WER {grid[-1]['wer'] * 100:.2f}%", flush=True)
+    best = min(grid, key=lambda g: (g["wer"], g["cer"]))
+    val_greedy = _score(val_refs, _greedy(model, val_lps))
+
+    # Shipped LM: every training transcript (validation speakers included), same weights.
+    starter = Registry(args.starter_registry)
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_corpus(an4_train + fsdd_train, Path(tmp) / "an4_fsdd_train.txt")
+        lm_ref = publish_lm(starter, "an4-lm", Path(tmp) / "an4_fsdd_train.txt", order=args.order, labels=labels)
+    binary, unigrams, _ = load_lm_files(starter, str(lm_ref))
+    decoder = BeamDecoder(labels, binary, unigrams)
+
+    report = {"model": str(ref), "train_metadata_metrics": metadata.get("metrics"), "lm": str(lm_ref),
+              "lm_order": args.order, "beam_width": args.beam_width, "alpha": best["alpha"], "beta": best["beta"],
+              "validation": {"greedy": val_greedy, "beam_lm": {k: best[k] for k in ("wer", "cer")}, "grid": grid},
+              "test": {}}
+    for name in ("an4_test", "fsdd_test"):
+        entries, problems = read_manifest(SPEECH / f"{name}.json")
+        lps = _log_probs(model, _clips(model, entries))
+        refs = [model.vocabulary.normalize(e.text) for e in entries]
+        report["test"][name] = {"greedy": _score(refs, _greedy(model, lps)),
+                                "beam_lm": _score(refs, _beam(decoder, lps, best["alpha"], best["beta"],
+                                                              args.beam_width)),
+                                "skipped_lines": len(problems)}
+        print(f"[test] {name}: greedy WER {report['test'][name]['greedy']['wer'] * 100:.2f}% "
+              f"CER {report['test'][name]['greedy']['cer'] * 100:.2f}%; beam+LM WER "
+              f"{report['test'][name]['beam_lm']['wer'] * 100:.2f}%", flush=True)
+
+    # The starter model: fp16 weights, pointing at its LM and tuned weights.
+    test_metrics = {f"{n}_{d}_wer": report["test"][n][d]["wer"] for n in report["test"] for d in ("greedy", "beam_lm")}
+    model_ref = starter.publish(
+        args.model,
+        artifact_files(model, dtype=torch.float16, extra_config={DEFAULT_LM_KEY: lm_ref.name,
+                                                                  DEFAULT_ALPHA_KEY: best["alpha"],
+                                                                  DEFAULT_BETA_KEY: best["beta"]}),
+        kind="model", source="trained", parent_version=ref.version,
+        metrics={**(metadata.get("metrics") or {}), **test_metrics},
+        extra={**(metadata.get("extra") or {}), "storage_dtype": "float16", "lm": str(lm_ref),
+               "lm_alpha": best["alpha"], "lm_beta": best["beta"]})
+    report["starter_model"] = str(model_ref)
+    report["train_wall_time_s"] = (metadata.get("extra") or {}).get("wall_time_s")
+    report["finish_time_s"] = round(time.monotonic() - started, 1)
+    report["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
+                         "torch": torch.__version__, "python": platform.python_version()}
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: report[k] for k in ("starter_model", "lm", "alpha", "beta")}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
