@@ -35,7 +35,7 @@ def read_eval_manifest(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
     return items, problems
 
 
-def evaluate_manifest(model: SpeechRecognizer, manifest: Path, args, registry) -> dict:
+def evaluate_manifest(model: SpeechRecognizer, manifest: Path, args, registry, model_path) -> dict:
     """Decodes every readable utterance and scores corpus WER/CER."""
     items, problems = read_eval_manifest(manifest)
     clips, refs, names = [], [], []
@@ -50,9 +50,11 @@ def evaluate_manifest(model: SpeechRecognizer, manifest: Path, args, registry) -
     if not clips:
         raise ManifestError(f"{manifest}: no readable utterances ({len(problems)} problems; first: "
                             f"{problems[0] if problems else 'empty manifest'})")
-    decoder = BatchDecoder(model, args, registry, registry.resolve(args.model or _default_spec()).path)
+    decoder = BatchDecoder(model, args, registry, model_path)
     hyps = [decoder(lp).text for lp in log_probs_in_batches(model, clips, args.batch_size)]
     scored = [(r, h) for r, h in zip(refs, hyps) if r]
+    if not scored:
+        raise ManifestError(f"{manifest}: no utterance with a non-empty reference transcript")
     wer = jiwer.wer([r for r, _ in scored], [h for _, h in scored])
     cer = jiwer.cer([r for r, _ in scored], [h for _, h in scored])
     return {"manifest": str(manifest), "decoder": args.decoder, "num_utterances": len(scored),
@@ -60,8 +62,3 @@ def evaluate_manifest(model: SpeechRecognizer, manifest: Path, args, registry) -
             "hypotheses": [{"file": n, "ref": r, "hyp": h} for n, r, h in zip(names, refs, hyps)]
             if getattr(args, "json", False) else []}
 
-
-def _default_spec() -> str:
-    from cli.main import _default_model
-
-    return _default_model()

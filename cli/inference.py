@@ -47,10 +47,10 @@ def log_probs_in_batches(model: SpeechRecognizer, clips: list[np.ndarray], batch
     return out  # type: ignore[return-value]
 
 
-def decode_files(model: SpeechRecognizer, paths: list[str], args, registry, *, batch_size: int = 8) -> list[dict]:
+def decode_files(model: SpeechRecognizer, paths: list[str], args, registry, model_path, *,
+                 batch_size: int = 8) -> list[dict]:
     """Transcribes files; any undecodable file aborts with its AudioError before any compute."""
     audio = [decode_audio(path, model.sample_rate) for path in paths]
-    model_path = registry.resolve(args.model or _default_spec()).path
     decoder = BatchDecoder(model, args, registry, model_path)
     results = []
     for path, clip, lp in zip(paths, audio, log_probs_in_batches(model, [a.samples for a in audio], batch_size)):
@@ -64,8 +64,3 @@ def _word_json(word) -> dict:
     data = asdict(word)
     return {"word": data["word"], "start": data["start_s"], "end": data["end_s"], "confidence": data["confidence"]}
 
-
-def _default_spec() -> str:
-    from cli.main import _default_model
-
-    return _default_model()

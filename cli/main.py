@@ -120,7 +120,7 @@ def cmd_transcribe(args) -> int:
 
     _check_audio_args(args.audio)
     model, ref = _load(args)
-    results = decode_files(model, args.audio, args, _registry(args), batch_size=args.batch_size)
+    results = decode_files(model, args.audio, args, _registry(args), ref.path, batch_size=args.batch_size)
     if args.json:
         _print_json({"model": str(ref), "decoder": args.decoder, "results": results})
     else:
@@ -133,7 +133,7 @@ def cmd_eval(args) -> int:
     from cli.evaluate import evaluate_manifest
 
     model, ref = _load(args)
-    report = evaluate_manifest(model, Path(args.manifest), args, _registry(args))
+    report = evaluate_manifest(model, Path(args.manifest), args, _registry(args), ref.path)
     report["model"] = str(ref)
     if args.json:
         _print_json(report)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import tarfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,9 @@ def _read_archive(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         raise NemoImportError(f"{path}: invalid {CONFIG_MEMBER} ({' '.join(str(exc).split())})") from None
     try:
         # weights_only: a .nemo from the internet must never be able to run code when loaded.
-        state = torch.load(io.BytesIO(weights_bytes), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # old pickle protocols warn over several lines; we report one
+            warnings.simplefilter("ignore")
+            state = torch.load(io.BytesIO(weights_bytes), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types here (UnpicklingError, RuntimeError, ...)
         raise NemoImportError(f"{path}: cannot read {WEIGHTS_MEMBER} safely ({str(exc).splitlines()[0]})") from None
     if not isinstance(config, dict) or not isinstance(state, dict):
@@ -202,8 +205,14 @@ def import_nemo(path: Path | str, *, frontend: str | None = None) -> tuple[Speec
     """
     path = Path(path)
     config, state = _read_archive(path)
-    features = _features_config(config, frontend)
-    network, vocabulary = _network_config(config)
+    try:
+        features = _features_config(config, frontend)
+        network, vocabulary = _network_config(config)
+    except NemoImportError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        detail = " ".join(str(exc).split())
+        raise NemoImportError(f"{path}: malformed {CONFIG_MEMBER} ({type(exc).__name__}: {detail})") from None
     _require(features.num_mels == network.feat_in,
              f"preprocessor features ({features.num_mels}) != encoder feat_in ({network.feat_in})")
     model = SpeechRecognizer(RecognizerConfig(features, network, vocabulary))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -95,6 +96,9 @@ class BeamDecoder:
         max_cached_weights: how many ``(alpha, beta)`` decoders to keep.
         """
         from pyctcdecode import Alphabet, LanguageModel
+
+        # pyctcdecode warns about small unigram lists on every load; domain LMs (AN4's 99 words) are small.
+        logging.getLogger("pyctcdecode").setLevel(logging.ERROR)
 
         labels = list(labels)
         if not labels:

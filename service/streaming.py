@@ -13,10 +13,15 @@ The method is NeMo's buffered CTC inference (FrameBatchASR), run incrementally:
   CTC merge (collapse repeats, drop blanks) over committed + tentative frames.
 * A final result must equal what offline ``Recognize`` gives for the same audio. The model
   normalises features per utterance, over all valid frames, so frames computed on 2-3 s windows
-  are close to, but not the same as, one pass over the whole segment. So a segment of at most
-  ``max_redecode_s`` is finalised by running the model once over the segment's audio, which is
-  the offline computation. A longer segment is finalised from its committed frames plus one
-  flush window whose right context is all the remaining audio (buffered inference proper).
+  are close to, but not the same as, one pass over the whole utterance. So a segment of at most
+  ``max_redecode_s`` is finalised by running the model once over the segment's audio *plus up
+  to ``final_left_context_s`` of the audio before it* (earlier segments included) and keeping
+  the segment's frames. For a stream with no endpoint, or for the last segment of a stream no
+  longer than that context, this is exactly the offline computation; an earlier segment differs
+  from offline only in the normalisation statistics (its pass cannot see the audio after its
+  endpoint) and in the right context of its last frames, which are silence. A longer segment is
+  finalised from its committed frames plus one flush window whose right context is all the
+  remaining audio (buffered inference proper).
 
 Every model run goes through ``Engine.log_probs``, so stream windows batch with other work.
 Endpointing reads committed frames only, so a silence is declared after ``silence_ms`` plus at
@@ -67,6 +72,7 @@ class StreamingOptions:
         right_context_s: look-ahead a frame needs inside its window before it is committed.
         first_step_s: audio needed for the first run of a segment (sets the first-interim latency).
         max_redecode_s: segments up to this long are finalised by one pass over their audio.
+        final_left_context_s: audio before the segment included in that pass (then dropped).
         max_leading_silence_s: speech-free audio at the start of a segment beyond this is dropped.
     """
 
@@ -78,6 +84,7 @@ class StreamingOptions:
     right_context_s: float = 0.64
     first_step_s: float = 0.2
     max_redecode_s: float = 30.0
+    final_left_context_s: float = 10.0
     max_leading_silence_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -85,7 +92,7 @@ class StreamingOptions:
             raise ValueError(f"silence_ms must be positive or None, got {self.silence_ms}")
         if min(self.chunk_s, self.first_step_s, self.max_redecode_s) <= 0:
             raise ValueError(f"chunk_s, first_step_s and max_redecode_s must be positive: {self}")
-        if min(self.left_context_s, self.right_context_s) < 0:
+        if min(self.left_context_s, self.right_context_s, self.final_left_context_s) < 0:
             raise ValueError(f"context lengths must not be negative: {self}")
         if self.max_leading_silence_s < self.left_context_s:
             raise ValueError(f"max_leading_silence_s must be at least left_context_s: {self}")
@@ -258,16 +265,14 @@ class StreamingSession:
         first_frame = window_start // self._spf
         num_chunks = max(0, (end - self._right_samples() - self._commit) // self._chunk_samples())
         new_commit = self._commit + num_chunks * self._chunk_samples()
-        cut = self._commit_frames(frames[self._commit // self._spf - first_frame:
+        old_commit = self._commit
+        cut = self._commit_frames(frames[old_commit // self._spf - first_frame:
                                          new_commit // self._spf - first_frame])
-        if cut is not None:
-            # Endpoint: the segment ends after the silence; the frames after the cut are
-            # recomputed as the start of the next segment.
-            self._commit += cut * self._spf
-            final = await self._finalize(self._commit)
-            self._start_segment(self._commit)
-            return [final]
         self._commit = new_commit
+        if cut is not None:
+            final = await self._endpoint_final(old_commit + cut * self._spf, end)
+            if final is not None:
+                return [final]
         tail = frames[new_commit // self._spf - first_frame:]
         self._trim()
         if not self.options.interim_results:
@@ -280,7 +285,7 @@ class StreamingSession:
         had_final = self._num_finals > 0
         if end <= self._seg_start and had_final:
             return []
-        final = await self._finalize(end)
+        final = self._final_result(await self._segment_frames(end, end))
         # Trailing silence after an endpoint is not worth an empty final; a stream without
         # any final still gets one, so every stream ends with is_final=True.
         return [] if had_final and not final.text else [final]
@@ -302,6 +307,13 @@ class StreamingSession:
     def _left_samples(self) -> int:
         return round(self.options.left_context_s * self.model_rate / self._spf) * self._spf if self._spf else 0
 
+    def _final_context_samples(self) -> int:
+        return round(self.options.final_left_context_s * self.model_rate / self._spf) * self._spf if self._spf else 0
+
+    def _aligned(self, position: int) -> int:
+        """``position`` rounded up to a frame boundary."""
+        return -(-position // self._spf) * self._spf if self._spf else position
+
     def _right_samples(self) -> int:
         return round(self.options.right_context_s * self.model_rate / self._spf) * self._spf
 
@@ -316,7 +328,7 @@ class StreamingSession:
         return result.log_probs
 
     def _commit_frames(self, frames: np.ndarray) -> int | None:
-        """Appends newly settled frames; returns how many of them end at an endpoint, if one is reached."""
+        """Appends newly settled frames; returns how many of them lead up to a candidate endpoint."""
         if not len(frames):
             return None
         silence_ms = self.options.silence_ms
@@ -328,10 +340,9 @@ class StreamingSession:
                 self._trailing_blanks = 0
                 continue
             self._trailing_blanks += 1
-            if needed is not None and self._has_speech and self._trailing_blanks >= needed:
+            if cut is None and needed is not None and self._has_speech and self._trailing_blanks >= needed:
                 cut = t + 1
-                break
-        self._committed.append(frames if cut is None else frames[:cut])
+        self._committed.append(frames)
         return cut
 
     def _trim(self) -> None:
@@ -344,10 +355,10 @@ class StreamingSession:
             self._seg_start = self._commit - len(frames) * self._spf
             self._committed = [frames]
             self._trailing_blanks = len(frames)
-        if self._audio.end - self._seg_start > self.options.max_redecode_s * self.model_rate:
-            self._audio.drop_before(max(self._seg_start, self._commit - left))
-        else:
-            self._audio.drop_before(self._seg_start)
+        keep_from = min(self._commit - left, self._audio.end - self._final_context_samples())
+        if self._audio.end - self._seg_start <= self.options.max_redecode_s * self.model_rate:
+            keep_from = min(keep_from, self._seg_start)  # the one-pass final reads the whole segment
+        self._audio.drop_before(max(0, keep_from))
 
     def _decode(self, frames: np.ndarray):
         return greedy_decode(frames, self._labels, self._frame_s, time_offset_s=self._seg_start / self.model_rate)
@@ -372,8 +383,31 @@ class StreamingSession:
             results = [StreamResult("", (), False, TAIL_STABILITY, 0.0, processed)]
         return results
 
-    async def _finalize(self, end: int) -> StreamResult:
-        """The final result of the segment [seg_start, end)."""
+    async def _endpoint_final(self, cut: int, read_to: int) -> StreamResult | None:
+        """Ends the segment at ``cut`` and returns its final, unless the one-pass decode disagrees.
+
+        The candidate comes from window frames; the one-pass decode (which reads all audio
+        received, ``read_to``) must also see ``silence_ms`` of blanks before ``cut``. If it
+        hears speech there, the segment goes on and the blank count starts again.
+        """
+        frames = await self._segment_frames(cut, read_to)
+        needed = math.ceil(self.options.silence_ms / 1000.0 / self._frame_s - 1e-9)
+        tail = frames[-needed:]
+        if len(tail) < needed or (tail.argmax(axis=1) != tail.shape[1] - 1).any():
+            self._trailing_blanks = 0
+            return None
+        final = self._final_result(frames)
+        # The frames after the cut are recomputed as the start of the next segment.
+        self._start_segment(cut)
+        return final
+
+    async def _segment_frames(self, end: int, read_to: int) -> np.ndarray:
+        """Final log-probs (T, V+1) of the segment [seg_start, end); the audio up to ``read_to`` is read.
+
+        A segment of at most ``max_redecode_s``: one model pass over
+        [seg_start - final_left_context_s, read_to). A longer one: its committed frames plus a
+        flush window over the rest.
+        """
         start = self._seg_start
         if end - start > self.options.max_redecode_s * self.model_rate or start < self._audio.start:
             frames = self._committed_array()
@@ -381,10 +415,15 @@ class StreamingSession:
                 window_start = max(start, self._commit - self._left_samples())
                 flushed = await self._run(window_start, end)
                 frames = np.concatenate([frames, flushed[(self._commit - window_start) // self._spf:]], axis=0)
-        elif end - start >= max(self._spf, 1):
-            frames = await self._run(start, end)
-        else:
-            frames = np.zeros((0, len(self._labels) + 1), dtype=np.float32)
+            return frames[: -(-(end - start) // self._spf)]
+        if end - start < max(self._spf, 1):
+            return np.zeros((0, len(self._labels) + 1), dtype=np.float32)
+        context_start = max(start - self._final_context_samples(), self._aligned(self._audio.start))
+        frames = await self._run(context_start, read_to)
+        first = (start - context_start) // self._spf
+        return frames[first: first + -(-(end - start) // self._spf)]
+
+    def _final_result(self, frames: np.ndarray) -> StreamResult:
         self._num_finals += 1
         processed = self._audio.end / self.model_rate
         if not self._labels:

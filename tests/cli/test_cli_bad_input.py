@@ -1,4 +1,4 @@
-"""`asr transcribe/eval/logprobs` on bad input: exit code 2 and one stderr line naming the problem, never a traceback."""
+"""`asr transcribe/eval/logprobs` on bad input: exit code 2, one stderr line naming the problem, no traceback."""
 
 from __future__ import annotations
 

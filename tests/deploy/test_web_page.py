@@ -91,7 +91,8 @@ def test_upload_shows_the_rest_transcript_with_word_timings(page, asr_server, an
     options = page.eval_on_selector_all("#model-select option", "els => els.map(e => e.value)")
     assert model_id in options, options
     page.select_option("#model-select", model_id)
-    page.check("#decoder-greedy")
+    page.click("label[for=decoder-greedy]")
+    assert page.is_checked("#decoder-greedy")
     page.set_input_files("#file-input", str(an4_clip))
     assert _wait_done(page) == "done", page.text_content("#error")
 
@@ -115,8 +116,8 @@ def test_upload_shows_the_rest_transcript_with_word_timings(page, asr_server, an
 def test_beam_decoder_choice_matches_rest(page, asr_server, an4_clip, model_id):
     expected = _rest(asr_server, an4_clip, model=model_id, decoder="beam")
     page.select_option("#model-select", model_id)
-    page.check("#decoder-beam")
-    assert page.is_visible("#beam-options")
+    page.click("label[for=decoder-beam]")  # what a user clicks: the radio itself is visually hidden
+    assert page.is_checked("#decoder-beam") and page.is_visible("#beam-options")
     page.set_input_files("#file-input", str(an4_clip))
     state = _wait_done(page)
     if expected.status_code == 200:

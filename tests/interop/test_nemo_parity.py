@@ -322,11 +322,7 @@ def _duplicate_label(c):
     c["decoder"]["vocabulary"][-1] = " "
 
 
-# BUG (reported, not fixed here): these malformed configs escape import_nemo as KeyError /
-# ValueError / AttributeError instead of NemoImportError, so `asr models import-nemo` reports an
-# "internal error" with exit code 1 instead of a one-line refusal with exit code 2.
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="interop.nemo.import_nemo does not wrap config-construction errors in NemoImportError")
+# Malformed configs must surface as NemoImportError (exit code 2), never KeyError/ValueError.
 @pytest.mark.parametrize("edit", [_missing_filters, _stride_and_dilation, _block_not_a_mapping, _duplicate_label],
                          ids=lambda f: f.__name__.strip("_"))
 def test_malformed_block_configs_are_refused_cleanly(edit, tmp_path):

@@ -41,10 +41,11 @@ def free_port() -> int:
 def test_sigterm_drains_in_flight_requests(registry_root, an4_paths, tmp_path) -> None:
     port = free_port()
     marker = tmp_path / "batch-started"
+    log_file = open(tmp_path / "server.log", "wb")  # a file, not a pipe: a full pipe would block the server
     env = {**os.environ, "ASR_DRAIN_TIMEOUT_S": "60", "PYTHONPATH": str(REPO), "BATCH_MARKER": str(marker)}
     proc = subprocess.Popen([sys.executable, "-c", LAUNCH, "--host", "127.0.0.1", "--port", str(port),
                              "--grpc-port", "0", "--registry", str(registry_root), "--model", "tiny@1",
-                             "--device", "cpu"], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--device", "cpu"], env=env, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180  # a fresh interpreter on a busy CI box
@@ -83,5 +84,6 @@ def test_sigterm_drains_in_flight_requests(registry_root, an4_paths, tmp_path) -
     finally:
         if proc.poll() is None:
             proc.kill()
-        output = proc.stdout.read().decode(errors="replace")
+        log_file.close()
+        output = (tmp_path / "server.log").read_text(errors="replace")
     assert "draining" in output

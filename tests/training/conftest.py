@@ -102,24 +102,43 @@ def short_tmpdir(prefix: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
-    """One separate local Ray instance (2 CPUs) for the in-process ``run_training`` / ``asr train`` calls.
+def ray_cluster() -> Iterator[str]:
+    """One separate local Ray instance (2 CPUs) for the in-process ``run_training`` / ``asr train``
+    calls; yields its GCS address (subprocess drivers join it with RAY_ADDRESS, see :func:`shared_env`).
 
     ``run_training`` sees ``ray.is_initialized()`` and reuses it. ``address="local"`` and a
     private ``_temp_dir`` make sure it never attaches to (or shares /tmp/ray with) another job.
     """
     ray = pytest.importorskip("ray")
     if ray.is_initialized():  # someone else's instance in this process: use it as is
-        yield
+        yield ray.get_runtime_context().gcs_address
         return
     temp_dir = short_tmpdir("asrt-ray-")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True,
-             _temp_dir=temp_dir, configure_logging=False)
     try:
-        yield
+        for attempt in (1, 2):
+            try:
+                ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True,
+                         _temp_dir=temp_dir, configure_logging=False)
+                break
+            except Exception as exc:  # Ray's node start has a fixed 30 s deadline: one retry when starved
+                if attempt == 2 or "timed out during startup" not in str(exc):
+                    raise
+        yield ray.get_runtime_context().gcs_address
     finally:
-        ray.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def wait_for_free_cpus(timeout_s: float = 120.0) -> None:
+    """Waits until every CPU of the shared instance is free again (a killed driver's workers are gone)."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while ray.available_resources().get("CPU", 0.0) < ray.cluster_resources().get("CPU", 0.0):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Ray resources still held after {timeout_s} s: {ray.available_resources()}")
+        time.sleep(0.5)
 
 
 # ---- subprocess runs (their own local Ray) ----
@@ -136,6 +155,15 @@ def isolated_env(tag: str) -> dict[str, str]:
     """
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_TMPDIR"] = short_tmpdir("asrt-sub-")
+    env[TAG_ENV] = tag
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def shared_env(tag: str, address: str) -> dict[str, str]:
+    """Environment for an ``asr train`` subprocess whose driver joins the ``ray_cluster`` instance."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_TMPDIR"}
+    env["RAY_ADDRESS"] = address
     env[TAG_ENV] = tag
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -172,7 +200,8 @@ def kill_run(session_id: int, env: dict[str, str], timeout_s: float = 30.0) -> N
     try:
         _kill_all(session_id, env[TAG_ENV], timeout_s)
     finally:
-        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+        if "RAY_TMPDIR" in env and env["RAY_TMPDIR"].startswith("/tmp/asrt-sub-"):
+            shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
 def _kill_all(session_id: int, tag: str, timeout_s: float) -> None:

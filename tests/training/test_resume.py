@@ -1,5 +1,11 @@
-"""Acceptance: an `asr train` run SIGKILLed (driver, its local Ray and the workers) after its first
-checkpoint continues from that checkpoint when re-run with the same run name and output_dir."""
+"""Acceptance: an `asr train` run SIGKILLed after its first checkpoint continues from that checkpoint
+when re-run with the same run name and output_dir.
+
+Two ways to die: "shared" kills the driver of a run on a Ray instance that survives (a cluster
+via RAY_ADDRESS; Ray then ends the job's workers), "local" kills a plain `asr train` together
+with the local Ray it started (gcs, raylet, every worker). "local" starts Ray twice in
+subprocesses, which takes minutes on a busy 2-core machine, so it is marked slow.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,11 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from model.registry import Registry
-from tests.training.conftest import isolated_env, kill_run, write_config, write_manifest
+from tests.training.conftest import (isolated_env, kill_run, shared_env, wait_for_free_cpus, write_config,
+                                     write_manifest)
 from training.data import DurationBucketSampler
 
 EPOCHS = 10
@@ -33,7 +42,17 @@ def _registered_checkpoints(run_dir: Path) -> int:
     return len(snapshot.get("checkpoint_results") or [])
 
 
-def test_killed_run_resumes_from_its_checkpoint(an4_pick, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ray_mode", ["shared", pytest.param("local", marks=pytest.mark.slow)])
+def test_killed_run_resumes_from_its_checkpoint(ray_mode: str, request, an4_pick, tmp_path: Path) -> None:
+    if ray_mode == "shared":
+        address = request.getfixturevalue("ray_cluster")
+
+        def make_env() -> dict[str, str]:
+            return shared_env(uuid.uuid4().hex, address)
+    else:
+        def make_env() -> dict[str, str]:
+            return isolated_env(uuid.uuid4().hex)
+
     rows = an4_pick(12)
     train = write_manifest(tmp_path / "train.json", rows)
     val = write_manifest(tmp_path / "val.json", rows[:2])
@@ -47,7 +66,7 @@ def test_killed_run_resumes_from_its_checkpoint(an4_pick, tmp_path: Path) -> Non
     run_dir = output_dir / "ray" / RUN_NAME
     log1, log2 = tmp_path / "run1.log", tmp_path / "run2.log"
 
-    env = isolated_env(uuid.uuid4().hex)
+    env = make_env()
     with open(log1, "w") as out:
         first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out,
                                  stderr=subprocess.STDOUT, start_new_session=True)
@@ -62,10 +81,12 @@ def test_killed_run_resumes_from_its_checkpoint(an4_pick, tmp_path: Path) -> Non
         kill_run(first.pid, env)  # the whole run: driver, gcs/raylet and every Ray worker
         first.wait(timeout=30)
     assert first.returncode == -9
+    if ray_mode == "shared":
+        wait_for_free_cpus()  # the killed job's TrainController and worker are gone
     lines_before = len((output_dir / "metrics.jsonl").read_text().splitlines())
     assert not list((tmp_path / "registry").glob("tiny-resume/*")), "nothing is published before the end"
 
-    env = isolated_env(uuid.uuid4().hex)
+    env = make_env()
     with open(log2, "w") as out:
         second = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out,
                                   stderr=subprocess.STDOUT, start_new_session=True)

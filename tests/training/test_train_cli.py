@@ -49,7 +49,7 @@ def test_bad_config_through_the_console_script(good_config: Path, tmp_path: Path
     command = [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text(good_config.read_text().replace("epochs: 1", "epochs: -3"))
-    done = subprocess.run([*command, "train", str(bad_yaml)], capture_output=True, text=True, timeout=120,
+    done = subprocess.run([*command, "train", str(bad_yaml)], capture_output=True, text=True, timeout=600,
                           cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
