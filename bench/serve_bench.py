@@ -32,7 +32,7 @@ import numpy as np
 import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
-SPEECH = Path("/work/shared/speech")
+SPEECH = REPO.parent / "shared" / "speech"
 RATE = 16_000
 
 

@@ -163,10 +163,11 @@ def cmd_logprobs(args) -> int:
 
 def cmd_train(args) -> int:
     from training.config import load_config
+
+    cfg = load_config(args.config, args.set or [])  # before the heavy imports: bad configs fail fast
     from training.plot import plot_metrics
     from training.trainer import run_training
 
-    cfg = load_config(args.config, args.set or [])
     if args.registry:
         cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"registry": args.registry})})
     ref, summary = run_training(cfg, run_name=args.run_name)
@@ -196,8 +197,7 @@ def cmd_lm_build(args) -> int:
 def cmd_serve(args) -> int:
     from service.server import config_from_args, run_server
 
-    run_server(config_from_args(args))
-    return 0
+    return int(run_server(config_from_args(args)) or 0)
 
 
 # ---- parser ----
@@ -300,7 +300,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     for module, name in (("interop.nemo", "NemoImportError"), ("training.config", "ConfigError"),
                          ("training.trainer", "TrainingError"), ("lm.kenlm_tools", "LMBuildError"),
                          ("lm.kenlm_tools", "KenLMNotFoundError"), ("cli.evaluate", "ManifestError"),
-                         ("training.datasets", "DataError")):
+                         ("training.datasets", "DataError"), ("pydantic", "ValidationError")):
         try:
             errors.append(getattr(__import__(module, fromlist=[name]), name))
         except (ImportError, AttributeError):

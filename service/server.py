@@ -33,7 +33,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="REST bind address (ASR_HTTP_HOST, default 0.0.0.0)")
     parser.add_argument("--port", type=int, help="REST port (ASR_HTTP_PORT, default 8000)")
     parser.add_argument("--grpc-port", type=int, help="gRPC port, 0 disables (ASR_GRPC_PORT, default 50051)")
-    parser.add_argument("--registry", help="model registry folder (ASR_REGISTRY, default ./registry)")
+    # SUPPRESS: when omitted, keep a top-level `asr --registry DIR serve` value instead of overwriting it.
+    parser.add_argument("--registry", default=argparse.SUPPRESS,
+                        help="model registry folder (ASR_REGISTRY, default ./registry)")
     parser.add_argument("--model", help="default model NAME[@VERSION] (ASR_DEFAULT_MODEL, default an4-quartznet)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), help="inference device (ASR_DEVICE)")
     parser.add_argument("--max-batch-size", type=int, help="dynamic batch size, 1 = off (ASR_MAX_BATCH_SIZE)")

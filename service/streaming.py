@@ -250,7 +250,7 @@ class StreamingSession:
         return end - self._last_run_end >= self.options.chunk_s * self.model_rate
 
     async def step(self) -> list[StreamResult]:
-        """Runs the model on the newest window; returns a final (on an endpoint) and/or an interim.
+        """Runs the model on the newest window; returns a final (on an endpoint) or an interim.
 
         The interim list holds the committed prefix (stability 0.9) and the tentative tail
         (stability 0.1), either of which may be left out when empty; nothing is returned when
@@ -258,10 +258,10 @@ class StreamingSession:
         """
         end = self._audio.end
         window_start = max(self._seg_start, self._commit - self._left_samples())
+        self._last_run_end = end
         if end - window_start < max(self._spf, 1):
             return []
         frames = await self._run(window_start, end)
-        self._last_run_end = end
         first_frame = window_start // self._spf
         num_chunks = max(0, (end - self._right_samples() - self._commit) // self._chunk_samples())
         new_commit = self._commit + num_chunks * self._chunk_samples()

@@ -102,8 +102,6 @@ class DataConfig(_Section):
     max_batch_audio_s: Annotated[float, Field(gt=0.0)] | None = None
     num_buckets: PositiveInt = 30
     num_loader_workers: Annotated[int, Field(ge=0)] = 2
-    # Speakers (audio parent-folder names) moved from the training manifests to validation.
-    holdout_speakers: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _duration_range(self) -> DataConfig:
@@ -186,8 +184,6 @@ class RunConfig(_Section):
     log_every_steps: PositiveInt = 50
     checkpoint_every_epochs: PositiveInt = 1
     # Extra mid-epoch resume checkpoints every N optimiser steps; None writes only per epoch.
-    checkpoint_every_steps: PositiveInt | None = None
-    # Also checkpoint mid-epoch every N optimiser steps (None: epoch ends only).
     checkpoint_every_steps: PositiveInt | None = None
     # A registry spec NAME[@VERSION] or a path to a .nemo archive.
     fine_tune_from: str | None = None

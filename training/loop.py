@@ -211,7 +211,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             audio_s += float(batch.audio_lengths.sum()) / recognizer.sample_rate
             if state.global_step % cfg.run.log_every_steps == 0 and batch_index % cfg.optim.grad_accum_steps == 0:
                 elapsed = time.monotonic() - t0
-                logger.step(epoch=epoch, step=state.global_step, loss=float(loss),
+                logger.step(epoch=epoch, step=state.global_step, loss=float(loss.detach()),
                             lr=optimizer.param_groups[0]["lr"], utterances_per_s=utts * ctx.world_size / elapsed,
                             audio_s_per_s=audio_s * ctx.world_size / elapsed)
             if cfg.run.checkpoint_every_steps and state.global_step % cfg.run.checkpoint_every_steps == 0 \
@@ -220,7 +220,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 state.wall_time_s = time.monotonic() - wall_start
                 _report(ctx, cfg, state, recognizer, optimizer, scheduler, scaler, {"epoch": epoch})
         epoch_s = time.monotonic() - t0
-        metrics: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(loss), "epoch_time_s": epoch_s,
+        metrics: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(loss.detach()), "epoch_time_s": epoch_s,
                                    "audio_s_per_s": audio_s * ctx.world_size / max(epoch_s, 1e-9),
                                    "utterances_per_s": utts * ctx.world_size / max(epoch_s, 1e-9),
                                    "skipped_unreadable": dropped, "step": state.global_step}

@@ -109,6 +109,8 @@ def run_training(cfg: TrainConfig, *, run_name: str | None = None) -> tuple[Mode
             scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                    resources_per_worker=resources),
             run_config=ray.train.RunConfig(name=run_name, storage_path=str(output_dir / "ray"),
+                                           # Ray Train both copies and re-logs worker prints; once is enough.
+                                           worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
                                            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         )
         result = trainer.fit()

@@ -18,7 +18,7 @@ from model import (BlockConfig, MelFeaturizerConfig, QuartzNetConfig, Recognizer
 from service.app import create_app
 from service.config import ServiceConfig
 
-SPEECH_DIR = Path("/work/shared/speech")
+SPEECH_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "speech"
 AN4_TEST = SPEECH_DIR / "an4_test.json"
 
 

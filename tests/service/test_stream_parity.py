@@ -50,6 +50,10 @@ def test_an4_model_stream_wer_within_half_a_point_of_offline():
     offline_wer = jiwer.wer(refs, offline)
     stream_wer = jiwer.wer(refs, streamed)
     differing = sum(a != b for a, b in zip(offline, streamed))
+    # How far streaming is from offline itself (word edits per offline word), not just from the refs.
+    edits = sum(jiwer.process_words(a or "<empty>", b or "<empty>").wer * len((a or "<empty>").split())
+                for a, b in zip(offline, streamed) if a != b)
     print(f"AN4 test: offline WER {offline_wer:.4f}, streaming WER {stream_wer:.4f}, "
-          f"{differing} of {len(refs)} transcripts differ")
+          f"{differing} of {len(refs)} transcripts differ, "
+          f"{edits / max(1, sum(len(a.split()) for a in offline)):.4f} word edits per offline word")
     assert abs(stream_wer - offline_wer) <= 0.005

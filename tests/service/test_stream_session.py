@@ -98,11 +98,20 @@ def test_long_segment_final_from_committed_frames_equals_one_pass():
 
 def test_leading_silence_is_dropped_but_times_stay_absolute():
     audio = spell(("", 4.0), ("yes", 0.3), ("", 0.2))
+    options = StreamingOptions(max_leading_silence_s=2.0, final_left_context_s=0.0)
     engine = FrameLevelEngine()
-    [final] = [r for r in stream(audio, StreamingOptions(max_leading_silence_s=2.0), engine=engine) if r.is_final]
+    [final] = [r for r in stream(audio, options, engine=engine) if r.is_final]
     assert final.text == "yes"
     assert final.words[0].start_s == pytest.approx(4.0, abs=0.03)
     assert engine.calls[-1] < len(audio)  # the final re-decoded the trimmed segment only
+
+
+def test_endpoint_final_carries_left_context_from_earlier_segments():
+    audio = spell(("go", 0.4), ("", 1.2), ("up", 0.4), ("", 1.0))
+    engine = FrameLevelEngine()
+    finals = [r for r in stream(audio, StreamingOptions(silence_ms=800), engine=engine) if r.is_final]
+    assert [f.text for f in finals] == ["go", "up"]
+    assert engine.calls[-1] == len(audio)  # the last final re-read the stream from its start
 
 
 def test_8khz_source_is_resampled_per_window():

@@ -23,7 +23,7 @@ from tests.training.conftest import (isolated_env, kill_run, shared_env, wait_fo
                                      write_manifest)
 from training.data import DurationBucketSampler
 
-EPOCHS = 10
+EPOCHS = 4
 RUN_NAME = "resume"
 TIMEOUT_S = 600
 

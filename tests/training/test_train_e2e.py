@@ -81,7 +81,8 @@ def test_two_worker_run_publishes_a_loadable_model(ray_cluster, an4_pick, tmp_pa
     # The published version is what `asr transcribe` serves.
     code = main(["--registry", str(registry_dir), "transcribe", train_rows[0]["audio_filepath"],
                  "--model", "tiny-e2e", "--json"])
-    out = capfd.readouterr().out
-    assert code == 0
+    captured = capfd.readouterr()
+    out = captured.out
+    assert code == 0, captured.err[-2000:]
     result = json.loads(out[out.index("{"):])
     assert result["model"] == "tiny-e2e@1" and len(result["results"]) == 1
