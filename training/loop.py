@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -228,10 +228,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics.update({f"val_{k}": v for k, v in evaluate(recognizer, val_loader, ctx.device).items()})
             if metrics["val_wer"] <= state.best_wer:
                 state.best_wer, state.best_cer, state.best_epoch = metrics["val_wer"], metrics["val_cer"], epoch + 1
-                state.best_weights = {k: v.detach().cpu().clone() for k, v in _plain_state_dict(recognizer).items()}
+                state.best_weights = {k: v.detach().cpu().clone() for k, v in recognizer.state_dict().items()}
         elif ctx.rank == 0:
             state.best_epoch = epoch + 1
-            state.best_weights = {k: v.detach().cpu().clone() for k, v in _plain_state_dict(recognizer).items()}
+            state.best_weights = {k: v.detach().cpu().clone() for k, v in recognizer.state_dict().items()}
         if ctx.world_size > 1:
             dist.barrier()
         logger.epoch(metrics)
@@ -253,11 +253,6 @@ def _optimizer_step(cfg, recognizer, optimizer, scaler, scheduler) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def _plain_state_dict(recognizer: SpeechRecognizer) -> dict[str, torch.Tensor]:
-    """State dict with the plain BatchNorm key layout, whatever sync-BN class is in use."""
-    return recognizer.state_dict()
-
-
 def _report(ctx: _Context, cfg: TrainConfig, state: TrainState, recognizer, optimizer, scheduler, scaler,
             metrics: dict[str, Any]) -> None:
     """Saves a resume checkpoint (rank 0 writes; every rank reports so Ray stays in step)."""
@@ -274,8 +269,6 @@ def _report(ctx: _Context, cfg: TrainConfig, state: TrainState, recognizer, opti
         elif checkpoint_dir:
             target = Path(cfg.run.output_dir) / "checkpoints" / f"step-{state.global_step:08d}"
             target.parent.mkdir(parents=True, exist_ok=True)
-            import shutil
-
             shutil.copytree(tmp, target, dirs_exist_ok=True)
 
 
