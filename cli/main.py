@@ -278,17 +278,26 @@ def build_parser() -> argparse.ArgumentParser:
         from service.server import add_serve_arguments
 
         add_serve_arguments(p)
-    except ImportError:
-        pass
-    p.set_defaults(func=cmd_serve)
+        p.set_defaults(func=cmd_serve)
+    except ImportError as exc:  # a train-only install: say what is missing instead of hiding the command
+        p.set_defaults(func=_missing_extra("serve", exc))
 
     try:
         from client.cli import add_client_arguments
 
         add_client_arguments(sub)
-    except ImportError:
-        pass
+    except ImportError as exc:
+        p = sub.add_parser("client", help="REST/gRPC client (needs the serve extra)")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_missing_extra("serve", exc))
     return parser
+
+
+def _missing_extra(extra: str, exc: ImportError):
+    def fail(args) -> int:
+        raise UsageError(f"this command needs the '{extra}' extra: pip install -e '.[{extra}]' ({exc})")
+
+    return fail
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
