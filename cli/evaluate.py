@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jiwer
-
-from cli.inference import BatchDecoder, log_probs_in_batches
+from cli.inference import BatchDecoder
 from model.audio import AudioError, decode_audio
 from model.recognizer import SpeechRecognizer
+from training.metrics import word_char_error_rates
 
 
 class ManifestError(ValueError):
@@ -51,14 +50,12 @@ def evaluate_manifest(model: SpeechRecognizer, manifest: Path, args, registry, m
         raise ManifestError(f"{manifest}: no readable utterances ({len(problems)} problems; first: "
                             f"{problems[0] if problems else 'empty manifest'})")
     decoder = BatchDecoder(model, args, registry, model_path)
-    hyps = [decoder(lp).text for lp in log_probs_in_batches(model, clips, args.batch_size)]
-    scored = [(r, h) for r, h in zip(refs, hyps) if r]
-    if not scored:
+    hyps = [decoder(lp).text for lp in model.log_probs_sorted(clips, args.batch_size)]
+    scores = word_char_error_rates(refs, hyps)
+    if not scores["num_utterances"]:
         raise ManifestError(f"{manifest}: no utterance with a non-empty reference transcript")
-    wer = jiwer.wer([r for r, _ in scored], [h for _, h in scored])
-    cer = jiwer.cer([r for r, _ in scored], [h for _, h in scored])
-    return {"manifest": str(manifest), "decoder": args.decoder, "num_utterances": len(scored),
-            "num_skipped": len(problems), "problems": problems[:20], "wer": float(wer), "cer": float(cer),
+    return {"manifest": str(manifest), "decoder": args.decoder, **scores,
+            "num_skipped": len(problems), "problems": problems[:20],
             "hypotheses": [{"file": n, "ref": r, "hyp": h} for n, r, h in zip(names, refs, hyps)]
             if getattr(args, "json", False) else []}
 

@@ -35,25 +35,13 @@ class BatchDecoder:
         return hypothesis_to_transcript(hyp, log_probs, frame_s)
 
 
-def log_probs_in_batches(model: SpeechRecognizer, clips: list[np.ndarray], batch_size: int,
-                         device=None) -> list[np.ndarray]:
-    """Runs clips through the model in length-sorted batches (less padding), in input order."""
-    order = sorted(range(len(clips)), key=lambda i: len(clips[i]))
-    out: list[np.ndarray | None] = [None] * len(clips)
-    for start in range(0, len(order), max(1, batch_size)):
-        chunk = order[start:start + batch_size]
-        for index, lp in zip(chunk, model.log_probs_batch([clips[i] for i in chunk], device)):
-            out[index] = lp
-    return out  # type: ignore[return-value]
-
-
 def decode_files(model: SpeechRecognizer, paths: list[str], args, registry, model_path, *,
                  batch_size: int = 8) -> list[dict]:
     """Transcribes files; any undecodable file aborts with its AudioError before any compute."""
     audio = [decode_audio(path, model.sample_rate) for path in paths]
     decoder = BatchDecoder(model, args, registry, model_path)
     results = []
-    for path, clip, lp in zip(paths, audio, log_probs_in_batches(model, [a.samples for a in audio], batch_size)):
+    for path, clip, lp in zip(paths, audio, model.log_probs_sorted([a.samples for a in audio], batch_size)):
         transcript = decoder(lp)
         results.append({"file": path, "text": transcript.text, "duration": round(clip.duration_s, 3),
                         "words": [_word_json(w) for w in transcript.words]})

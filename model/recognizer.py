@@ -77,6 +77,16 @@ class SpeechRecognizer(nn.Module):
         log_probs = log_probs.float().cpu().numpy()
         return [log_probs[i, : int(n)] for i, n in enumerate(out_lengths.cpu())]
 
+    def log_probs_sorted(self, clips: list[np.ndarray], batch_size: int, device=None) -> list[np.ndarray]:
+        """Like log_probs_batch over many clips: length-sorted batches (less padding), input order kept."""
+        order = sorted(range(len(clips)), key=lambda i: len(clips[i]))
+        out: list[np.ndarray] = [np.empty(0)] * len(clips)
+        for start in range(0, len(order), max(1, batch_size)):
+            chunk = order[start:start + batch_size]
+            for index, lp in zip(chunk, self.log_probs_batch([clips[i] for i in chunk], device)):
+                out[index] = lp
+        return out
+
     def transcribe(self, clips: list[np.ndarray], device=None) -> list[Transcript]:
         """Greedy transcripts, with word times, of mono float32 clips at ``sample_rate``."""
         was_training = self.training

@@ -112,25 +112,30 @@ step_apt() {
     log "ASR_SKIP_APT=1: not checking system packages"
     return
   fi
-  local missing=() pkg
-  for pkg in "${packages[@]}"; do
-    if ! dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then
-      missing+=("$pkg")
-    fi
+  apt_install_missing "apt packages" "${packages[@]}"
+}
+
+# apt_install_missing <what> <package>...: installs those not yet installed, quietly, showing
+# the tail of apt's log if it fails.
+apt_install_missing() {
+  local what="$1" missing=() pkg
+  shift
+  for pkg in "$@"; do
+    dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed' || missing+=("$pkg")
   done
   if [[ ${#missing[@]} -eq 0 ]]; then
-    log "all ${#packages[@]} apt packages present"
+    log "all $# $what present"
     return
   fi
-  command -v apt-get >/dev/null 2>&1 || die "missing packages (${missing[*]}) and no apt-get; install them by hand"
-  log "installing: ${missing[*]}"
+  command -v apt-get >/dev/null 2>&1 || die "missing $what (${missing[*]}) and no apt-get; install them by hand"
+  log "installing $what: ${missing[*]}"
   local apt_log
   apt_log="$(mktemp)"
   if ! { as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
          && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; \
        } >"$apt_log" 2>&1; then
     tail -n 30 "$apt_log" >&2
-    die "apt-get failed (full log: $apt_log)"
+    die "apt-get failed for $what (full log: $apt_log)"
   fi
   rm -f "$apt_log"
 }
@@ -148,25 +153,7 @@ step_test_tools() {
     log "ASR_SKIP_TEST_TOOLS/ASR_SKIP_APT set: not checking the test tools"
     return
   fi
-  local missing=() pkg
-  for pkg in "${TEST_APT_PACKAGES[@]}"; do
-    dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed' || missing+=("$pkg")
-  done
-  if [[ ${#missing[@]} -eq 0 ]]; then
-    log "all ${#TEST_APT_PACKAGES[@]} test tool packages present"
-    return
-  fi
-  command -v apt-get >/dev/null 2>&1 || die "missing test tools (${missing[*]}) and no apt-get; install them by hand"
-  log "installing test tools: ${missing[*]}"
-  local apt_log
-  apt_log="$(mktemp)"
-  if ! { as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-         && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; \
-       } >"$apt_log" 2>&1; then
-    tail -n 30 "$apt_log" >&2
-    die "apt-get failed for the test tools (full log: $apt_log)"
-  fi
-  rm -f "$apt_log"
+  apt_install_missing "test tool packages" "${TEST_APT_PACKAGES[@]}"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jiwer
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -28,6 +27,7 @@ from training.augment import spec_augment
 from training.config import TrainConfig, config_from_dict
 from training.data import DurationBucketSampler, ManifestDataset, collate
 from training.init_model import build_recognizer
+from training.metrics import word_char_error_rates
 from training.novograd import NovoGrad
 from training.schedule import build_warmup_cosine_scheduler
 from training.state import TrainState, load_resume_state, save_resume_state
@@ -113,17 +113,6 @@ def evaluate(recognizer: SpeechRecognizer, loader: DataLoader, device: torch.dev
                                           recognizer.frame_duration_s).text)
                 refs.append(recognizer.vocabulary.decode(batch.targets[i, : int(batch.target_lengths[i])].tolist()))
     return word_char_error_rates(refs, hyps)
-
-
-def word_char_error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
-    """Corpus WER and CER (jiwer), tolerant of empty references and hypotheses."""
-    pairs = [(r.strip(), h.strip()) for r, h in zip(refs, hyps) if r.strip()]
-    if not pairs:
-        return {"wer": float("nan"), "cer": float("nan"), "num_utterances": 0}
-    refs_, hyps_ = zip(*pairs)
-    out = jiwer.process_words(list(refs_), list(hyps_))
-    cer = jiwer.cer(list(refs_), list(hyps_))
-    return {"wer": float(out.wer), "cer": float(cer), "num_utterances": len(pairs)}
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import jiwer
 import numpy as np
 import torch
 
@@ -29,6 +28,7 @@ from model.decoding import greedy_decode
 from model.registry import Registry
 from training.config import load_config
 from training.data import read_manifest
+from training.metrics import word_char_error_rates as _score
 from training.datasets import speaker_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,22 +37,6 @@ SPEECH = ROOT.parent / "shared" / "speech"
 
 def _clips(model, entries):
     return [decode_audio(e.audio_filepath, model.sample_rate).samples for e in entries]
-
-
-def _log_probs(model, clips, batch_size=16):
-    order = sorted(range(len(clips)), key=lambda i: len(clips[i]))
-    out = [None] * len(clips)
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        for i, lp in zip(idx, model.log_probs_batch([clips[j] for j in idx])):
-            out[i] = lp
-    return out
-
-
-def _score(refs, hyps):
-    pairs = [(r, h) for r, h in zip(refs, hyps) if r]
-    return {"wer": float(jiwer.wer([p[0] for p in pairs], [p[1] for p in pairs])),
-            "cer": float(jiwer.cer([p[0] for p in pairs], [p[1] for p in pairs])), "num_utterances": len(pairs)}
 
 
 def _greedy(model, lps):
@@ -99,7 +83,7 @@ def main() -> None:
         publish_lm(tmp_registry, "tune", Path(tmp) / "tune.txt", order=args.order, labels=labels)
         binary, unigrams, _ = load_lm_files(tmp_registry, "tune")
         tune_decoder = BeamDecoder(labels, binary, unigrams)
-        val_lps = _log_probs(model, _clips(model, val))
+        val_lps = model.log_probs_sorted(_clips(model, val), 16)
         val_refs = [model.vocabulary.normalize(e.text) for e in val]
         grid = []
         for alpha, beta in itertools.product((0.3, 0.5, 0.8, 1.0, 1.5), (0.0, 0.5, 1.0, 2.0)):
@@ -123,7 +107,7 @@ def main() -> None:
               "test": {}}
     for name in ("an4_test", "fsdd_test"):
         entries, problems = read_manifest(SPEECH / f"{name}.json")
-        lps = _log_probs(model, _clips(model, entries))
+        lps = model.log_probs_sorted(_clips(model, entries), 16)
         refs = [model.vocabulary.normalize(e.text) for e in entries]
         report["test"][name] = {"greedy": _score(refs, _greedy(model, lps)),
                                 "beam_lm": _score(refs, _beam(decoder, lps, best["alpha"], best["beta"],
