@@ -241,6 +241,9 @@ def import_nemo(path: Path | str, *, frontend: str | None = None) -> tuple[Speec
 
 def export_nemo(model: SpeechRecognizer, path: Path | str) -> None:
     """Writes a .nemo archive that NeMo's EncDecCTCModel.restore_from can load."""
+    if model.vocabulary.is_word_piece:
+        # NeMo's EncDecCTCModel is character-only; its BPE models need a SentencePiece tokenizer.
+        raise NemoImportError("word-piece models cannot be exported as a NeMo character model (.nemo)")
     feats, network, labels = model.config.features, model.config.network, list(model.vocabulary.labels)
     jasper = [{"filters": b.filters, "repeat": b.repeat, "kernel": [b.kernel], "stride": [b.stride],
                "dilation": [b.dilation], "dropout": b.dropout, "residual": b.residual, "separable": b.separable,

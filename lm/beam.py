@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.text import WORD_START, is_word_piece_labels
+
 __all__ = ["BeamDecoder", "BeamHypothesis"]
 
 
@@ -65,7 +67,8 @@ class BeamDecoder:
     """Beam-search decoder for one label set and (optionally) one KenLM model; thread-safe.
 
     The label convention is the acoustic model's: ``labels[i]`` is output column ``i``,
-    ``" "`` separates words, and the CTC blank is the extra last column ``len(labels)``.
+    ``" "`` separates words (or, for word pieces, a label starting with ``"▁"`` begins
+    one), and the CTC blank is the extra last column ``len(labels)``.
 
     The KenLM model is loaded once, in the constructor. One pyctcdecode decoder is kept per
     ``(alpha, beta)`` pair (an LRU of ``max_cached_weights``); they share the KenLM model,
@@ -85,7 +88,8 @@ class BeamDecoder:
         max_cached_weights: int = 16,
     ) -> None:
         """Args:
-        labels: output labels without the blank; single characters, no duplicates, no "".
+        labels: output labels without the blank; single characters or "▁" word pieces, no
+            duplicates, no "".
         kenlm_path: KenLM binary (or ARPA) model; None decodes without a language model.
         unigrams: the LM's vocabulary (``unigrams.txt``); words outside it get
             ``unk_score_offset``. Strongly recommended with a binary model, which does not
@@ -105,9 +109,14 @@ class BeamDecoder:
             raise ValueError("labels must not be empty")
         if len(set(labels)) != len(labels):
             raise ValueError(f"duplicate labels: {labels}")
-        if any(not isinstance(label, str) or len(label) != 1 for label in labels):
-            raise ValueError("labels must be single characters (the blank is implicit, not a label)")
-        if " " not in labels:
+        word_pieces = is_word_piece_labels(labels)
+        if word_pieces:
+            if any(not label.replace(WORD_START, "") or " " in label for label in labels):
+                raise ValueError(f"word-piece labels must be non-empty and without spaces: {labels}")
+        elif any(not isinstance(label, str) or len(label) != 1 for label in labels):
+            raise ValueError("labels must be single characters (the blank is implicit, not a label), "
+                             f"or word pieces marked with '{WORD_START}'")
+        elif " " not in labels:
             raise ValueError("labels must contain ' ', the word separator")
         self.labels: tuple[str, ...] = tuple(labels)
         self.blank_id = len(labels)
@@ -116,7 +125,8 @@ class BeamDecoder:
         self.kenlm_path = Path(kenlm_path) if kenlm_path is not None else None
         # Built directly instead of via build_ctcdecoder: its label heuristics would turn a
         # "_" or "|" label into the blank/space; here the blank is "" at its real index.
-        self._alphabet = Alphabet(list(labels) + [""], is_bpe=False)
+        # Word pieces use pyctcdecode's BPE mode, whose word-start marker is also "▁".
+        self._alphabet = Alphabet(list(labels) + [""], is_bpe=word_pieces)
         self._decoder_cls = _make_decoder_class()
         self._lock = threading.Lock()
         self._decoders: OrderedDict[tuple[float, float], object] = OrderedDict()

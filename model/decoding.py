@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from model.text import WORD_START
+
 
 @dataclass(frozen=True)
 class WordTiming:
@@ -44,7 +46,8 @@ def greedy_decode(
 
     Args:
         log_probs: float array of shape (T, V+1) holding only the valid frames.
-        labels: the V labels; " " separates words.
+        labels: the V labels; " " separates words, or, for word pieces, a label starting
+            with "▁" begins one.
         frame_duration_s: seconds per output frame (0.02 for the stock models).
         time_offset_s: added to every time, for chunks of a longer stream.
 
@@ -69,7 +72,7 @@ def greedy_decode(
                 tokens.append((token, t, t, prob))
         prev = token
     score = float(best_lp[best != blank].sum())
-    text = "".join(labels[tok[0]] for tok in tokens)
+    text = "".join(labels[tok[0]] for tok in tokens).replace(WORD_START, " ")
     words = _group_words(tokens, labels, frame_duration_s, time_offset_s)
     return Transcript(text=" ".join(text.split()), words=words, score=score)
 
@@ -80,15 +83,20 @@ def _group_words(tokens, labels, frame_s: float, offset_s: float) -> tuple[WordT
 
     def flush() -> None:
         if current:
-            word = "".join(labels[t[0]] for t in current)
+            word = "".join(labels[t[0]] for t in current).replace(WORD_START, "")
             words.append(WordTiming(word, round(offset_s + current[0][1] * frame_s, 3),
                                     round(offset_s + (current[-1][2] + 1) * frame_s, 3),
                                     round(float(np.mean([t[3] for t in current])), 4)))
             current.clear()
 
     for tok in tokens:
-        if labels[tok[0]] == " ":
+        label = labels[tok[0]]
+        if label == " ":
             flush()
+        elif label.startswith(WORD_START):
+            flush()
+            if len(label) > 1:
+                current.append(tok)
         else:
             current.append(tok)
     flush()

@@ -11,7 +11,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
-__all__ = ["normalize_text"]
+__all__ = ["WORD_START", "is_word_piece_labels", "normalize_text"]
 
 # Typographic variants, mapped before characters outside the labels are dropped.
 _APOSTROPHES = "\u2018\u2019\u201a\u201b\u2032\u02bc\u00b4`"  # ‘ ’ ‚ ‛ ′ ʼ ´ `
@@ -57,11 +57,24 @@ class _CharTable(dict):
         return ""
 
 
+WORD_START = "\u2581"  # "▁": marks a word-piece label that begins a word (SentencePiece style)
+
+
+def is_word_piece_labels(labels: Sequence[str]) -> bool:
+    """True for a word-piece vocabulary: some label starts with ``WORD_START``, and words are
+    separated by that marker rather than by a ``" "`` label."""
+    return any(label.startswith(WORD_START) for label in labels)
+
+
 @functools.lru_cache(maxsize=32)
 def _table(labels: tuple[str, ...]) -> tuple[_CharTable, bool]:
-    single = frozenset(label for label in labels if len(label) == 1)
-    lower = not any(c.isupper() for c in single)
-    return _CharTable(single), lower
+    if is_word_piece_labels(labels):
+        # Any character some piece can spell is kept, and words stay space-separated.
+        chars = frozenset("".join(labels).replace(WORD_START, "")) | {" "}
+    else:
+        chars = frozenset(label for label in labels if len(label) == 1)
+    lower = not any(c.isupper() for c in chars)
+    return _CharTable(chars), lower
 
 
 def normalize_text(text: str, labels: Sequence[str]) -> str:
@@ -78,7 +91,9 @@ def normalize_text(text: str, labels: Sequence[str]) -> str:
     Args:
         text: raw text.
         labels: the acoustic model's output labels, without the CTC blank; ``" "`` is the word
-            separator. Without ``" "`` in ``labels`` all whitespace is removed.
+            separator. Without ``" "`` in ``labels`` all whitespace is removed, unless the
+            labels are word pieces (see :func:`is_word_piece_labels`): then every character
+            a piece contains is kept and words stay separated by single spaces.
 
     Returns:
         The normalised text; every character is in ``labels``. May be empty.

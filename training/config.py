@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from model.vocabulary import Vocabulary
 from training.augment import AugmentConfig
 
 PRESETS = ("quartznet_5x3", "quartznet_5x5", "quartznet_10x5", "quartznet_15x5", "jasper_10x5dr")
@@ -68,6 +69,7 @@ class ModelConfig(_Section):
             raise ValueError("labels must be non-empty strings")
         if len(set(labels)) != len(labels):
             raise ValueError("labels must be distinct")
+        Vocabulary(tuple(labels))  # character or word-piece rules; its ValueError names the problem
         return labels
 
     @model_validator(mode="after")
@@ -185,6 +187,9 @@ class RunConfig(_Section):
     checkpoint_every_epochs: PositiveInt = 1
     # Extra mid-epoch resume checkpoints every N optimiser steps; None writes only per epoch.
     checkpoint_every_steps: PositiveInt | None = None
+    # Stop once validation WER has not improved for this many epochs (the best epoch is still
+    # the one published); None trains all optim.epochs. Needs validation data.
+    early_stop_patience_epochs: PositiveInt | None = None
     # A registry spec NAME[@VERSION] or a path to a .nemo archive.
     fine_tune_from: str | None = None
     freeze_encoder: bool = False

@@ -166,6 +166,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     logger = _Logger(Path(cfg.run.output_dir), enabled=ctx.rank == 0)
     wall_start = time.monotonic() - state.wall_time_s
     for epoch in range(state.epoch, cfg.optim.epochs):
+        if _patience_exhausted(cfg, ctx, state):
+            if ctx.rank == 0:
+                print(f"[train] stopping early at epoch {state.epoch}: validation WER has not improved for "
+                      f"{state.epoch - state.best_epoch} epochs (best {state.best_wer * 100:.2f}% at epoch "
+                      f"{state.best_epoch})", flush=True)
+            break
         train_ds.set_epoch(epoch)
         sampler.set_epoch(epoch)
         sampler.skip_batches(state.batches_done if epoch == state.epoch else 0)
@@ -230,6 +236,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if (epoch + 1) % cfg.run.checkpoint_every_epochs == 0 or epoch + 1 == cfg.optim.epochs:
             _report(ctx, cfg, state, recognizer, optimizer, scheduler, scaler, metrics)
     logger.close()
+
+
+def _patience_exhausted(cfg: TrainConfig, ctx: _Context, state: TrainState) -> bool:
+    """Early stopping, decided on rank 0 (the only rank that validates) and shared with all ranks."""
+    patience = cfg.run.early_stop_patience_epochs
+    if patience is None:
+        return False
+    stop = state.best_epoch > 0 and state.epoch - state.best_epoch >= patience
+    if ctx.world_size > 1:
+        flag = torch.tensor([1.0 if stop else 0.0], device=ctx.device)
+        dist.broadcast(flag, src=0)
+        stop = bool(flag.item())
+    return stop
 
 
 def _optimizer_step(cfg, recognizer, optimizer, scaler, scheduler) -> None:

@@ -146,6 +146,20 @@ def test_export_keeps_the_nemo24_frontend(imported, tmp_path):
     assert info["frontend"] == "nemo24" and again.config == model.config
 
 
+def test_word_piece_models_are_not_exported_as_character_models(imported, tmp_path):
+    from dataclasses import replace
+
+    from model.recognizer import SpeechRecognizer
+    from model.vocabulary import Vocabulary
+
+    model, _ = imported[MODELS[0]]
+    labels = tuple(f"\u2581w{i}" for i in range(len(model.vocabulary.labels)))
+    pieces = SpeechRecognizer(replace(model.config, vocabulary=Vocabulary(labels)))
+    with pytest.raises(NemoImportError, match="word-piece"):
+        export_nemo(pieces, tmp_path / "pieces.nemo")
+    assert not (tmp_path / "pieces.nemo").exists()
+
+
 def test_cli_export_then_import(cli_registry, tmp_path):
     out = tmp_path / "exported.nemo"
     result = asr_in_process("--registry", cli_registry, "models", "export-nemo", "quartznet_small", "--out", out)

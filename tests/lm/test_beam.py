@@ -156,3 +156,23 @@ def test_minus_inf_log_probs_are_accepted() -> None:
     log_probs = make_log_probs(YEZ)
     log_probs[log_probs < -8] = -np.inf
     assert BeamDecoder(LABELS).decode(log_probs)[0].text == "yez"
+
+
+def test_word_pieces_decode_as_words_and_the_lm_still_fuses(lm_decoder: BeamDecoder, tiny_lm) -> None:
+    # Whole-word pieces plus spelling letters; "▁tuo" (0.55) narrowly beats "▁two" (0.40).
+    labels = ["\u2581i", "\u2581have", "\u2581two", "\u2581tuo", "\u2581c", "a", "t", "s"]
+    blank = len(labels)
+
+    def row(dist: dict[int, float]) -> np.ndarray:
+        r = np.full(blank + 1, 1e-4)
+        for k, p in dist.items():
+            r[k] = p
+        r[blank] += max(0.0, 1.0 - r.sum())
+        return np.log(r / r.sum())
+
+    frames = [{0: 0.9}, {}, {1: 0.9}, {}, {3: 0.55, 2: 0.40}, {}, {4: 0.9}, {5: 0.9}, {6: 0.9}, {7: 0.9}]
+    log_probs = np.asarray([row(f) for f in frames], dtype=np.float32)
+    assert BeamDecoder(labels).decode(log_probs)[0].text == "i have tuo cats"
+    fused = BeamDecoder(labels, tiny_lm.binary_path, tiny_lm.unigrams, alpha=0.5, beta=1.0).decode(log_probs)[0]
+    assert fused.text == "i have two cats"
+    assert [w for w, _, _ in fused.words] == ["i", "have", "two", "cats"]

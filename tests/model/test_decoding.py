@@ -98,3 +98,17 @@ def test_wrong_shape_raises_value_error(shape):
 def test_score_is_sum_of_emitted_log_probs():
     log_probs = _frames("_a_b", peak=0.5)
     assert greedy_decode(log_probs, LABELS, 0.02).score == pytest.approx(2 * np.log(0.5), rel=1e-5)
+
+
+def test_word_pieces_start_words_at_the_marker():
+    labels = ("\u2581one", "\u2581t", "w", "o", "\u2581e")
+    blank = len(labels)
+    path = [0, 0, blank, 1, 2, blank, 3, 4, 4, blank, 4]  # one, t w o, e, e (a blank separates the repeat)
+    probs = np.full((len(path), blank + 1), 0.02, dtype=np.float64)
+    probs[np.arange(len(path)), path] = 0.9
+    t = greedy_decode(np.log(probs).astype(np.float32), labels, 0.08)
+    assert t.text == "one two e e"
+    assert [w.word for w in t.words] == ["one", "two", "e", "e"]
+    assert (t.words[0].start_s, t.words[0].end_s) == (0.0, 0.16)
+    assert (t.words[1].start_s, t.words[1].end_s) == (0.24, 0.56)
+    assert t.words[2].end_s == 0.72 and t.words[3].start_s == 0.8

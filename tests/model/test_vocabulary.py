@@ -62,7 +62,9 @@ def test_blank_is_after_the_labels():
     assert Vocabulary(("a", "b", " ")).blank_id == 3
 
 
-@pytest.mark.parametrize("labels", [(), ("a", "a"), ("a", "bc")], ids=["empty", "duplicate", "word-piece"])
+@pytest.mark.parametrize("labels", [(), ("a", "a"), ("a", "bc"), ("\u2581a", " "), ("\u2581", "a"), ("\u2581a\u2581b",)],
+                         ids=["empty", "duplicate", "multi-char-without-marker", "piece-with-space",
+                              "bare-marker", "marker-inside"])
 def test_invalid_vocabularies(labels):
     with pytest.raises(ValueError):
         Vocabulary(labels)
@@ -72,3 +74,23 @@ def test_labels_given_as_a_list_become_a_tuple():
     vocab = Vocabulary(list("ab "))
     assert vocab.labels == ("a", "b", " ")
     hash(vocab)
+
+
+WORD_PIECES = ("\u2581one", "\u2581two", "\u2581e", "\u2581t", "\u2581th", "e", "n", "h", "i", "r", "t")
+
+
+def test_word_pieces_prefer_whole_words_then_spell_longest_first():
+    vocab = Vocabulary(WORD_PIECES)
+    assert vocab.is_word_piece and not Vocabulary().is_word_piece
+    ids = vocab.encode("One, TWO thirteen e")
+    assert [vocab.labels[i] for i in ids] == ["\u2581one", "\u2581two", "\u2581th", "i", "r", "t", "e", "e", "n",
+                                              "\u2581e"]
+    assert vocab.decode(ids) == "one two thirteen e"
+    assert vocab.decode(ids + [vocab.blank_id]) == "one two thirteen e"
+
+
+def test_word_pieces_drop_what_no_piece_can_spell():
+    vocab = Vocabulary(WORD_PIECES)
+    assert vocab.normalize("Zone one-two!") == "one one two"  # z is in no piece; "-" separates words
+    # No piece starts a word with "n", "i" or "n", so they are dropped until "\u2581e" can.
+    assert vocab.decode(vocab.encode("nine")) == "e"

@@ -77,9 +77,16 @@ def test_explicit_blocks_replace_preset(config_file):
     (["amp=fp16"], "amp: fp16 needs scaling.use_gpu"),
     (["run.publish_name=../evil"], "run.publish_name:"),
     (["augment.time_width=2.5"], "augment.time_width:"),
+    (["model.labels=[a, bc]"], "model.labels: labels must be single characters"),
+    (["model.labels=['\u2581a', 'b c']"], "model.labels: word-piece labels must be"),
 ])
 def test_errors_name_the_field(config_file, overrides, expected):
     assert expected in _error(config_file, overrides)
+
+
+def test_word_piece_labels_are_accepted(config_file):
+    cfg = load_config(config_file, ["model.labels=['\u2581yes', '\u2581a', b]"])
+    assert cfg.model.labels == ["\u2581yes", "\u2581a", "b"]
 
 
 def test_missing_manifests_and_sections(tmp_path):

@@ -120,7 +120,7 @@ def main() -> None:
     # The starter model: fp16 weights, pointing at its LM and tuned weights.
     test_metrics = {f"{n}_{d}_wer": report["test"][n][d]["wer"] for n in report["test"] for d in ("greedy", "beam_lm")}
     model_ref = starter.publish(
-        args.model,
+        ref.name,
         artifact_files(model, dtype=torch.float16, extra_config={DEFAULT_LM_KEY: lm_ref.name,
                                                                   DEFAULT_ALPHA_KEY: best["alpha"],
                                                                   DEFAULT_BETA_KEY: best["beta"]}),
