@@ -1,7 +1,8 @@
 """AN4 recipe, step 2: build the word LM, tune alpha/beta on held-out training speakers, report, ship the starter.
 
-Usage (after `asr train training/recipes/an4.yaml` published an4-quartznet into runs/an4/registry):
-    python -m training.recipes.finish_an4 --train-registry runs/an4/registry --model an4-quartznet
+Usage (after `asr train training/recipes/an4.yaml` published its best epoch as the newest
+an4-quartznet version in ./registry, the default registry):
+    python -m training.recipes.finish_an4 [--train-registry registry --model an4-quartznet@N]
 
 It never trains or tunes on the AN4/FSDD test sets: they are only decoded for the final report.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import platform
 import tempfile
 import time
@@ -54,7 +56,7 @@ def _write_corpus(entries, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "training/recipes/an4.yaml"))
-    parser.add_argument("--train-registry", default=str(ROOT / "runs/an4/registry"))
+    parser.add_argument("--train-registry", default=os.environ.get("ASR_REGISTRY", str(ROOT / "registry")))
     parser.add_argument("--model", default="an4-quartznet")
     parser.add_argument("--starter-registry", default=str(ROOT / "starter/registry"))
     parser.add_argument("--order", type=int, default=3)
