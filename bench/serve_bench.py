@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -122,7 +123,8 @@ class RawHTTPClient:
     async def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-            await self.writer.wait_closed()
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
 
 
 def raw_request(host: str, port: int, body: bytes) -> bytes:
@@ -152,7 +154,14 @@ async def drive(port: int, payloads: list[bytes], clients: int, duration_s: floa
         try:
             while time.monotonic() < stop_at:
                 started = time.monotonic()
-                if await post(own, i) == 200:
+                try:
+                    status = await post(own, i)
+                except (OSError, asyncio.IncompleteReadError, RuntimeError, httpx.HTTPError):
+                    status = None
+                    if load_generator == "raw":  # the server closed the connection: reconnect
+                        await own.close()
+                        own = RawHTTPClient("127.0.0.1", port)
+                if status == 200:
                     latencies.append(time.monotonic() - started)
                 else:
                     failures += 1
@@ -161,11 +170,13 @@ async def drive(port: int, payloads: list[bytes], clients: int, duration_s: floa
             if load_generator == "raw":
                 await own.close()
 
-    limits = httpx.Limits(max_connections=clients + 4)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as http:
-        started = time.monotonic()
-        await asyncio.gather(*(client(i, http) for i in range(clients)))
-        elapsed = time.monotonic() - started
+    started = time.monotonic()
+    if load_generator == "raw":
+        await asyncio.gather(*(client(i, None) for i in range(clients)))
+    else:
+        async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=clients + 4)) as http:
+            await asyncio.gather(*(client(i, http) for i in range(clients)))
+    elapsed = time.monotonic() - started
     lat = np.array(latencies) if latencies else np.array([np.nan])
     return {"clients": clients, "load_generator": load_generator, "requests": len(latencies), "failures": failures,
             "elapsed_s": round(elapsed, 3),
