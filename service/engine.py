@@ -333,6 +333,8 @@ class Engine:
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Waits until no request is in flight; returns False if ``timeout_s`` passed first."""
+        if self._idle.is_set():  # wait_for with timeout 0 would time out before checking
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
             return True
