@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SPEECH = (REPO / "../shared/speech").resolve()
 
+from machine import cpu_model  # noqa: E402 - bench/machine.py (scripts run from bench/)
+
 BLOCKS_256 = [
     {"filters": 256, "repeat": 1, "kernel": 33, "stride": 2, "residual": False},
     {"filters": 256, "repeat": 3, "kernel": 13, "dropout": 0.1},
@@ -49,17 +51,12 @@ def machine() -> dict:
     import ray
     import torch
 
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO,
                                 timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_avg_1_5_15": list(os.getloadavg()),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "load_avg_1_5_15": list(os.getloadavg()),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "ray": ray.__version__,
             "python": platform.python_version(), "platform": platform.platform(), "git_commit": commit}
 

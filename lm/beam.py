@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.text import WORD_START, is_word_piece_labels
+from model.vocabulary import Vocabulary
 
 __all__ = ["BeamDecoder", "BeamHypothesis"]
 
@@ -105,18 +105,9 @@ class BeamDecoder:
         logging.getLogger("pyctcdecode").setLevel(logging.ERROR)
 
         labels = list(labels)
-        if not labels:
-            raise ValueError("labels must not be empty")
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"duplicate labels: {labels}")
-        word_pieces = is_word_piece_labels(labels)
-        if word_pieces:
-            if any(not label.replace(WORD_START, "") or " " in label for label in labels):
-                raise ValueError(f"word-piece labels must be non-empty and without spaces: {labels}")
-        elif any(not isinstance(label, str) or len(label) != 1 for label in labels):
-            raise ValueError("labels must be single characters (the blank is implicit, not a label), "
-                             f"or word pieces marked with '{WORD_START}'")
-        elif " " not in labels:
+        vocabulary = Vocabulary(tuple(labels))  # empty, duplicate, character / word-piece form
+        word_pieces = vocabulary.is_word_piece
+        if not word_pieces and " " not in labels:
             raise ValueError("labels must contain ' ', the word separator")
         self.labels: tuple[str, ...] = tuple(labels)
         self.blank_id = len(labels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from model.text import WORD_START, is_word_piece_labels, normalize_text
 
@@ -43,9 +44,18 @@ class Vocabulary:
         elif any(len(label) != 1 for label in self.labels):
             raise ValueError(f"labels must be single characters, or word pieces marked with '{WORD_START}'")
 
-    @property
+    @cached_property
     def is_word_piece(self) -> bool:
         return is_word_piece_labels(self.labels)
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        # Built once: encode runs per utterance per epoch in training.
+        return {label: i for i, label in enumerate(self.labels)}
+
+    @cached_property
+    def _longest_label(self) -> int:
+        return max(len(label) for label in self.labels)
 
     @property
     def blank_id(self) -> int:
@@ -67,12 +77,11 @@ class Vocabulary:
         otherwise the longest word-initial piece followed by the longest continuation pieces.
         Characters no piece can spell at that position are dropped.
         """
-        index = {label: i for i, label in enumerate(self.labels)}
+        index, longest = self._index, self._longest_label
         normalized = self.normalize(text)
         if not self.is_word_piece:
             return [index[c] for c in normalized]
         ids: list[int] = []
-        longest = max(len(label) for label in self.labels)
         for word in normalized.split():
             pos, prefix = 0, WORD_START
             while pos < len(word):

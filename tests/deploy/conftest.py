@@ -32,6 +32,23 @@ AN4_CLIP = "an4/test/fcaw/an406-fcaw-b.flac"
 START_TIMEOUT_S = float(os.environ.get("ASR_TEST_SERVER_START_S", "420"))
 
 
+def wait_until_ready(proc: subprocess.Popen, url: str, log: Path, *, timeout_s: float, what: str,
+                     poll_s: float = 0.5) -> None:
+    """Polls ``url`` until it answers 200; fails the test (with the log's tail) if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass  # not listening yet
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not ready after {timeout_s:.0f} s:\n{log.read_text()[-4000:]}")
+        time.sleep(poll_s)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -113,18 +130,7 @@ def asr_server(served_model, tmp_path_factory) -> Server:
     url = f"http://127.0.0.1:{port}"
     server = Server(url, port, served_model, log)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"`{' '.join(cmd)}` exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(url + "/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after {START_TIMEOUT_S:.0f} s:\n{log.read_text()[-4000:]}")
-            time.sleep(0.5)
+        wait_until_ready(proc, url + "/health/ready", log, timeout_s=START_TIMEOUT_S, what=f"`{' '.join(cmd)}`")
         yield server
     finally:
         if proc.poll() is None:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.deploy.conftest import REPO, free_port, require_tool
+from tests.deploy.conftest import REPO, free_port, require_tool, wait_until_ready
 from tests.deploy.test_dashboard import dashboard_exprs
 
 PROMETHEUS_YML = REPO / "deploy" / "prometheus" / "prometheus.yml"
@@ -63,18 +63,7 @@ def prometheus(asr_server, tmp_path_factory):
                                 stdout=out, stderr=subprocess.STDOUT, cwd=work)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"prometheus exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"prometheus not ready after 60 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
+        wait_until_ready(proc, url + "/-/ready", log, timeout_s=60, what="prometheus", poll_s=0.3)
         yield url
     finally:
         proc.terminate()
