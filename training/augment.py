@@ -35,12 +35,17 @@ class AugmentConfig:
         cutout_freq: tallest rectangle in mel bins (height drawn from 0..cutout_freq).
         dither: std of Gaussian noise added to the waveform, in full-scale units
             (0 disables it; the featurizer may dither on its own as well).
+        narrowband_prob: chance that an utterance is band-limited as if recorded at
+            ``narrowband_rate_hz`` (telephone/8 kHz audio), in [0, 1].
+        narrowband_rate_hz: the sample rate whose Nyquist band the audio is cut to.
     """
 
     # Waveform level.
     speed_rates: tuple[float, ...] = (0.9, 1.0, 1.1)
     speed_prob: float = 0.0
     dither: float = 0.0
+    narrowband_prob: float = 0.0
+    narrowband_rate_hz: int = 8000
     # SpecAugment; QuartzNet's configs leave these off and rely on SpecCutout.
     freq_masks: int = 0
     freq_width: int = 10
@@ -56,6 +61,10 @@ class AugmentConfig:
             raise ValueError(f"speed_rates must be a non-empty tuple within [0.9, 1.1], got {self.speed_rates}")
         if not 0.0 <= self.speed_prob <= 1.0:
             raise ValueError(f"speed_prob must lie in [0, 1], got {self.speed_prob}")
+        if not 0.0 <= self.narrowband_prob <= 1.0:
+            raise ValueError(f"narrowband_prob must lie in [0, 1], got {self.narrowband_prob}")
+        if not isinstance(self.narrowband_rate_hz, int) or self.narrowband_rate_hz <= 0:
+            raise ValueError(f"narrowband_rate_hz must be a positive int, got {self.narrowband_rate_hz!r}")
         if self.dither < 0.0:
             raise ValueError(f"dither must be >= 0, got {self.dither}")
         for name in ("freq_masks", "freq_width", "time_masks", "cutout_rects", "cutout_time", "cutout_freq"):
@@ -69,6 +78,22 @@ class AugmentConfig:
             raise ValueError(f"time_width as frames must be >= 0, got {width}")
         if isinstance(width, float) and not 0.0 < width <= 1.0:
             raise ValueError(f"time_width as a fraction must lie in (0, 1], got {width}")
+
+
+def band_limit(samples: np.ndarray, sample_rate: int, band_rate_hz: int) -> np.ndarray:
+    """Removes content above ``band_rate_hz / 2`` by resampling down and back up; same length.
+
+    Why: 8 kHz corpora (FSDD, telephone audio) reach a 16 kHz model with an empty upper band.
+    Mixed into training unaugmented, that band becomes a cue for *which corpus* (and so which
+    words) an utterance comes from; band-limiting some wideband audio removes the cue.
+    """
+    if band_rate_hz >= sample_rate:
+        return samples
+    narrow = resample(np.ascontiguousarray(samples, dtype=np.float32), sample_rate, band_rate_hz)
+    wide = resample(narrow, band_rate_hz, sample_rate)
+    out = np.zeros(len(samples), dtype=np.float32)
+    out[: min(len(wide), len(samples))] = wide[: len(samples)]
+    return out
 
 
 def speed_perturb(samples: np.ndarray, rate: float, sample_rate: int) -> np.ndarray:

@@ -119,6 +119,8 @@ class AugmentSettings(_Section):
     speed_rates: tuple[Annotated[float, Field(ge=0.9, le=1.1)], ...] = (0.9, 1.0, 1.1)
     speed_prob: Probability = 0.0
     dither: Annotated[float, Field(ge=0.0)] = 0.0
+    narrowband_prob: Probability = 0.0
+    narrowband_rate_hz: PositiveInt = 8000
     freq_masks: Annotated[int, Field(ge=0)] = 0
     freq_width: Annotated[int, Field(ge=0)] = 10
     time_masks: Annotated[int, Field(ge=0)] = 0
@@ -193,6 +195,10 @@ class RunConfig(_Section):
     # A registry spec NAME[@VERSION] or a path to a .nemo archive.
     fine_tune_from: str | None = None
     freeze_encoder: bool = False
+    # For the last N of optim.epochs, BatchNorm statistics are recalibrated over one pass of the
+    # training data and then kept fixed, so training normalises exactly as inference does. An
+    # early stop before those epochs skips them; a fine-tuning run can freeze all its epochs.
+    freeze_bn_last_epochs: PositiveInt | None = None
     # Peak lr of the decoder's own param group; None uses optim.lr for everything.
     decoder_lr: Annotated[float, Field(gt=0.0)] | None = None
 

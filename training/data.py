@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from model.audio import AudioError, decode_audio
-from training.augment import AugmentConfig, add_dither, choose_speed_rate, speed_perturb
+from training.augment import AugmentConfig, add_dither, band_limit, choose_speed_rate, speed_perturb
 
 _REQUIRED_KEYS = ("audio_filepath", "duration", "text")
 
@@ -251,6 +251,9 @@ class ManifestDataset(Dataset):
             rate = choose_speed_rate(self.augment, rng)
             if rate != 1.0:
                 samples = speed_perturb(samples, rate, self.sample_rate)
+            # Drawn only when enabled, so runs without it keep their random streams.
+            if self.augment.narrowband_prob > 0 and rng.random() < self.augment.narrowband_prob:
+                samples = band_limit(samples, self.sample_rate, self.augment.narrowband_rate_hz)
             samples = add_dither(samples, self.augment.dither, rng)
         target_ids = np.asarray(self.encode(entry.text), dtype=np.int64)
         return Utterance(samples, target_ids)

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from model.decoding import greedy_decode
 from model.recognizer import SpeechRecognizer
 from training.augment import spec_augment
+from training.bn_stats import freeze_batch_norm, recalibrate_batch_norm
 from training.config import TrainConfig, config_from_dict
 from training.data import DurationBucketSampler, ManifestDataset, collate
 from training.init_model import build_recognizer
@@ -164,6 +165,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             print(f"[train] resumed at epoch {state.epoch} batch {state.batches_done}", flush=True)
 
     logger = _Logger(Path(cfg.run.output_dir), enabled=ctx.rank == 0)
+    freeze_bn_from = None
+    if cfg.run.freeze_bn_last_epochs is not None:
+        freeze_bn_from = max(0, cfg.optim.epochs - cfg.run.freeze_bn_last_epochs)
     wall_start = time.monotonic() - state.wall_time_s
     for epoch in range(state.epoch, cfg.optim.epochs):
         if _patience_exhausted(cfg, ctx, state):
@@ -174,10 +178,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             break
         train_ds.set_epoch(epoch)
         sampler.set_epoch(epoch)
+        resumed_mid_epoch = epoch == state.epoch and state.batches_done > 0
+        if epoch == freeze_bn_from and not resumed_mid_epoch:
+            _recalibrate(ctx, step_module, loader)  # a resumed phase keeps its checkpoint's statistics
         sampler.skip_batches(state.batches_done if epoch == state.epoch else 0)
         step_module.train()
         if cfg.run.freeze_encoder:
             recognizer.network.blocks.eval()  # frozen BN statistics must not drift either
+        if freeze_bn_from is not None and epoch >= freeze_bn_from:
+            freeze_batch_norm(recognizer)
         t0, utts, audio_s, dropped = time.monotonic(), 0, 0.0, 0
         optimizer.zero_grad(set_to_none=True)
         batch_index = state.batches_done if epoch == state.epoch else 0
@@ -236,6 +245,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if (epoch + 1) % cfg.run.checkpoint_every_epochs == 0 or epoch + 1 == cfg.optim.epochs:
             _report(ctx, cfg, state, recognizer, optimizer, scheduler, scaler, metrics)
     logger.close()
+
+
+def _recalibrate(ctx: _Context, step_module: nn.Module, loader: DataLoader) -> None:
+    """One pass over this rank's training batches to average BatchNorm statistics (DDP then shares rank 0's)."""
+    t0 = time.monotonic()
+
+    def forward(batch) -> None:
+        audio, audio_lengths = batch.audio, batch.audio_lengths
+        if audio.shape[0] == 0:
+            if ctx.world_size == 1:
+                return
+            # Keep the ranks' collectives (sync BN) in step with a silent clip.
+            audio, audio_lengths = torch.zeros(1, 16000), torch.tensor([16000])
+        step_module(audio.to(ctx.device), audio_lengths.to(ctx.device))
+
+    count = recalibrate_batch_norm(step_module, forward, loader)
+    if ctx.rank == 0:
+        print(f"[train] BatchNorm statistics recalibrated over {count} batches in {time.monotonic() - t0:.0f}s; "
+              f"they stay fixed from here on", flush=True)
 
 
 def _patience_exhausted(cfg: TrainConfig, ctx: _Context, state: TrainState) -> bool:

@@ -47,7 +47,8 @@ def _resolve_init(cfg: TrainConfig, registry: Registry, scratch: Path) -> tuple[
             (folder / name).write_bytes(data)
         return str(folder), None
     ref, _ = registry.open(source)
-    return str(ref.path), ref.version
+    # Ray workers run in their own working directory: a relative registry path would not resolve there.
+    return str(Path(ref.path).resolve()), ref.version
 
 
 class TrainingError(ValueError):

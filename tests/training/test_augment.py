@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.augment import AugmentConfig, choose_speed_rate, spec_augment, speed_perturb
+from training.augment import AugmentConfig, band_limit, choose_speed_rate, spec_augment, speed_perturb
 
 CFG = AugmentConfig(freq_masks=2, freq_width=8, time_masks=2, time_width=0.1,
                     cutout_rects=3, cutout_time=20, cutout_freq=10)
@@ -87,3 +87,24 @@ def test_config_validation():
         AugmentConfig(speed_rates=(0.8,))
     with pytest.raises(ValueError, match="time_width"):
         AugmentConfig(time_width=1.5)
+    with pytest.raises(ValueError, match="narrowband_prob"):
+        AugmentConfig(narrowband_prob=1.5)
+    with pytest.raises(ValueError, match="narrowband_rate_hz"):
+        AugmentConfig(narrowband_rate_hz=0)
+
+
+def _band_energy(samples: np.ndarray, low_hz: float, high_hz: float, sample_rate: int = 16_000) -> float:
+    spectrum = np.abs(np.fft.rfft(samples)) ** 2
+    freqs = np.fft.rfftfreq(len(samples), 1 / sample_rate)
+    return float(spectrum[(freqs >= low_hz) & (freqs < high_hz)].sum())
+
+
+def test_band_limit_removes_the_upper_band_and_keeps_length_and_the_lower_band():
+    t = np.arange(16_000) / 16_000
+    # A 1 kHz tone (kept) plus a 6 kHz tone (above an 8 kHz recording's 4 kHz Nyquist limit).
+    samples = (0.3 * np.sin(2 * np.pi * 1000 * t) + 0.3 * np.sin(2 * np.pi * 6000 * t)).astype(np.float32)
+    out = band_limit(samples, 16_000, 8_000)
+    assert out.shape == samples.shape and out.dtype == np.float32
+    assert _band_energy(out, 4200, 8000) < 1e-4 * _band_energy(samples, 4200, 8000)
+    assert _band_energy(out, 900, 1100) == pytest.approx(_band_energy(samples, 900, 1100), rel=0.02)
+    assert band_limit(samples, 16_000, 16_000) is samples  # nothing to cut

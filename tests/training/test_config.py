@@ -105,7 +105,18 @@ def test_bad_files_and_overrides(tmp_path, config_file):
     assert "no list item" in _error(config_file, ["data.train_manifests.9.path=x"])
 
 
-@pytest.mark.skipif(not (Path(__file__).parents[2] / "training/recipes/an4.yaml").exists(), reason="no recipe")
+RECIPES = Path(__file__).parents[2] / "training" / "recipes"
+
+
 def test_shipped_recipe_loads():
-    cfg = load_config(Path(__file__).parents[2] / "training/recipes/an4.yaml")
+    cfg = load_config(RECIPES / "an4.yaml")
     assert cfg.model.blocks and cfg.augment.time_width == 0.05
+
+
+def test_step_two_recipe_fine_tunes_the_same_model_with_fixed_batch_norm():
+    step1, step2 = load_config(RECIPES / "an4.yaml"), load_config(RECIPES / "an4_bn.yaml")
+    # Same architecture and vocabulary: the fine-tune keeps every weight, CTC head included.
+    assert step2.model == step1.model
+    assert step2.run.fine_tune_from == step1.run.publish_name == step2.run.publish_name
+    assert step2.run.freeze_bn_last_epochs == step2.optim.epochs
+    assert step2.data.holdout_speakers == step1.data.holdout_speakers

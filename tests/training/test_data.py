@@ -96,6 +96,18 @@ def test_speed_perturbation_is_seeded_per_epoch_and_index(manifest):
     assert len(lengths) == 2
 
 
+def test_narrowband_is_seeded_and_keeps_the_length(tmp_path):
+    noise = np.random.default_rng(0).normal(0, 0.1, SAMPLE_RATE).astype(np.float32)  # wideband
+    sf.write(tmp_path / "noise.wav", noise, SAMPLE_RATE)
+    entries = [ManifestEntry(str(tmp_path / "noise.wav"), 1.0, "abc")]
+    plain = ManifestDataset(entries, encode=_encode, augment=AugmentConfig(), seed=5)[0].audio
+    narrow = ManifestDataset(entries, encode=_encode, augment=AugmentConfig(narrowband_prob=1.0), seed=5)
+    assert np.array_equal(narrow[0].audio, narrow[0].audio)
+    assert len(narrow[0].audio) == len(plain)
+    # Half of white noise's power lies above 4 kHz; band-limiting removes it.
+    assert float(np.sum(narrow[0].audio ** 2)) < 0.6 * float(np.sum(plain ** 2))
+
+
 def _padding_fraction(batches, durations) -> float:
     padded = sum(len(b) * max(durations[i] for i in b) for b in batches)
     return 1.0 - sum(durations) / padded

@@ -82,6 +82,18 @@ def test_same_vocabulary_keeps_everything(tmp_path: Path) -> None:
     assert all(p.requires_grad for p in model.parameters())
 
 
+def test_registry_source_resolves_to_an_absolute_folder(tmp_path: Path, monkeypatch) -> None:
+    # Ray workers run in another working directory, so a relative registry path must not leak to them.
+    monkeypatch.chdir(tmp_path)
+    source = _source_model()
+    publish_model(Registry("registry"), "src", source, source="trained")
+    init_dir, parent_version = _resolve_init(_cfg(DEFAULT_LABELS, fine_tune_from="src"), Registry("registry"),
+                                             tmp_path / "scratch")
+    assert parent_version == 1
+    assert init_dir is not None and Path(init_dir).is_absolute()
+    assert Path(init_dir) == (tmp_path / "registry" / "src" / "1").resolve()
+
+
 def test_nemo_file_resolves_and_builds(tmp_path: Path) -> None:
     if not NEMO_FILE.is_file():
         pytest.skip(f"{NEMO_FILE} missing")

@@ -86,3 +86,29 @@ def test_two_worker_run_publishes_a_loadable_model(ray_cluster, an4_pick, tmp_pa
     assert code == 0, captured.err[-2000:]
     result = json.loads(out[out.index("{"):])
     assert result["model"] == "tiny-e2e@1" and len(result["results"]) == 1
+
+
+def test_two_workers_with_sync_bn_recalibrate_then_freeze(ray_cluster, an4_pick, tmp_path: Path, capfd) -> None:
+    """The DDP path of run.freeze_bn_last_epochs: the recalibration pass runs the CPU sync BN's
+    all-reduces on both ranks in step, and the published statistics come from that pass only."""
+    from model.checkpoint import load_model
+
+    manifest = write_manifest(tmp_path / "train.json", an4_pick(8))
+    config = write_config(tmp_path, manifest, optim={"epochs": 2}, sync_bn=True,
+                          run={"output_dir": str(tmp_path / "out"), "publish_name": "tiny-freeze",
+                               "freeze_bn_last_epochs": 1})
+    code = main(["--registry", str(tmp_path / "registry"), "train", str(config), "--run-name", "freeze",
+                 "--set", "scaling.num_workers=2", "--set", "scaling.cpus_per_worker=1"])
+    out = capfd.readouterr().out
+    assert code == 0, out[-3000:]
+    assert "BatchNorm statistics recalibrated over" in out
+
+    model, _, _ = load_model(Registry(tmp_path / "registry"), "tiny-freeze")
+    cfg = load_config(config, [])
+    splits = load_splits(cfg, Vocabulary(tuple(cfg.model.labels)), log=False)
+    sampler = DurationBucketSampler([e.duration_s for e in splits.train], batch_size=2, num_buckets=4,
+                                    seed=0, rank=0, world_size=2)
+    sampler.set_epoch(1)
+    tracked = {int(v) for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")}
+    # Counted once per recalibration batch of rank 0's shard; the frozen epoch added none.
+    assert tracked == {len(sampler)}

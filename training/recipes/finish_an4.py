@@ -1,7 +1,7 @@
-"""AN4 recipe, step 2: build the word LM, tune alpha/beta on held-out training speakers, report, ship the starter.
+"""AN4 recipe, last step: build the word LM, tune alpha/beta on held-out training speakers, report, ship the starter.
 
-Usage (after `asr train training/recipes/an4.yaml` published its best epoch as the newest
-an4-quartznet version in ./registry, the default registry):
+Usage (after `asr train training/recipes/an4.yaml` and then `asr train training/recipes/an4_bn.yaml`
+published their best epochs as the newest an4-quartznet versions in ./registry, the default registry):
     python -m training.recipes.finish_an4 [--train-registry registry --model an4-quartznet@N]
 
 It never trains or tunes on the AN4/FSDD test sets: they are only decoded for the final report.
@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--train-registry", default=os.environ.get("ASR_REGISTRY", str(ROOT / "registry")))
     parser.add_argument("--model", default="an4-quartznet")
     parser.add_argument("--starter-registry", default=str(ROOT / "starter/registry"))
+    parser.add_argument("--starter-name", default="an4-quartznet",
+                        help="name the starter model is published under, whatever the training run called it")
     parser.add_argument("--order", type=int, default=3)
     parser.add_argument("--beam-width", type=int, default=64)
     parser.add_argument("--results", default=str(ROOT / "bench/results/an4_recipe.json"))
@@ -122,7 +124,7 @@ def main() -> None:
     # The starter model: fp16 weights, pointing at its LM and tuned weights.
     test_metrics = {f"{n}_{d}_wer": report["test"][n][d]["wer"] for n in report["test"] for d in ("greedy", "beam_lm")}
     model_ref = starter.publish(
-        ref.name,
+        args.starter_name,
         artifact_files(model, dtype=torch.float16, extra_config={DEFAULT_LM_KEY: lm_ref.name,
                                                                   DEFAULT_ALPHA_KEY: best["alpha"],
                                                                   DEFAULT_BETA_KEY: best["beta"]}),
