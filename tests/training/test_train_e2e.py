@@ -7,6 +7,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from cli.main import main
 from model.registry import Registry
 from model.vocabulary import Vocabulary
@@ -88,13 +90,15 @@ def test_two_worker_run_publishes_a_loadable_model(ray_cluster, an4_pick, tmp_pa
     assert result["model"] == "tiny-e2e@1" and len(result["results"]) == 1
 
 
-def test_two_workers_with_sync_bn_recalibrate_then_freeze(ray_cluster, an4_pick, tmp_path: Path, capfd) -> None:
-    """The DDP path of run.freeze_bn_last_epochs: the recalibration pass runs the CPU sync BN's
-    all-reduces on both ranks in step, and the published statistics come from that pass only."""
+@pytest.mark.parametrize("sync_bn", [True, False])
+def test_two_workers_recalibrate_then_freeze(ray_cluster, an4_pick, tmp_path: Path, capfd, sync_bn: bool) -> None:
+    """The DDP path of run.freeze_bn_last_epochs: the recalibration pass keeps both ranks' collectives
+    in step (the CPU sync BN's all-reduces, DDP's buffer broadcasts), and the published statistics
+    come from that pass only."""
     from model.checkpoint import load_model
 
     manifest = write_manifest(tmp_path / "train.json", an4_pick(8))
-    config = write_config(tmp_path, manifest, optim={"epochs": 2}, sync_bn=True,
+    config = write_config(tmp_path, manifest, optim={"epochs": 2}, sync_bn=sync_bn,
                           run={"output_dir": str(tmp_path / "out"), "publish_name": "tiny-freeze",
                                "freeze_bn_last_epochs": 1})
     code = main(["--registry", str(tmp_path / "registry"), "train", str(config), "--run-name", "freeze",
