@@ -200,7 +200,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=use_amp):
                 if audio.shape[0] == 0:
                     # Every file of this batch was unreadable: take part in the step with a zero loss.
-                    audio, audio_lengths = torch.zeros(1, 16000, device=ctx.device), torch.tensor([16000], device=ctx.device)
+                    audio, audio_lengths = _silent_clip(ctx.device)
                     log_probs, out_lengths = step_module(audio, audio_lengths)
                     loss = log_probs.sum() * 0.0
                 else:
@@ -247,6 +247,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     logger.close()
 
 
+def _silent_clip(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One second of silence as a batch: stands in for a batch whose every file was unreadable."""
+    return torch.zeros(1, 16000, device=device), torch.tensor([16000], device=device)
+
+
 def _recalibrate(ctx: _Context, step_module: nn.Module, loader: DataLoader) -> None:
     """One pass over this rank's training batches to average BatchNorm statistics (DDP then shares rank 0's)."""
     t0 = time.monotonic()
@@ -256,8 +261,7 @@ def _recalibrate(ctx: _Context, step_module: nn.Module, loader: DataLoader) -> N
         if audio.shape[0] == 0:
             if ctx.world_size == 1:
                 return
-            # Keep the ranks' collectives (sync BN) in step with a silent clip.
-            audio, audio_lengths = torch.zeros(1, 16000), torch.tensor([16000])
+            audio, audio_lengths = _silent_clip(ctx.device)  # keeps the ranks' collectives (sync BN) in step
         step_module(audio.to(ctx.device), audio_lengths.to(ctx.device))
 
     count = recalibrate_batch_norm(step_module, forward, loader)
