@@ -38,6 +38,15 @@ class AugmentConfig:
         narrowband_prob: chance that an utterance is band-limited as if recorded at
             ``narrowband_rate_hz`` (telephone/8 kHz audio), in [0, 1].
         narrowband_rate_hz: the sample rate whose Nyquist band the audio is cut to.
+        concat_prob: chance that a random other training utterance no longer than this one
+            (and its transcript) is appended after a short silence, in [0, 1]. Why: most AN4
+            speakers spell their own names and numbers, so a model can tie a whole utterance's
+            sound to its text instead of learning the words; new pairings break that tie.
+            Batches are planned from manifest durations, so with it on they can hold up to
+            twice ``max_batch_audio_s`` (plus the gaps).
+        freq_warp: largest relative stretch of the mel axis, in [0, 0.5): each utterance's
+            spectrum is scaled by a factor drawn uniformly from [1 - freq_warp, 1 + freq_warp]
+            (0 disables it). A rough vocal-tract-length perturbation, see :func:`warp_frequency`.
     """
 
     # Waveform level.
@@ -46,7 +55,9 @@ class AugmentConfig:
     dither: float = 0.0
     narrowband_prob: float = 0.0
     narrowband_rate_hz: int = 8000
+    concat_prob: float = 0.0
     # SpecAugment; QuartzNet's configs leave these off and rely on SpecCutout.
+    freq_warp: float = 0.0
     freq_masks: int = 0
     freq_width: int = 10
     time_masks: int = 0
@@ -65,6 +76,10 @@ class AugmentConfig:
             raise ValueError(f"narrowband_prob must lie in [0, 1], got {self.narrowband_prob}")
         if not isinstance(self.narrowband_rate_hz, int) or self.narrowband_rate_hz <= 0:
             raise ValueError(f"narrowband_rate_hz must be a positive int, got {self.narrowband_rate_hz!r}")
+        if not 0.0 <= self.concat_prob <= 1.0:
+            raise ValueError(f"concat_prob must lie in [0, 1], got {self.concat_prob}")
+        if not 0.0 <= self.freq_warp < 0.5:
+            raise ValueError(f"freq_warp must lie in [0, 0.5), got {self.freq_warp}")
         if self.dither < 0.0:
             raise ValueError(f"dither must be >= 0, got {self.dither}")
         for name in ("freq_masks", "freq_width", "time_masks", "cutout_rects", "cutout_time", "cutout_freq"):
@@ -145,9 +160,37 @@ def add_dither(samples: np.ndarray, dither: float, rng: np.random.Generator) -> 
     return (samples + dither * noise).astype(np.float32, copy=False)
 
 
+def warp_frequency(features: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Stretches each item's mel axis by its factor, with linear interpolation between bins.
+
+    Output bin ``f`` takes the value at source position ``f / factor``: a factor above 1
+    moves spectral peaks (formants) up, as a shorter vocal tract would, and below 1 down.
+    Source positions past the top bin repeat the top bin. Why: AN4 has ~45 training
+    speakers, and a model that memorises their voices fails on new ones; warping is a cheap
+    stand-in for more speakers (after Jaitly & Hinton's VTLP, here on mel bins, not Hz).
+
+    Args:
+        features: (B, F, T) log-mel features.
+        factors: (B,) positive stretch factors.
+
+    Returns:
+        A new tensor shaped like ``features``; padded (all-zero) frames stay zero.
+    """
+    num_bins = features.shape[1]
+    source = torch.arange(num_bins, dtype=torch.float64)[None, :] / factors.double()[:, None]
+    source = source.clamp(0, num_bins - 1)
+    low = source.floor().long()
+    high = (low + 1).clamp(max=num_bins - 1)
+    frac = (source - low).to(features.dtype)[:, :, None].to(features.device)
+    frames = features.shape[2]
+    below = features.gather(1, low.to(features.device)[:, :, None].expand(-1, -1, frames))
+    above = features.gather(1, high.to(features.device)[:, :, None].expand(-1, -1, frames))
+    return below * (1 - frac) + above * frac
+
+
 def spec_augment(features: torch.Tensor, feature_lengths: torch.Tensor, cfg: AugmentConfig,
                  generator: torch.Generator) -> torch.Tensor:
-    """Zeroes random frequency bands, time spans and rectangles of a feature batch.
+    """Warps the mel axis, then zeroes random frequency bands, time spans and rectangles of a feature batch.
 
     All masks stay within each item's valid frames, so padding is never chosen as a mask
     position (NeMo's SpecCutout ignores lengths and can waste rectangles on padding).
@@ -170,6 +213,9 @@ def spec_augment(features: torch.Tensor, feature_lengths: torch.Tensor, cfg: Aug
     bins = torch.arange(num_bins)
     frames = torch.arange(num_frames)
     mask = torch.zeros(batch, num_bins, num_frames, dtype=torch.bool)
+    if cfg.freq_warp > 0.0:  # no draw when off, so existing seeds keep their masks
+        factors = 1.0 + cfg.freq_warp * (2.0 * torch.rand(batch, generator=generator, dtype=torch.float64) - 1.0)
+        features = warp_frequency(features, factors)
 
     if cfg.freq_masks > 0:
         full = torch.full((batch,), num_bins, dtype=torch.long)

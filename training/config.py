@@ -121,6 +121,8 @@ class AugmentSettings(_Section):
     dither: Annotated[float, Field(ge=0.0)] = 0.0
     narrowband_prob: Probability = 0.0
     narrowband_rate_hz: PositiveInt = 8000
+    concat_prob: Probability = 0.0
+    freq_warp: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.0
     freq_masks: Annotated[int, Field(ge=0)] = 0
     freq_width: Annotated[int, Field(ge=0)] = 10
     time_masks: Annotated[int, Field(ge=0)] = 0
@@ -199,6 +201,11 @@ class RunConfig(_Section):
     # training data and then kept fixed, so training normalises exactly as inference does. An
     # early stop before those epochs skips them; a fine-tuning run can freeze all its epochs.
     freeze_bn_last_epochs: PositiveInt | None = None
+    # Average the weights at the end of each of the last N epochs (N <= freeze_bn_last_epochs,
+    # so all share the same fixed BatchNorm statistics). From the second epoch on, the average
+    # is validated too and published if it beats every single epoch. Pair it with a learning
+    # rate that stays well above zero in those epochs, or the snapshots barely differ.
+    average_last_epochs: PositiveInt | None = None
     # Peak lr of the decoder's own param group; None uses optim.lr for everything.
     decoder_lr: Annotated[float, Field(gt=0.0)] | None = None
 
@@ -208,6 +215,14 @@ class RunConfig(_Section):
         if not _PUBLISH_NAME.fullmatch(name):
             raise ValueError(f"publish_name {name!r} must match [A-Za-z0-9][A-Za-z0-9._-]*")
         return name
+
+    @model_validator(mode="after")
+    def _average_needs_fixed_bn(self) -> RunConfig:
+        if self.average_last_epochs is not None and (self.freeze_bn_last_epochs is None
+                                                     or self.average_last_epochs > self.freeze_bn_last_epochs):
+            raise ValueError("run.average_last_epochs must not exceed run.freeze_bn_last_epochs: averaged weights "
+                             "are only coherent while BatchNorm statistics are fixed")
+        return self
 
     @model_validator(mode="after")
     def _freeze_needs_weights(self) -> RunConfig:

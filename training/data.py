@@ -16,6 +16,9 @@ from torch.utils.data import Dataset, Sampler
 from model.audio import AudioError, decode_audio
 from training.augment import AugmentConfig, add_dither, band_limit, choose_speed_rate, speed_perturb
 
+# Silence between an utterance and the one concatenated to it (augment.concat_prob), in seconds.
+_CONCAT_GAP_S = (0.05, 0.3)
+
 _REQUIRED_KEYS = ("audio_filepath", "duration", "text")
 
 
@@ -232,6 +235,13 @@ class ManifestDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
+        # Concatenation partners are never longer than the utterance itself, so a batch planned
+        # from manifest durations grows at most twofold (plus the gap).
+        durations = np.array([e.duration_s for e in self.entries], dtype=np.float64)
+        self._by_duration = np.argsort(durations, kind="stable")
+        self._sorted_durations = durations[self._by_duration]
+        self._rank = np.empty(len(self.entries), dtype=np.int64)
+        self._rank[self._by_duration] = np.arange(len(self.entries))
 
     def set_epoch(self, epoch: int) -> None:
         """Selects the epoch whose random perturbations :meth:`__getitem__` draws."""
@@ -242,21 +252,49 @@ class ManifestDataset(Dataset):
 
     def __getitem__(self, index: int) -> Utterance | None:
         entry = self.entries[index]
-        try:
-            samples = decode_audio(entry.audio_filepath, self.sample_rate).samples
-        except AudioError:
+        samples = self._decode(index)
+        if samples is None:
             return None
+        text = entry.text
         if self.augment is not None:
             rng = np.random.default_rng((self.seed, self.epoch, index))
-            rate = choose_speed_rate(self.augment, rng)
-            if rate != 1.0:
-                samples = speed_perturb(samples, rate, self.sample_rate)
+            samples = self._perturb(samples, rng)
             # Drawn only when enabled, so runs without it keep their random streams.
-            if self.augment.narrowband_prob > 0 and rng.random() < self.augment.narrowband_prob:
-                samples = band_limit(samples, self.sample_rate, self.augment.narrowband_rate_hz)
+            if self.augment.concat_prob > 0 and rng.random() < self.augment.concat_prob:
+                partner_index = self._concat_partner(index, rng)
+                partner = None if partner_index is None else self._decode(partner_index)
+                if partner is not None:  # no partner, or an unreadable one: the utterance stays alone
+                    gap = np.zeros(int(rng.uniform(*_CONCAT_GAP_S) * self.sample_rate), dtype=np.float32)
+                    samples = np.concatenate([samples, gap, self._perturb(partner, rng)])
+                    text = f"{text} {self.entries[partner_index].text}"
             samples = add_dither(samples, self.augment.dither, rng)
-        target_ids = np.asarray(self.encode(entry.text), dtype=np.int64)
+        target_ids = np.asarray(self.encode(text), dtype=np.int64)
         return Utterance(samples, target_ids)
+
+    def _concat_partner(self, index: int, rng: np.random.Generator) -> int | None:
+        """A uniformly random other entry no longer than ``index``'s; None if there is none."""
+        not_longer = int(np.searchsorted(self._sorted_durations, self.entries[index].duration_s, side="right"))
+        if not_longer < 2:
+            return None
+        pick = int(rng.integers(not_longer - 1))
+        if pick >= self._rank[index]:  # skip the utterance itself
+            pick += 1
+        return int(self._by_duration[pick])
+
+    def _decode(self, index: int) -> np.ndarray | None:
+        try:
+            return decode_audio(self.entries[index].audio_filepath, self.sample_rate).samples
+        except AudioError:
+            return None
+
+    def _perturb(self, samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        rate = choose_speed_rate(self.augment, rng)
+        if rate != 1.0:
+            samples = speed_perturb(samples, rate, self.sample_rate)
+        # Drawn only when enabled, so runs without it keep their random streams.
+        if self.augment.narrowband_prob > 0 and rng.random() < self.augment.narrowband_prob:
+            samples = band_limit(samples, self.sample_rate, self.augment.narrowband_rate_hz)
+        return samples
 
 
 def collate(batch: Sequence[Utterance | None]) -> Batch:

@@ -6,6 +6,7 @@ the calling process. Rank 0 alone writes logs and reports checkpoints.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -32,6 +33,7 @@ from training.metrics import word_char_error_rates
 from training.novograd import NovoGrad
 from training.schedule import build_warmup_cosine_scheduler
 from training.state import TrainState, load_resume_state, save_resume_state
+from training.weight_average import WeightAverage
 from training.sync_bn import convert_sync_batchnorm
 from training.datasets import load_splits
 
@@ -168,6 +170,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     freeze_bn_from = None
     if cfg.run.freeze_bn_last_epochs is not None:
         freeze_bn_from = max(0, cfg.optim.epochs - cfg.run.freeze_bn_last_epochs)
+    average_from = None
+    if cfg.run.average_last_epochs is not None:
+        average_from = max(0, cfg.optim.epochs - cfg.run.average_last_epochs)
     wall_start = time.monotonic() - state.wall_time_s
     for epoch in range(state.epoch, cfg.optim.epochs):
         if _patience_exhausted(cfg, ctx, state):
@@ -233,9 +238,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if metrics["val_wer"] <= state.best_wer:
                 state.best_wer, state.best_cer, state.best_epoch = metrics["val_wer"], metrics["val_cer"], epoch + 1
                 state.best_weights = {k: v.detach().cpu().clone() for k, v in recognizer.state_dict().items()}
+                state.best_averaged_epochs = 0
         elif ctx.rank == 0:
             state.best_epoch = epoch + 1
             state.best_weights = {k: v.detach().cpu().clone() for k, v in recognizer.state_dict().items()}
+        if average_from is not None and epoch >= average_from and ctx.rank == 0:
+            metrics.update(_update_average(state, recognizer, val_loader, ctx.device, epoch))
         if ctx.world_size > 1:
             dist.barrier()
         logger.epoch(metrics)
@@ -245,6 +253,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if (epoch + 1) % cfg.run.checkpoint_every_epochs == 0 or epoch + 1 == cfg.optim.epochs:
             _report(ctx, cfg, state, recognizer, optimizer, scheduler, scaler, metrics)
     logger.close()
+
+
+def _update_average(state: TrainState, recognizer: SpeechRecognizer, val_loader: DataLoader | None,
+                    device: torch.device, epoch: int) -> dict[str, Any]:
+    """Adds this epoch's weights to the running average; the average becomes the best if it validates best."""
+    average = WeightAverage(state.average_weights, state.averaged_epochs)
+    average.add(recognizer.state_dict())
+    state.average_weights, state.averaged_epochs = average.mean, average.count
+    metrics: dict[str, Any] = {"averaged_epochs": average.count}
+    if val_loader is None:
+        # Nothing to choose by: the average of the epochs asked for is what gets published.
+        state.best_weights = average.weights(recognizer.state_dict())
+        state.best_epoch, state.best_averaged_epochs = epoch + 1, average.count
+        return metrics
+    if average.count < 2:
+        return metrics  # the average of one epoch is that epoch, validated already
+    candidate = copy.deepcopy(recognizer)
+    candidate.load_state_dict(average.weights(recognizer.state_dict()))
+    result = evaluate(candidate, val_loader, device)
+    metrics.update({"val_wer_average": result["wer"], "val_cer_average": result["cer"]})
+    if result["wer"] <= state.best_wer:
+        state.best_wer, state.best_cer, state.best_epoch = result["wer"], result["cer"], epoch + 1
+        state.best_weights = {k: v.detach().cpu().clone() for k, v in candidate.state_dict().items()}
+        state.best_averaged_epochs = average.count
+    return metrics
 
 
 def _silent_clip(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -351,6 +384,8 @@ class _Logger:
         val = ""
         if "val_wer" in metrics:
             val = f" val WER {metrics['val_wer'] * 100:.2f}% CER {metrics['val_cer'] * 100:.2f}%"
+        if "val_wer_average" in metrics:
+            val += f" (average of {metrics['averaged_epochs']} epochs: WER {metrics['val_wer_average'] * 100:.2f}%)"
         print(f"[train] epoch {metrics['epoch']} done in {metrics['epoch_time_s']:.0f}s "
               f"({metrics['audio_s_per_s']:.1f} audio-s/s) loss {metrics['train_loss']:.3f}{val}"
               + (f" skipped {metrics['skipped_unreadable']} unreadable" if metrics["skipped_unreadable"] else ""),

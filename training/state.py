@@ -1,4 +1,4 @@
-"""The resume checkpoint: model, optimiser, scheduler, scaler, data position and best weights."""
+"""The resume checkpoint: model, optimiser, scheduler, scaler, data position, best and averaged weights."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 STATE_FILE = "train_state.json"
 MODEL_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
+AVERAGE_FILE = "average.safetensors"
 OPTIM_FILE = "optim.pt"
 
 
@@ -27,7 +28,10 @@ class TrainState:
         best_wer, best_cer, best_epoch: the best validation result and its epoch.
         wall_time_s: training wall time so far, across restarts.
         history: per-epoch metrics.
+        best_averaged_epochs: how many epochs' weights the best model averages (0: one epoch's own).
+        averaged_epochs: how many epochs ``average_weights`` holds (``run.average_last_epochs``).
         best_weights: the best model's tensors (saved to best.safetensors, not to JSON).
+        average_weights: the running float64 mean of those epochs' weights (average.safetensors).
     """
 
     epoch: int = 0
@@ -38,11 +42,15 @@ class TrainState:
     best_epoch: int = 0
     wall_time_s: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    best_averaged_epochs: int = 0
+    averaged_epochs: int = 0
     best_weights: dict[str, torch.Tensor] | None = None
+    average_weights: dict[str, torch.Tensor] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("best_weights")
+        data.pop("average_weights")
         return data
 
 
@@ -52,6 +60,8 @@ def save_resume_state(folder: Path, cfg, state: TrainState, recognizer, optimize
     save_file({k: v.detach().cpu().contiguous() for k, v in recognizer.state_dict().items()}, folder / MODEL_FILE)
     if state.best_weights is not None:
         save_file({k: v.contiguous() for k, v in state.best_weights.items()}, folder / BEST_FILE)
+    if state.average_weights is not None:
+        save_file({k: v.contiguous() for k, v in state.average_weights.items()}, folder / AVERAGE_FILE)
     # Our own optimiser/scheduler/scaler state: plain tensors and numbers, loaded with weights_only=True.
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict()}, folder / OPTIM_FILE)
@@ -90,4 +100,6 @@ def load_resume_state(under_ray: bool, recognizer, optimizer, scheduler, scaler)
         state = TrainState(**summary)
         if (folder / BEST_FILE).exists():
             state.best_weights = load_file(folder / BEST_FILE)
+        if (folder / AVERAGE_FILE).exists():
+            state.average_weights = load_file(folder / AVERAGE_FILE)
     return state

@@ -123,7 +123,8 @@ def run_training(cfg: TrainConfig, *, run_name: str | None = None) -> tuple[Mode
     model = SpeechRecognizer(RecognizerConfig.from_dict(summary["recognizer"]))
     model.load_state_dict(weights)
     state = summary["state"]
-    metrics = {"val_wer": state["best_wer"], "val_cer": state["best_cer"], "best_epoch": state["best_epoch"]}
+    metrics = {"val_wer": state["best_wer"], "val_cer": state["best_cer"], "best_epoch": state["best_epoch"],
+               "best_averaged_epochs": state.get("best_averaged_epochs", 0)}
     extra = {"train_config": summary["config"], "train_manifests": [m.path for m in cfg.data.train_manifests],
              "val_manifests": [m.path for m in cfg.data.val_manifests],
              "holdout_speakers": list(cfg.data.holdout_speakers), "epochs": state["epoch"],

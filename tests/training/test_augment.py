@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.augment import AugmentConfig, band_limit, choose_speed_rate, spec_augment, speed_perturb
+from training.augment import (AugmentConfig, band_limit, choose_speed_rate, spec_augment, speed_perturb,
+                              warp_frequency)
 
 CFG = AugmentConfig(freq_masks=2, freq_width=8, time_masks=2, time_width=0.1,
                     cutout_rects=3, cutout_time=20, cutout_freq=10)
@@ -91,6 +92,8 @@ def test_config_validation():
         AugmentConfig(narrowband_prob=1.5)
     with pytest.raises(ValueError, match="narrowband_rate_hz"):
         AugmentConfig(narrowband_rate_hz=0)
+    with pytest.raises(ValueError, match="freq_warp"):
+        AugmentConfig(freq_warp=0.5)
 
 
 def _band_energy(samples: np.ndarray, low_hz: float, high_hz: float, sample_rate: int = 16_000) -> float:
@@ -108,3 +111,26 @@ def test_band_limit_removes_the_upper_band_and_keeps_length_and_the_lower_band()
     assert _band_energy(out, 4200, 8000) < 1e-4 * _band_energy(samples, 4200, 8000)
     assert _band_energy(out, 900, 1100) == pytest.approx(_band_energy(samples, 900, 1100), rel=0.02)
     assert band_limit(samples, 16_000, 16_000) is samples  # nothing to cut
+
+
+def test_warp_moves_a_spectral_peak_by_the_factor_and_factor_one_is_identity():
+    features = torch.zeros(3, 64, 5)
+    features[:, 20, :] = 1.0  # one "formant" at bin 20
+    out = warp_frequency(features, torch.tensor([1.0, 1.25, 0.8]))
+    assert torch.equal(out[0], features[0])
+    assert out[1, :, 0].argmax() == 25 and out[2, :, 0].argmax() == 16
+    # Linear interpolation: bin 22 of the 1.25 warp reads source 17.6, between zeros.
+    assert out[1, 22, 0] == 0.0 and torch.isclose(out[1, 24, 0], torch.tensor(0.2 * 1.0), atol=1e-6)
+
+
+def test_freq_warp_is_seeded_keeps_padding_and_lengths():
+    cfg = AugmentConfig(freq_warp=0.15, cutout_rects=0)
+    features, lengths = _batch()
+    before = features.clone()
+    out = spec_augment(features, lengths, cfg, torch.Generator().manual_seed(4))
+    assert torch.equal(out, spec_augment(features, lengths, cfg, torch.Generator().manual_seed(4)))
+    assert not torch.equal(out, spec_augment(features, lengths, cfg, torch.Generator().manual_seed(5)))
+    assert torch.equal(features, before) and out.shape == features.shape
+    valid = torch.arange(100)[None, :] < lengths[:, None]
+    assert (out[~valid[:, None, :].expand_as(out)] == 0).all()
+    assert not torch.equal(out, features)

@@ -108,6 +108,45 @@ def test_narrowband_is_seeded_and_keeps_the_length(tmp_path):
     assert float(np.sum(narrow[0].audio ** 2)) < 0.6 * float(np.sum(plain ** 2))
 
 
+def test_concat_appends_a_not_longer_utterance_and_its_transcript(tmp_path):
+    specs = (("a", 0.5, "ab"), ("b", 0.25, "cd"), ("c", 0.4, "e"), ("d", 0.4, "fg"))
+    for name, seconds, _ in specs:
+        _wav(tmp_path / f"{name}.wav", seconds)
+    entries = [ManifestEntry(str(tmp_path / f"{n}.wav"), d, t) for n, d, t in specs]
+    durations = {t: d for _, d, t in specs}
+    space = _encode(" ")[0]
+    partners = {e.text: set() for e in entries}
+    for seed in range(12):
+        dataset = ManifestDataset(entries, encode=_encode, augment=AugmentConfig(concat_prob=1.0), seed=seed)
+        for index, entry in enumerate(entries):
+            item = dataset[index]
+            ids = item.target_ids.tolist()
+            if len(ids) == len(entry.text):  # alone: only the shortest has no partner
+                assert entry.text == "cd" and len(item.audio) == SAMPLE_RATE // 4
+                continue
+            # The entry's own words, a space, then one *other* entry's transcript.
+            assert ids[:len(entry.text)] == _encode(entry.text) and ids[len(entry.text)] == space
+            partner = "".join(chr(i + ord("a")) for i in ids[len(entry.text) + 1:])
+            assert partner != entry.text and durations[partner] <= entry.duration_s
+            partners[entry.text].add(partner)
+            gap_s = len(item.audio) / SAMPLE_RATE - entry.duration_s - durations[partner]
+            assert 0.05 - 1e-3 <= gap_s <= 0.3 + 1e-3
+            assert np.array_equal(dataset[index].audio, item.audio)  # seeded
+    # Every shorter-or-equal utterance gets drawn; equal durations pair both ways.
+    assert partners == {"ab": {"cd", "e", "fg"}, "cd": set(), "e": {"cd", "fg"}, "fg": {"cd", "e"}}
+    never = ManifestDataset(entries, encode=_encode, augment=AugmentConfig(), seed=2)
+    assert never[0].target_ids.tolist() == _encode("ab") and len(never[0].audio) == SAMPLE_RATE // 2
+
+
+def test_concat_skips_an_unreadable_partner(tmp_path):
+    _wav(tmp_path / "a.wav", 0.5)
+    entries = [ManifestEntry(str(tmp_path / "a.wav"), 0.5, "ab"), ManifestEntry(str(tmp_path / "gone.wav"), 0.4, "x")]
+    dataset = ManifestDataset(entries, encode=_encode, augment=AugmentConfig(concat_prob=1.0))
+    item = dataset[0]
+    assert item.target_ids.tolist() == _encode("ab") and len(item.audio) == SAMPLE_RATE // 2
+    assert dataset[1] is None
+
+
 def _padding_fraction(batches, durations) -> float:
     padded = sum(len(b) * max(durations[i] for i in b) for b in batches)
     return 1.0 - sum(durations) / padded
