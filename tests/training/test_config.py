@@ -113,10 +113,12 @@ def test_shipped_recipe_loads():
     assert cfg.model.blocks and cfg.augment.time_width == 0.05
 
 
-def test_step_two_recipe_fine_tunes_the_same_model_with_fixed_batch_norm():
-    step1, step2 = load_config(RECIPES / "an4.yaml"), load_config(RECIPES / "an4_bn.yaml")
-    # Same architecture and vocabulary: the fine-tune keeps every weight, CTC head included.
-    assert step2.model == step1.model
-    assert step2.run.fine_tune_from == step1.run.publish_name == step2.run.publish_name
-    assert step2.run.freeze_bn_last_epochs == step2.optim.epochs
-    assert step2.data.holdout_speakers == step1.data.holdout_speakers
+def test_recipe_trains_its_last_epochs_with_fixed_batch_norm_and_short_kernels():
+    cfg = load_config(RECIPES / "an4.yaml")
+    # Inference normalises with one set of statistics; the last epochs train that way too.
+    assert cfg.run.freeze_bn_last_epochs and cfg.run.freeze_bn_last_epochs < cfg.optim.epochs
+    assert cfg.run.early_stop_patience_epochs is None  # an early stop would skip the fixed-BN epochs
+    # 3-frame kernels after the 8x reduction: whole-utterance receptive fields memorised speakers.
+    residual = [b for b in cfg.model.blocks if b.residual]
+    assert residual and all(b.kernel == 3 for b in residual)
+    assert cfg.data.holdout_speakers

@@ -1,7 +1,7 @@
 """AN4 recipe, last step: build the word LM, tune alpha/beta on held-out training speakers, report, ship the starter.
 
-Usage (after `asr train training/recipes/an4.yaml` and then `asr train training/recipes/an4_bn.yaml`
-published their best epochs as the newest an4-quartznet versions in ./registry, the default registry):
+Usage (after `asr train training/recipes/an4.yaml` published its best epoch as the newest
+an4-quartznet version in ./registry, the default registry):
     python -m training.recipes.finish_an4 [--train-registry registry --model an4-quartznet@N]
 
 It never trains or tunes on the AN4/FSDD test sets: they are only decoded for the final report.
