@@ -235,13 +235,14 @@ class ManifestDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
-        # Concatenation partners are never longer than the utterance itself, so a batch planned
-        # from manifest durations grows at most twofold (plus the gap).
-        durations = np.array([e.duration_s for e in self.entries], dtype=np.float64)
-        self._by_duration = np.argsort(durations, kind="stable")
-        self._sorted_durations = durations[self._by_duration]
-        self._rank = np.empty(len(self.entries), dtype=np.int64)
-        self._rank[self._by_duration] = np.arange(len(self.entries))
+        if augment is not None and augment.concat_prob > 0:
+            # Concatenation partners are never longer than the utterance itself, so a batch planned
+            # from manifest durations grows at most twofold (plus the gap).
+            durations = np.array([e.duration_s for e in self.entries], dtype=np.float64)
+            self._by_duration = np.argsort(durations, kind="stable")
+            self._sorted_durations = durations[self._by_duration]
+            self._rank = np.empty(len(self.entries), dtype=np.int64)
+            self._rank[self._by_duration] = np.arange(len(self.entries))
 
     def set_epoch(self, epoch: int) -> None:
         """Selects the epoch whose random perturbations :meth:`__getitem__` draws."""

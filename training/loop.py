@@ -262,20 +262,21 @@ def _update_average(state: TrainState, recognizer: SpeechRecognizer, val_loader:
     average.add(recognizer.state_dict())
     state.average_weights, state.averaged_epochs = average.mean, average.count
     metrics: dict[str, Any] = {"averaged_epochs": average.count}
+    weights = average.weights(recognizer.state_dict())  # CPU tensors the average never changes in place
     if val_loader is None:
         # Nothing to choose by: the average of the epochs asked for is what gets published.
-        state.best_weights = average.weights(recognizer.state_dict())
+        state.best_weights = weights
         state.best_epoch, state.best_averaged_epochs = epoch + 1, average.count
         return metrics
     if average.count < 2:
         return metrics  # the average of one epoch is that epoch, validated already
     candidate = copy.deepcopy(recognizer)
-    candidate.load_state_dict(average.weights(recognizer.state_dict()))
+    candidate.load_state_dict(weights)
     result = evaluate(candidate, val_loader, device)
     metrics.update({"val_wer_average": result["wer"], "val_cer_average": result["cer"]})
     if result["wer"] <= state.best_wer:
         state.best_wer, state.best_cer, state.best_epoch = result["wer"], result["cer"], epoch + 1
-        state.best_weights = {k: v.detach().cpu().clone() for k, v in candidate.state_dict().items()}
+        state.best_weights = weights
         state.best_averaged_epochs = average.count
     return metrics
 
