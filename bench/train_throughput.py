@@ -1,6 +1,6 @@
 """Training throughput (audio-seconds per second) with 1 and with 2 Ray Train workers on CPU.
 
-Trains the same 256-filter QuartzNet-style model on the same AN4 utterances for one epoch
+Trains the same model (256-filter QuartzNet-style, or a recipe's) on the same AN4 utterances for one epoch
 (default) once per worker count, through the real driver (``training.trainer.run_training``:
 Ray Train TorchTrainer, gloo DDP), and reads each run's epoch row from its metrics.jsonl
 (``audio_s_per_s`` counts every rank's audio). Everything is written to a temporary folder;
@@ -9,9 +9,12 @@ with a private temp dir, so a cluster already running on the machine is not join
 
     python bench/train_throughput.py                             # 256 filters, 40 utterances, 1 and 2 workers
     python bench/train_throughput.py --quick --out /tmp/t.json   # smoke run: tiny model, 8 utterances
+    python bench/train_throughput.py --recipe training/recipes/an4.yaml --utterances 300 --epochs 4
+                                     # the recipe's own model and labels (the starter's architecture)
 
-Writes bench/results/train_throughput.json (--quick: train_throughput_quick.json) with the
-machine description; note the load average there: a busy machine gives meaningless numbers.
+Writes bench/results/train_throughput.json (--quick: train_throughput_quick.json; --recipe X.yaml:
+train_throughput_X.json) with the machine description; note the load average there: a busy
+machine gives meaningless numbers.
 """
 
 from __future__ import annotations
@@ -73,13 +76,22 @@ def write_manifest(path: Path, count: int, max_duration_s: float) -> tuple[int, 
     return len(picked), sum(r["duration"] for r in picked)
 
 
+def model_section(args) -> dict:
+    """The ``model`` config: the tiny or 256-filter table, or a recipe's own blocks, labels and front end."""
+    if args.recipe is None:
+        return {"blocks": BLOCKS_TINY if args.quick else BLOCKS_256}
+    from training.config import load_config
+
+    return load_config(args.recipe).model.model_dump(exclude_none=True)
+
+
 def run_once(workdir: Path, manifest: Path, workers: int, args) -> dict:
     from training.config import config_from_dict
     from training.trainer import run_training
 
     out_dir = workdir / f"workers{workers}"
     cfg = config_from_dict({
-        "model": {"blocks": BLOCKS_TINY if args.quick else BLOCKS_256},
+        "model": model_section(args),
         "data": {"train_manifests": [{"path": str(manifest)}], "batch_size": args.batch_size,
                  "num_buckets": 4, "num_loader_workers": 0},
         "optim": {"name": "adamw", "lr": 0.001, "epochs": args.epochs},
@@ -105,6 +117,8 @@ def run_once(workdir: Path, manifest: Path, workers: int, args) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, 8 utterances (a smoke test)")
+    parser.add_argument("--recipe", type=Path, default=None,
+                        help="take the model (blocks, labels, front end) from this training config")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--utterances", type=int, default=None, help="default 40 (--quick: 8)")
     parser.add_argument("--max-duration", type=float, default=4.0, help="longest utterance used, seconds")
@@ -114,8 +128,17 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     count = args.utterances or (8 if args.quick else 40)
-    out = args.out or REPO / "bench" / "results" / ("train_throughput_quick.json" if args.quick
-                                                    else "train_throughput.json")
+    if args.quick and args.recipe is not None:
+        parser.error("--quick and --recipe choose different models; pass one of them")
+    from training.config import ConfigError
+
+    try:
+        model_section(args)  # a bad recipe fails here, before Ray starts
+    except ConfigError as exc:
+        parser.error(str(exc))
+    default_name = ("train_throughput_quick.json" if args.quick else
+                    f"train_throughput_{args.recipe.stem}.json" if args.recipe else "train_throughput.json")
+    out = args.out or REPO / "bench" / "results" / default_name
 
     import ray
 
@@ -140,7 +163,8 @@ def main() -> int:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     report = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": info,
               "load_avg_after": list(os.getloadavg()),
-              "setup": {"model": "tiny" if args.quick else "256-filter QuartzNet-style (5 blocks)",
+              "setup": {"model": ("tiny" if args.quick else f"recipe {args.recipe}" if args.recipe
+                                  else "256-filter QuartzNet-style (5 blocks)"),
                         "utterances": utterances, "train_audio_s": round(audio_s, 1), "epochs": args.epochs,
                         "batch_size": args.batch_size, "device": "cpu", "backend": "gloo"},
               "runs": runs}
