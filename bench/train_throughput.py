@@ -85,13 +85,13 @@ def model_section(args) -> dict:
     return load_config(args.recipe).model.model_dump(exclude_none=True)
 
 
-def run_once(workdir: Path, manifest: Path, workers: int, args) -> dict:
+def run_once(workdir: Path, manifest: Path, workers: int, model: dict, args) -> dict:
     from training.config import config_from_dict
     from training.trainer import run_training
 
     out_dir = workdir / f"workers{workers}"
     cfg = config_from_dict({
-        "model": model_section(args),
+        "model": model,
         "data": {"train_manifests": [{"path": str(manifest)}], "batch_size": args.batch_size,
                  "num_buckets": 4, "num_loader_workers": 0},
         "optim": {"name": "adamw", "lr": 0.001, "epochs": args.epochs},
@@ -133,7 +133,7 @@ def main() -> int:
     from training.config import ConfigError
 
     try:
-        model_section(args)  # a bad recipe fails here, before Ray starts
+        model = model_section(args)  # a bad recipe fails here, before Ray starts
     except ConfigError as exc:
         parser.error(str(exc))
     default_name = ("train_throughput_quick.json" if args.quick else
@@ -153,7 +153,7 @@ def main() -> int:
         runs = []
         for workers in args.workers:
             print(f"[bench] {workers} worker(s) ...", flush=True)
-            runs.append(run_once(workdir, manifest, workers, args))
+            runs.append(run_once(workdir, manifest, workers, model, args))
             print(f"[bench] {workers} worker(s): {runs[-1]['audio_s_per_s']:.1f} audio-s/s "
                   f"(epoch {runs[-1]['epoch_time_s']:.1f} s)", flush=True)
     finally:

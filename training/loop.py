@@ -167,12 +167,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             print(f"[train] resumed at epoch {state.epoch} batch {state.batches_done}", flush=True)
 
     logger = _Logger(Path(cfg.run.output_dir), enabled=ctx.rank == 0)
-    freeze_bn_from = None
-    if cfg.run.freeze_bn_last_epochs is not None:
-        freeze_bn_from = max(0, cfg.optim.epochs - cfg.run.freeze_bn_last_epochs)
-    average_from = None
-    if cfg.run.average_last_epochs is not None:
-        average_from = max(0, cfg.optim.epochs - cfg.run.average_last_epochs)
+    freeze_bn_from = _start_of_last(cfg.optim.epochs, cfg.run.freeze_bn_last_epochs)
+    average_from = _start_of_last(cfg.optim.epochs, cfg.run.average_last_epochs)
     wall_start = time.monotonic() - state.wall_time_s
     for epoch in range(state.epoch, cfg.optim.epochs):
         if _patience_exhausted(cfg, ctx, state):
@@ -253,6 +249,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if (epoch + 1) % cfg.run.checkpoint_every_epochs == 0 or epoch + 1 == cfg.optim.epochs:
             _report(ctx, cfg, state, recognizer, optimizer, scheduler, scaler, metrics)
     logger.close()
+
+
+def _start_of_last(epochs: int, last: int | None) -> int | None:
+    """The 0-based epoch where the final ``last`` epochs begin; None when ``last`` is unset."""
+    return None if last is None else max(0, epochs - last)
 
 
 def _update_average(state: TrainState, recognizer: SpeechRecognizer, val_loader: DataLoader | None,
