@@ -214,10 +214,22 @@ class QuartzNet(nn.Module):
 
     def encode(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder only: (B, feat_in, T) -> (B, C_last, T'), lengths (B,)."""
+        encoded, lengths, _ = self.encode_with_taps(features, feature_lengths, ())
+        return encoded, lengths
+
+    def encode_with_taps(self, features: torch.Tensor, feature_lengths: torch.Tensor, taps: tuple[int, ...]
+                         ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Like ``encode``, plus the (output, lengths) of each block whose index is in ``taps``, in block order.
+
+        Training reads inner blocks' outputs for auxiliary losses (intermediate CTC); inference never does.
+        """
         xs, lengths = [features], feature_lengths
-        for block in self.blocks:
+        tapped = []
+        for index, block in enumerate(self.blocks):
             xs, lengths = block(xs, lengths)
-        return xs[-1], lengths
+            if index in taps:
+                tapped.append((xs[-1], lengths))
+        return xs[-1], lengths, tapped
 
     def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Computes CTC log-probabilities.

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from model.quartznet import preset_config
 from model.vocabulary import Vocabulary
 from training.augment import AugmentConfig
 
@@ -180,6 +181,17 @@ class ScalingConfig(_Section):
     ray_address: str | None = Field(default_factory=lambda: os.environ.get("RAY_ADDRESS") or None)
 
 
+class LossConfig(_Section):
+    """Auxiliary training losses; their heads are training-only and never published."""
+
+    # Intermediate CTC (Lee & Watanabe, 2021): a 1x1-conv CTC head on an inner encoder block, its
+    # loss mixed in as (1 - w) * final + w * intermediate. The lower blocks must then emit
+    # transcribable features themselves, a regulariser that removes no input. 0 turns it off.
+    inter_ctc_weight: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    # 0-based index of the tapped encoder block; None taps the middle one (len(blocks) // 2).
+    inter_ctc_block: Annotated[int, Field(ge=0)] | None = None
+
+
 class RunConfig(_Section):
     """Where results go, seeding, logging cadence and fine-tuning."""
 
@@ -242,6 +254,7 @@ class TrainConfig(_Section):
     # fp16 needs a GradScaler and CUDA kernels; bf16 autocast also runs on CPU.
     amp: Literal["off", "fp16", "bf16"] = "off"
     sync_bn: bool = False
+    loss: LossConfig = Field(default_factory=LossConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     @field_validator("amp")
@@ -252,6 +265,23 @@ class TrainConfig(_Section):
         if amp == "fp16" and scaling is not None and not scaling.use_gpu:
             raise ValueError("fp16 needs scaling.use_gpu=true; use bf16 or off on CPU")
         return amp
+
+
+    @model_validator(mode="after")
+    def _inter_ctc_block_inside(self) -> TrainConfig:
+        if self.loss.inter_ctc_weight > 0 and self.loss.inter_ctc_block is not None:
+            count = block_count(self.model)
+            if count is not None and self.loss.inter_ctc_block >= count - 1:
+                raise ValueError(f"loss.inter_ctc_block must be below the last block's index {count - 1}, "
+                                 f"got {self.loss.inter_ctc_block}")
+        return self
+
+
+def block_count(model: ModelConfig) -> int | None:
+    """Encoder blocks the model config builds; None for a preset name this module cannot size."""
+    if model.blocks is not None:
+        return len(model.blocks)
+    return len(preset_config(model.preset, len(model.labels)).blocks) if model.preset else None
 
 
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> TrainConfig:

@@ -65,26 +65,52 @@ def _context(cfg: TrainConfig) -> _Context:
 
 
 class _TrainStep(nn.Module):
-    """Featurize -> SpecAugment -> network, wrapped as one module so DDP sees a single forward."""
+    """Featurize -> SpecAugment -> network (+ intermediate CTC head), one module so DDP sees a single forward."""
 
-    def __init__(self, recognizer: SpeechRecognizer, augment, seed: int) -> None:
+    def __init__(self, recognizer: SpeechRecognizer, augment, seed: int, inter_ctc_block: int | None) -> None:
         super().__init__()
         self.recognizer = recognizer
         self.augment = augment
         self.generator = torch.Generator().manual_seed(seed)
+        self.inter_ctc_block = inter_ctc_block
+        self.inter_ctc_head: nn.Conv1d | None = None
+        if inter_ctc_block is not None:
+            channels = recognizer.network.config.blocks[inter_ctc_block].filters
+            self.inter_ctc_head = nn.Conv1d(channels, recognizer.network.config.num_labels + 1, kernel_size=1)
+            nn.init.xavier_uniform_(self.inter_ctc_head.weight)
 
-    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """CTC log-probabilities and output lengths: the model's own head first, then the intermediate one."""
         with torch.no_grad():
             feats, feat_lengths = self.recognizer.featurizer(audio, audio_lengths)
             if self.augment is not None and self.training:
                 feats = spec_augment(feats.cpu(), feat_lengths.cpu(), self.augment, self.generator).to(feats.device)
-        return self.recognizer.network(feats, feat_lengths)
+        network = self.recognizer.network
+        if self.inter_ctc_head is None:
+            return [network(feats, feat_lengths)]
+        encoded, lengths, [(inner, inner_lengths)] = network.encode_with_taps(feats, feat_lengths,
+                                                                              (self.inter_ctc_block,))
+        heads = [(network.decoder(encoded), lengths), (self.inter_ctc_head(inner), inner_lengths)]
+        return [(F.log_softmax(logits.transpose(1, 2).float(), dim=-1), n) for logits, n in heads]
 
 
-def _optimizer(cfg: TrainConfig, recognizer: SpeechRecognizer) -> torch.optim.Optimizer:
+def inter_ctc_block(cfg: TrainConfig, recognizer: SpeechRecognizer) -> int | None:
+    """The encoder block the intermediate CTC head reads, or None when the loss is off."""
+    if cfg.loss.inter_ctc_weight == 0:
+        return None
+    count = len(recognizer.network.config.blocks)
+    block = count // 2 if cfg.loss.inter_ctc_block is None else cfg.loss.inter_ctc_block
+    if block >= count - 1:  # a fine-tuning source can have fewer blocks than the config's table
+        raise ValueError(f"loss.inter_ctc_block {block} must be below the model's last block index {count - 1}")
+    return block
+
+
+def _optimizer(cfg: TrainConfig, recognizer: SpeechRecognizer, extra: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW or NovoGrad over the network (decoder optionally at its own lr) plus ``extra`` training-only heads."""
     decoder = [p for p in recognizer.network.decoder.parameters() if p.requires_grad]
     decoder_ids = {id(p) for p in decoder}
-    encoder = [p for p in recognizer.network.parameters() if p.requires_grad and id(p) not in decoder_ids]
+    encoder = [p for p in recognizer.network.parameters() if p.requires_grad and id(p) not in decoder_ids] + extra
     groups = [g for g in ({"params": encoder, "lr": cfg.optim.lr},
                           {"params": decoder, "lr": cfg.run.decoder_lr or cfg.optim.lr}) if g["params"]]
     if cfg.optim.name == "novograd":
@@ -131,7 +157,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if cfg.sync_bn and ctx.world_size > 1:
         recognizer.network = convert_sync_batchnorm(recognizer.network, use_cuda=ctx.device.type == "cuda")
     recognizer.to(ctx.device)
-    step_module: nn.Module = _TrainStep(recognizer, cfg.augment.to_augment_config(), cfg.run.seed * 1000 + ctx.rank)
+    train_step = _TrainStep(recognizer, cfg.augment.to_augment_config(), cfg.run.seed * 1000 + ctx.rank,
+                            inter_ctc_block(cfg, recognizer)).to(ctx.device)
+    step_module: nn.Module = train_step
     if ctx.world_size > 1:
         step_module = nn.parallel.DistributedDataParallel(
             step_module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
@@ -151,7 +179,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                             shuffle=False)
         val_loader = DataLoader(val_ds, batch_sampler=val_sampler, collate_fn=collate, num_workers=0)
 
-    optimizer = _optimizer(cfg, recognizer)
+    aux_params = list(train_step.inter_ctc_head.parameters()) if train_step.inter_ctc_head is not None else []
+    optimizer = _optimizer(cfg, recognizer, aux_params)
     steps_per_epoch = max(1, math.ceil(len(sampler) / cfg.optim.grad_accum_steps))
     scheduler = build_warmup_cosine_scheduler(optimizer, warmup_steps=cfg.optim.warmup_steps,
                                               max_steps=steps_per_epoch * cfg.optim.epochs, min_lr=cfg.optim.min_lr)
@@ -160,7 +189,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.amp == "fp16")
 
     state = TrainState()
-    resumed = load_resume_state(ctx.under_ray, recognizer, optimizer, scheduler, scaler)
+    resumed = load_resume_state(ctx.under_ray, recognizer, optimizer, scheduler, scaler, train_step.inter_ctc_head)
     if resumed is not None:
         state = resumed
         if ctx.rank == 0:
@@ -202,15 +231,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if audio.shape[0] == 0:
                     # Every file of this batch was unreadable: take part in the step with a zero loss.
                     audio, audio_lengths = _silent_clip(ctx.device)
-                    log_probs, out_lengths = step_module(audio, audio_lengths)
-                    loss = log_probs.sum() * 0.0
+                    loss = sum(log_probs.sum() for log_probs, _ in step_module(audio, audio_lengths)) * 0.0
                 else:
-                    log_probs, out_lengths = step_module(audio, audio_lengths)
-                    loss = ctc_loss(log_probs, out_lengths, batch.targets.to(ctx.device),
-                                    batch.target_lengths.to(ctx.device), recognizer.vocabulary.blank_id)
+                    heads = step_module(audio, audio_lengths)
+                    targets, target_lengths = batch.targets.to(ctx.device), batch.target_lengths.to(ctx.device)
+                    losses = [ctc_loss(log_probs, out_lengths, targets, target_lengths, recognizer.vocabulary.blank_id)
+                              for log_probs, out_lengths in heads]
+                    loss = losses[0] if len(losses) == 1 else \
+                        (1 - cfg.loss.inter_ctc_weight) * losses[0] + cfg.loss.inter_ctc_weight * losses[1]
             scaler.scale(loss / cfg.optim.grad_accum_steps).backward()
             if batch_index % cfg.optim.grad_accum_steps == 0 or batch_index == last_batch:
-                _optimizer_step(cfg, recognizer, optimizer, scaler, scheduler)
+                _optimizer_step(cfg, optimizer, scaler, scheduler)
                 state.global_step += 1
             utts += int(batch.audio.shape[0])
             audio_s += float(batch.audio_lengths.sum()) / recognizer.sample_rate
@@ -223,7 +254,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     and batch_index % cfg.optim.grad_accum_steps == 0:
                 state.epoch, state.batches_done = epoch, batch_index
                 state.wall_time_s = time.monotonic() - wall_start
-                _report(ctx, cfg, state, recognizer, optimizer, scheduler, scaler, {"epoch": epoch})
+                _report(ctx, cfg, state, train_step, optimizer, scheduler, scaler, {"epoch": epoch})
         epoch_s = time.monotonic() - t0
         metrics: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(loss.detach()), "epoch_time_s": epoch_s,
                                    "audio_s_per_s": audio_s * ctx.world_size / max(epoch_s, 1e-9),
@@ -247,7 +278,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state.wall_time_s = time.monotonic() - wall_start
         state.history.append(metrics)
         if (epoch + 1) % cfg.run.checkpoint_every_epochs == 0 or epoch + 1 == cfg.optim.epochs:
-            _report(ctx, cfg, state, recognizer, optimizer, scheduler, scaler, metrics)
+            _report(ctx, cfg, state, train_step, optimizer, scheduler, scaler, metrics)
     logger.close()
 
 
@@ -318,23 +349,25 @@ def _patience_exhausted(cfg: TrainConfig, ctx: _Context, state: TrainState) -> b
     return stop
 
 
-def _optimizer_step(cfg, recognizer, optimizer, scaler, scheduler) -> None:
+def _optimizer_step(cfg, optimizer, scaler, scheduler) -> None:
     if cfg.optim.grad_clip_norm:
         scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
-        torch.nn.utils.clip_grad_norm_(recognizer.parameters(), cfg.optim.grad_clip_norm)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip_norm)
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
 
 
-def _report(ctx: _Context, cfg: TrainConfig, state: TrainState, recognizer, optimizer, scheduler, scaler,
-            metrics: dict[str, Any]) -> None:
+def _report(ctx: _Context, cfg: TrainConfig, state: TrainState, train_step: _TrainStep, optimizer, scheduler,
+            scaler, metrics: dict[str, Any]) -> None:
     """Saves a resume checkpoint (rank 0 writes; every rank reports so Ray stays in step)."""
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint_dir = None
         if ctx.rank == 0:
-            save_resume_state(Path(tmp), cfg, state, recognizer, optimizer, scheduler, scaler)
+            save_resume_state(Path(tmp), cfg, state, train_step.recognizer, optimizer, scheduler, scaler,
+                              train_step.inter_ctc_head)
             checkpoint_dir = tmp
         if ctx.under_ray:
             import ray.train

@@ -15,6 +15,7 @@ MODEL_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
 AVERAGE_FILE = "average.safetensors"
 OPTIM_FILE = "optim.pt"
+AUX_FILE = "aux_heads.safetensors"  # training-only heads (intermediate CTC); never published
 
 
 @dataclass
@@ -54,10 +55,13 @@ class TrainState:
         return data
 
 
-def save_resume_state(folder: Path, cfg, state: TrainState, recognizer, optimizer, scheduler, scaler) -> None:
+def save_resume_state(folder: Path, cfg, state: TrainState, recognizer, optimizer, scheduler, scaler,
+                      aux_heads: torch.nn.Module | None = None) -> None:
     """Writes a checkpoint folder (model and best weights as safetensors; optimiser state as a torch file)."""
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in recognizer.state_dict().items()}, folder / MODEL_FILE)
+    if aux_heads is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in aux_heads.state_dict().items()}, folder / AUX_FILE)
     if state.best_weights is not None:
         save_file({k: v.contiguous() for k, v in state.best_weights.items()}, folder / BEST_FILE)
     if state.average_weights is not None:
@@ -80,7 +84,8 @@ def load_best_weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(path if path.exists() else Path(folder) / MODEL_FILE)
 
 
-def load_resume_state(under_ray: bool, recognizer, optimizer, scheduler, scaler) -> TrainState | None:
+def load_resume_state(under_ray: bool, recognizer, optimizer, scheduler, scaler,
+                      aux_heads: torch.nn.Module | None = None) -> TrainState | None:
     """Restores everything from Ray Train's current checkpoint, if the run is resuming."""
     if not under_ray:
         return None
@@ -92,6 +97,8 @@ def load_resume_state(under_ray: bool, recognizer, optimizer, scheduler, scaler)
     with checkpoint.as_directory() as folder:
         folder = Path(folder)
         recognizer.load_state_dict(load_file(folder / MODEL_FILE))
+        if aux_heads is not None:
+            aux_heads.load_state_dict(load_file(folder / AUX_FILE))
         extra = torch.load(folder / OPTIM_FILE, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(extra["optimizer"])
         scheduler.load_state_dict(extra["scheduler"])

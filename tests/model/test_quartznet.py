@@ -229,3 +229,21 @@ def test_nemo24_longest_clip_is_unaffected_by_batching(an4_clips):
     assert np.abs(batched[longest] - alone).max() <= 1e-5
     for clip, out in zip(an4_clips, batched):  # nemo24 keeps one extra feature frame
         assert out.shape[0] == math.ceil((len(clip) // 160 + 1) / 2)
+
+
+def test_encode_with_taps_returns_the_inner_blocks_outputs_and_the_same_encoding():
+    config = QuartzNetConfig((BlockConfig(16, kernel=5, stride=2, residual=False), BlockConfig(16, repeat=2, kernel=3),
+                              BlockConfig(24, kernel=3, stride=2), BlockConfig(32, kernel=1, residual=False)),
+                             num_labels=5, feat_in=8)
+    net = QuartzNet(config).eval()
+    feats, lengths = torch.randn(2, 8, 40), torch.tensor([40, 29])
+    encoded, out_lengths = net.encode(feats, lengths)
+    tapped_encoded, tapped_lengths, taps = net.encode_with_taps(feats, lengths, (1, 2))
+    assert torch.equal(encoded, tapped_encoded) and torch.equal(out_lengths, tapped_lengths)
+    (inner1, lengths1), (inner2, lengths2) = taps
+    assert inner1.shape == (2, 16, 20) and lengths1.tolist() == [20, 15]  # before the second stride
+    assert inner2.shape == (2, 24, 10) and lengths2.tolist() == [10, 8]
+    xs, expected_lengths = [feats], lengths
+    for block in net.blocks[:2]:
+        xs, expected_lengths = block(xs, expected_lengths)
+    assert torch.equal(inner1, xs[-1]) and torch.equal(lengths1, expected_lengths)

@@ -58,7 +58,8 @@ def test_killed_run_resumes_from_its_checkpoint(ray_mode: str, request, an4_pick
     val = write_manifest(tmp_path / "val.json", rows[:2])
     output_dir = tmp_path / "out"
     # Mid-epoch checkpoints too (every 4 steps), so the restart may also exercise skip_batches.
-    config = write_config(tmp_path, train, val, optim={"epochs": EPOCHS},
+    # Intermediate CTC is on so the restart must restore its training-only head as well.
+    config = write_config(tmp_path, train, val, optim={"epochs": EPOCHS}, loss={"inter_ctc_weight": 0.3},
                           run={"output_dir": str(output_dir), "registry": str(tmp_path / "registry"),
                                "publish_name": "tiny-resume", "log_every_steps": 1,
                                "checkpoint_every_steps": 4})
