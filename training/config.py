@@ -184,12 +184,19 @@ class ScalingConfig(_Section):
 class LossConfig(_Section):
     """Auxiliary training losses; their heads are training-only and never published."""
 
-    # Intermediate CTC (Lee & Watanabe, 2021): a 1x1-conv CTC head on an inner encoder block, its
-    # loss mixed in as (1 - w) * final + w * intermediate. The lower blocks must then emit
+    # Intermediate CTC (Lee & Watanabe, 2021): 1x1-conv CTC heads on inner encoder blocks, their
+    # mean loss mixed in as (1 - w) * final + w * intermediate. The lower blocks must then emit
     # transcribable features themselves, a regulariser that removes no input. 0 turns it off.
     inter_ctc_weight: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    # 0-based index of the tapped encoder block; None taps the middle one (len(blocks) // 2).
-    inter_ctc_block: Annotated[int, Field(ge=0)] | None = None
+    # 0-based indices of the tapped encoder blocks; empty taps the middle one (len(blocks) // 2).
+    inter_ctc_blocks: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+
+    @field_validator("inter_ctc_blocks")
+    @classmethod
+    def _distinct_blocks(cls, blocks: list[int]) -> list[int]:
+        if len(set(blocks)) != len(blocks):
+            raise ValueError(f"blocks must be distinct, got {blocks}")
+        return sorted(blocks)
 
 
 class RunConfig(_Section):
@@ -268,12 +275,12 @@ class TrainConfig(_Section):
 
 
     @model_validator(mode="after")
-    def _inter_ctc_block_inside(self) -> TrainConfig:
-        if self.loss.inter_ctc_weight > 0 and self.loss.inter_ctc_block is not None:
+    def _inter_ctc_blocks_inside(self) -> TrainConfig:
+        if self.loss.inter_ctc_weight > 0 and self.loss.inter_ctc_blocks:
             count = block_count(self.model)
-            if count is not None and self.loss.inter_ctc_block >= count - 1:
-                raise ValueError(f"loss.inter_ctc_block must be below the last block's index {count - 1}, "
-                                 f"got {self.loss.inter_ctc_block}")
+            if count is not None and max(self.loss.inter_ctc_blocks) >= count - 1:
+                raise ValueError(f"loss.inter_ctc_blocks must be below the last block's index {count - 1}, "
+                                 f"got {self.loss.inter_ctc_blocks}")
         return self
 
 

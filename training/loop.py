@@ -65,45 +65,54 @@ def _context(cfg: TrainConfig) -> _Context:
 
 
 class _TrainStep(nn.Module):
-    """Featurize -> SpecAugment -> network (+ intermediate CTC head), one module so DDP sees a single forward."""
+    """Featurize -> SpecAugment -> network (+ intermediate CTC heads), one module so DDP sees a single forward."""
 
-    def __init__(self, recognizer: SpeechRecognizer, augment, seed: int, inter_ctc_block: int | None) -> None:
+    def __init__(self, recognizer: SpeechRecognizer, augment, seed: int, inter_ctc_blocks: tuple[int, ...] = ()
+                 ) -> None:
         super().__init__()
         self.recognizer = recognizer
         self.augment = augment
         self.generator = torch.Generator().manual_seed(seed)
-        self.inter_ctc_block = inter_ctc_block
-        self.inter_ctc_head: nn.Conv1d | None = None
-        if inter_ctc_block is not None:
-            channels = recognizer.network.config.blocks[inter_ctc_block].filters
-            self.inter_ctc_head = nn.Conv1d(channels, recognizer.network.config.num_labels + 1, kernel_size=1)
-            nn.init.xavier_uniform_(self.inter_ctc_head.weight)
+        self.inter_ctc_blocks = tuple(sorted(inter_ctc_blocks))  # encode_with_taps returns block order
+        network = recognizer.network.config
+        self.inter_ctc_heads = nn.ModuleList(nn.Conv1d(network.blocks[b].filters, network.num_labels + 1, 1)
+                                             for b in self.inter_ctc_blocks)
+        for head in self.inter_ctc_heads:
+            nn.init.xavier_uniform_(head.weight)
 
     def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor
                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """CTC log-probabilities and output lengths: the model's own head first, then the intermediate one."""
+        """CTC log-probabilities and output lengths: the model's own head first, then the intermediate ones."""
         with torch.no_grad():
             feats, feat_lengths = self.recognizer.featurizer(audio, audio_lengths)
             if self.augment is not None and self.training:
                 feats = spec_augment(feats.cpu(), feat_lengths.cpu(), self.augment, self.generator).to(feats.device)
         network = self.recognizer.network
-        if self.inter_ctc_head is None:
+        if not self.inter_ctc_blocks:
             return [network(feats, feat_lengths)]
-        encoded, lengths, [(inner, inner_lengths)] = network.encode_with_taps(feats, feat_lengths,
-                                                                              (self.inter_ctc_block,))
-        heads = [(network.decoder(encoded), lengths), (self.inter_ctc_head(inner), inner_lengths)]
+        encoded, lengths, taps = network.encode_with_taps(feats, feat_lengths, self.inter_ctc_blocks)
+        heads = [(network.decoder(encoded), lengths)]
+        heads += [(head(inner), inner_lengths) for head, (inner, inner_lengths) in zip(self.inter_ctc_heads, taps)]
         return [(F.log_softmax(logits.transpose(1, 2).float(), dim=-1), n) for logits, n in heads]
 
 
-def inter_ctc_block(cfg: TrainConfig, recognizer: SpeechRecognizer) -> int | None:
-    """The encoder block the intermediate CTC head reads, or None when the loss is off."""
+def inter_ctc_blocks(cfg: TrainConfig, recognizer: SpeechRecognizer) -> tuple[int, ...]:
+    """The encoder blocks the intermediate CTC heads read; empty when the loss is off."""
     if cfg.loss.inter_ctc_weight == 0:
-        return None
+        return ()
     count = len(recognizer.network.config.blocks)
-    block = count // 2 if cfg.loss.inter_ctc_block is None else cfg.loss.inter_ctc_block
-    if block >= count - 1:  # a fine-tuning source can have fewer blocks than the config's table
-        raise ValueError(f"loss.inter_ctc_block {block} must be below the model's last block index {count - 1}")
-    return block
+    blocks = tuple(cfg.loss.inter_ctc_blocks) or (count // 2,)
+    if max(blocks) >= count - 1:  # a fine-tuning source can have fewer blocks than the config's table
+        raise ValueError(f"loss.inter_ctc_blocks {list(blocks)} must be below the model's last block index "
+                         f"{count - 1}")
+    return blocks
+
+
+def mixed_ctc_loss(losses: list[torch.Tensor], inter_weight: float) -> torch.Tensor:
+    """The final head's loss, mixed with the mean of the intermediate heads' losses when there are any."""
+    if len(losses) == 1:
+        return losses[0]
+    return (1 - inter_weight) * losses[0] + inter_weight * torch.stack(losses[1:]).mean()
 
 
 def _optimizer(cfg: TrainConfig, recognizer: SpeechRecognizer, extra: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -158,7 +167,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         recognizer.network = convert_sync_batchnorm(recognizer.network, use_cuda=ctx.device.type == "cuda")
     recognizer.to(ctx.device)
     train_step = _TrainStep(recognizer, cfg.augment.to_augment_config(), cfg.run.seed * 1000 + ctx.rank,
-                            inter_ctc_block(cfg, recognizer)).to(ctx.device)
+                            inter_ctc_blocks(cfg, recognizer)).to(ctx.device)
     step_module: nn.Module = train_step
     if ctx.world_size > 1:
         step_module = nn.parallel.DistributedDataParallel(
@@ -179,8 +188,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                             shuffle=False)
         val_loader = DataLoader(val_ds, batch_sampler=val_sampler, collate_fn=collate, num_workers=0)
 
-    aux_params = list(train_step.inter_ctc_head.parameters()) if train_step.inter_ctc_head is not None else []
-    optimizer = _optimizer(cfg, recognizer, aux_params)
+    optimizer = _optimizer(cfg, recognizer, list(train_step.inter_ctc_heads.parameters()))
     steps_per_epoch = max(1, math.ceil(len(sampler) / cfg.optim.grad_accum_steps))
     scheduler = build_warmup_cosine_scheduler(optimizer, warmup_steps=cfg.optim.warmup_steps,
                                               max_steps=steps_per_epoch * cfg.optim.epochs, min_lr=cfg.optim.min_lr)
@@ -189,7 +197,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.amp == "fp16")
 
     state = TrainState()
-    resumed = load_resume_state(ctx.under_ray, recognizer, optimizer, scheduler, scaler, train_step.inter_ctc_head)
+    resumed = load_resume_state(ctx.under_ray, recognizer, optimizer, scheduler, scaler,
+                                train_step.inter_ctc_heads or None)
     if resumed is not None:
         state = resumed
         if ctx.rank == 0:
@@ -237,8 +246,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     targets, target_lengths = batch.targets.to(ctx.device), batch.target_lengths.to(ctx.device)
                     losses = [ctc_loss(log_probs, out_lengths, targets, target_lengths, recognizer.vocabulary.blank_id)
                               for log_probs, out_lengths in heads]
-                    loss = losses[0] if len(losses) == 1 else \
-                        (1 - cfg.loss.inter_ctc_weight) * losses[0] + cfg.loss.inter_ctc_weight * losses[1]
+                    loss = mixed_ctc_loss(losses, cfg.loss.inter_ctc_weight)
             scaler.scale(loss / cfg.optim.grad_accum_steps).backward()
             if batch_index % cfg.optim.grad_accum_steps == 0 or batch_index == last_batch:
                 _optimizer_step(cfg, optimizer, scaler, scheduler)
@@ -367,7 +375,7 @@ def _report(ctx: _Context, cfg: TrainConfig, state: TrainState, train_step: _Tra
         checkpoint_dir = None
         if ctx.rank == 0:
             save_resume_state(Path(tmp), cfg, state, train_step.recognizer, optimizer, scheduler, scaler,
-                              train_step.inter_ctc_head)
+                              train_step.inter_ctc_heads or None)
             checkpoint_dir = tmp
         if ctx.under_ray:
             import ray.train

@@ -90,7 +90,7 @@ def main() -> None:
         val_lps = model.log_probs_sorted(_clips(model, val), 16)
         val_refs = [model.vocabulary.normalize(e.text) for e in val]
         grid = []
-        for alpha, beta in itertools.product((0.3, 0.5, 0.8, 1.0, 1.5), (0.0, 0.5, 1.0, 2.0)):
+        for alpha, beta in itertools.product((0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 1.5), (0.0, 0.5, 1.0, 2.0, 3.0, 4.0)):
             grid.append({"alpha": alpha, "beta": beta,
                          **_score(val_refs, _beam(tune_decoder, val_lps, alpha, beta, args.beam_width))})
             print(f"[tune] alpha {alpha} beta {beta}: val WER {grid[-1]['wer'] * 100:.2f}%", flush=True)
