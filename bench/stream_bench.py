@@ -7,7 +7,7 @@ of every interim behind the audio it covers, and the final's latency after the l
 Writes bench/results/stream_<date>.json with the machine described.
 
     .venv/bin/python bench/stream_bench.py                          # registry/an4-quartznet if published
-    .venv/bin/python bench/stream_bench.py --streams 20 --model an4-quartznet@5
+    .venv/bin/python bench/stream_bench.py --streams 20 --model an4-quartznet@6
     .venv/bin/python bench/stream_bench.py --grpc 127.0.0.1:50051   # a running server
 
 Without a published model it benchmarks a randomly initialised model of the AN4 recipe's

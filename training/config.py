@@ -273,7 +273,6 @@ class TrainConfig(_Section):
             raise ValueError("fp16 needs scaling.use_gpu=true; use bf16 or off on CPU")
         return amp
 
-
     @model_validator(mode="after")
     def _inter_ctc_blocks_inside(self) -> TrainConfig:
         if self.loss.inter_ctc_weight > 0 and self.loss.inter_ctc_blocks:
@@ -285,7 +284,7 @@ class TrainConfig(_Section):
 
 
 def block_count(model: ModelConfig) -> int | None:
-    """Encoder blocks the model config builds; None for a preset name this module cannot size."""
+    """Encoder blocks the model config builds; None when it names neither a preset nor blocks."""
     if model.blocks is not None:
         return len(model.blocks)
     return len(preset_config(model.preset, len(model.labels)).blocks) if model.preset else None

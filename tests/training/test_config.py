@@ -122,3 +122,11 @@ def test_recipe_trains_its_last_epochs_with_fixed_batch_norm_and_short_kernels()
     residual = [b for b in cfg.model.blocks if b.residual]
     assert residual and all(b.kernel == 3 for b in residual)
     assert cfg.data.holdout_speakers
+
+
+def test_recipe_trains_with_intermediate_ctc_on_inner_blocks():
+    cfg = load_config(RECIPES / "an4.yaml")
+    assert 0 < cfg.loss.inter_ctc_weight < 1
+    last = len(cfg.model.blocks) - 1
+    assert cfg.loss.inter_ctc_blocks and all(cfg.model.blocks[b].residual and b < last
+                                             for b in cfg.loss.inter_ctc_blocks)
