@@ -76,22 +76,24 @@ def write_manifest(path: Path, count: int, max_duration_s: float) -> tuple[int, 
     return len(picked), sum(r["duration"] for r in picked)
 
 
-def model_section(args) -> dict:
-    """The ``model`` config: the tiny or 256-filter table, or a recipe's own blocks, labels and front end."""
+def model_sections(args) -> dict:
+    """The ``model`` and ``loss`` config: the tiny or 256-filter table, or a recipe's own (its blocks, labels,
+    front end and auxiliary losses such as intermediate CTC, which add work per step)."""
     if args.recipe is None:
-        return {"blocks": BLOCKS_TINY if args.quick else BLOCKS_256}
+        return {"model": {"blocks": BLOCKS_TINY if args.quick else BLOCKS_256}}
     from training.config import load_config
 
-    return load_config(args.recipe).model.model_dump(exclude_none=True)
+    recipe = load_config(args.recipe)
+    return {"model": recipe.model.model_dump(exclude_none=True), "loss": recipe.loss.model_dump()}
 
 
-def run_once(workdir: Path, manifest: Path, workers: int, model: dict, args) -> dict:
+def run_once(workdir: Path, manifest: Path, workers: int, sections: dict, args) -> dict:
     from training.config import config_from_dict
     from training.trainer import run_training
 
     out_dir = workdir / f"workers{workers}"
     cfg = config_from_dict({
-        "model": model,
+        **sections,
         "data": {"train_manifests": [{"path": str(manifest)}], "batch_size": args.batch_size,
                  "num_buckets": 4, "num_loader_workers": 0},
         "optim": {"name": "adamw", "lr": 0.001, "epochs": args.epochs},
@@ -133,7 +135,7 @@ def main() -> int:
     from training.config import ConfigError
 
     try:
-        model = model_section(args)  # a bad recipe fails here, before Ray starts
+        sections = model_sections(args)  # a bad recipe fails here, before Ray starts
     except ConfigError as exc:
         parser.error(str(exc))
     default_name = ("train_throughput_quick.json" if args.quick else
@@ -153,7 +155,7 @@ def main() -> int:
         runs = []
         for workers in args.workers:
             print(f"[bench] {workers} worker(s) ...", flush=True)
-            runs.append(run_once(workdir, manifest, workers, model, args))
+            runs.append(run_once(workdir, manifest, workers, sections, args))
             print(f"[bench] {workers} worker(s): {runs[-1]['audio_s_per_s']:.1f} audio-s/s "
                   f"(epoch {runs[-1]['epoch_time_s']:.1f} s)", flush=True)
     finally:
@@ -165,6 +167,7 @@ def main() -> int:
               "load_avg_after": list(os.getloadavg()),
               "setup": {"model": ("tiny" if args.quick else f"recipe {args.recipe}" if args.recipe
                                   else "256-filter QuartzNet-style (5 blocks)"),
+                        "loss": sections.get("loss"),
                         "utterances": utterances, "train_audio_s": round(audio_s, 1), "epochs": args.epochs,
                         "batch_size": args.batch_size, "device": "cpu", "backend": "gloo"},
               "runs": runs}
