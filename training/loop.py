@@ -231,7 +231,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         batch_index = state.batches_done if epoch == state.epoch else 0
         last_batch = batch_index + len(sampler)
         # No batches left for this rank (resumed at an epoch's end, or fewer batches than ranks).
-        loss = torch.tensor(float("nan"))
+        loss = final_loss = torch.tensor(float("nan"))  # final_loss: the model's own head (loss may mix in others)
         for batch in loader:
             batch_index += 1
             dropped += batch.num_dropped
@@ -246,7 +246,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     targets, target_lengths = batch.targets.to(ctx.device), batch.target_lengths.to(ctx.device)
                     losses = [ctc_loss(log_probs, out_lengths, targets, target_lengths, recognizer.vocabulary.blank_id)
                               for log_probs, out_lengths in heads]
-                    loss = mixed_ctc_loss(losses, cfg.loss.inter_ctc_weight)
+                    loss, final_loss = mixed_ctc_loss(losses, cfg.loss.inter_ctc_weight), losses[0]
             scaler.scale(loss / cfg.optim.grad_accum_steps).backward()
             if batch_index % cfg.optim.grad_accum_steps == 0 or batch_index == last_batch:
                 _optimizer_step(cfg, optimizer, scaler, scheduler)
@@ -268,6 +268,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                    "audio_s_per_s": audio_s * ctx.world_size / max(epoch_s, 1e-9),
                                    "utterances_per_s": utts * ctx.world_size / max(epoch_s, 1e-9),
                                    "skipped_unreadable": dropped, "step": state.global_step}
+        if train_step.inter_ctc_blocks:
+            metrics["train_loss_final_head"] = float(final_loss.detach())
         if val_loader is not None:
             metrics.update({f"val_{k}": v for k, v in evaluate(recognizer, val_loader, ctx.device).items()})
             if metrics["val_wer"] <= state.best_wer:
