@@ -277,17 +277,17 @@ class TrainConfig(_Section):
     def _inter_ctc_blocks_inside(self) -> TrainConfig:
         if self.loss.inter_ctc_weight > 0 and self.loss.inter_ctc_blocks:
             count = block_count(self.model)
-            if count is not None and max(self.loss.inter_ctc_blocks) >= count - 1:
+            if max(self.loss.inter_ctc_blocks) >= count - 1:
                 raise ValueError(f"loss.inter_ctc_blocks must be below the last block's index {count - 1}, "
                                  f"got {self.loss.inter_ctc_blocks}")
         return self
 
 
-def block_count(model: ModelConfig) -> int | None:
-    """Encoder blocks the model config builds; None when it names neither a preset nor blocks."""
+def block_count(model: ModelConfig) -> int:
+    """Encoder blocks the model config builds (its validator guarantees a preset or a block table)."""
     if model.blocks is not None:
         return len(model.blocks)
-    return len(preset_config(model.preset, len(model.labels)).blocks) if model.preset else None
+    return len(preset_config(model.preset, len(model.labels)).blocks)
 
 
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> TrainConfig:

@@ -88,8 +88,6 @@ class _TrainStep(nn.Module):
             if self.augment is not None and self.training:
                 feats = spec_augment(feats.cpu(), feat_lengths.cpu(), self.augment, self.generator).to(feats.device)
         network = self.recognizer.network
-        if not self.inter_ctc_blocks:
-            return [network(feats, feat_lengths)]
         encoded, lengths, taps = network.encode_with_taps(feats, feat_lengths, self.inter_ctc_blocks)
         heads = [(network.decoder(encoded), lengths)]
         heads += [(head(inner), inner_lengths) for head, (inner, inner_lengths) in zip(self.inter_ctc_heads, taps)]
