@@ -244,6 +244,10 @@ def export_nemo(model: SpeechRecognizer, path: Path | str) -> None:
     if model.vocabulary.is_word_piece:
         # NeMo's EncDecCTCModel is character-only; its BPE models need a SentencePiece tokenizer.
         raise NemoImportError("word-piece models cannot be exported as a NeMo character model (.nemo)")
+    if model.config.network.self_conditioning:
+        # NeMo's ConvASREncoder has no self-conditioning heads; dropping them would change every output.
+        raise NemoImportError("self-conditioned models cannot be exported to .nemo: NeMo's encoder has no "
+                              "self-conditioning heads")
     feats, network, labels = model.config.features, model.config.network, list(model.vocabulary.labels)
     jasper = [{"filters": b.filters, "repeat": b.repeat, "kernel": [b.kernel], "stride": [b.stride],
                "dilation": [b.dilation], "dropout": b.dropout, "residual": b.residual, "separable": b.separable,

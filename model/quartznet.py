@@ -8,6 +8,7 @@ Acoustic Model", 2019.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -63,12 +64,19 @@ class QuartzNetConfig:
         blocks: encoder blocks, first to last.
         num_labels: vocabulary size without the blank; outputs have num_labels + 1 columns.
         feat_in: input feature channels (mel bands).
+        self_conditioning: 0-based indices of blocks followed by a self-conditioning CTC head
+            (Nozaki & Komatsu, "Relaxing the Conditional Independence Assumption of CTC-based
+            ASR by Conditioning on Intermediate Predictions", 2021): a 1x1 conv predicts the
+            labels from the block's output and a second 1x1 conv adds the posteriors back, so
+            later blocks refine an earlier transcription. Training puts a CTC loss on each head.
+            Empty for NeMo's models.
     """
 
     blocks: tuple[BlockConfig, ...]
     num_labels: int = 28
     feat_in: int = 64
     name: str = field(default="custom", compare=False)
+    self_conditioning: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.blocks:
@@ -76,6 +84,14 @@ class QuartzNetConfig:
         if self.num_labels < 1 or self.feat_in < 1:
             raise ValueError(f"num_labels and feat_in must be positive: {self.num_labels}, {self.feat_in}")
         object.__setattr__(self, "blocks", tuple(self.blocks))
+        conditioned = tuple(sorted(int(b) for b in self.self_conditioning))
+        if len(set(conditioned)) != len(conditioned):
+            raise ValueError(f"self_conditioning blocks must be distinct, got {list(self.self_conditioning)}")
+        # After the last block the model's own CTC head already predicts; conditioning there feeds nothing.
+        if conditioned and (conditioned[0] < 0 or conditioned[-1] >= len(self.blocks) - 1):
+            raise ValueError(f"self_conditioning blocks must be in [0, {len(self.blocks) - 1}), "
+                             f"got {list(self.self_conditioning)}")
+        object.__setattr__(self, "self_conditioning", conditioned)
 
     @property
     def subsampling(self) -> int:
@@ -85,14 +101,18 @@ class QuartzNetConfig:
         return factor
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "feat_in": self.feat_in, "num_labels": self.num_labels,
+        data = {"name": self.name, "feat_in": self.feat_in, "num_labels": self.num_labels,
                 "blocks": [asdict(b) for b in self.blocks]}
+        if self.self_conditioning:  # absent otherwise, so artifacts without it read as before
+            data["self_conditioning"] = list(self.self_conditioning)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "QuartzNetConfig":
         blocks = tuple(BlockConfig(**b) for b in data["blocks"])
         return cls(blocks=blocks, num_labels=int(data["num_labels"]), feat_in=int(data.get("feat_in", 64)),
-                   name=str(data.get("name", "custom")))
+                   name=str(data.get("name", "custom")),
+                   self_conditioning=tuple(int(b) for b in data.get("self_conditioning", ())))
 
 
 def _same_padding(kernel: int, dilation: int) -> int:
@@ -180,6 +200,29 @@ class JasperBlock(nn.Module):
         return (xs + [x] if self.config.residual_dense else [x]), out_lengths
 
 
+class _SelfConditioner(nn.Module):
+    """Predicts CTC logits from a block's output and adds a projection of their posteriors back to it."""
+
+    def __init__(self, channels: int, num_outputs: int) -> None:
+        super().__init__()
+        self.head = nn.Conv1d(channels, num_outputs, 1)
+        self.back = nn.Conv1d(num_outputs, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.head(x)
+        posteriors = F.softmax(logits.float(), dim=1).to(x.dtype)
+        return x + self.back(posteriors), logits
+
+
+class Encoded(NamedTuple):
+    """The encoder's output and lengths, plus what training reads from inside it."""
+
+    output: torch.Tensor
+    lengths: torch.Tensor
+    taps: list[tuple[torch.Tensor, torch.Tensor]]  # (output, lengths) of each requested block
+    conditioning_logits: list[tuple[torch.Tensor, torch.Tensor]]  # (B, V, T') logits, lengths per head
+
+
 class QuartzNet(nn.Module):
     """Encoder of Jasper blocks plus a 1x1-conv CTC head; the blank is the last output index.
 
@@ -200,6 +243,9 @@ class QuartzNet(nn.Module):
                 panes = [in_ch] if block_cfg.residual else []
             self.blocks.append(JasperBlock(in_ch, block_cfg, panes))
             in_ch = block_cfg.filters
+        # Keyed by block index; empty (no state-dict keys) unless the config asks for it.
+        self.conditioners = nn.ModuleDict({str(b): _SelfConditioner(config.blocks[b].filters, config.num_labels + 1)
+                                           for b in config.self_conditioning})
         self.decoder = nn.Conv1d(in_ch, config.num_labels + 1, kernel_size=1, bias=True)
         self._init_weights()
 
@@ -214,22 +260,27 @@ class QuartzNet(nn.Module):
 
     def encode(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder only: (B, feat_in, T) -> (B, C_last, T'), lengths (B,)."""
-        encoded, lengths, _ = self.encode_with_taps(features, feature_lengths, ())
-        return encoded, lengths
+        encoded = self.encode_with_taps(features, feature_lengths, ())
+        return encoded.output, encoded.lengths
 
     def encode_with_taps(self, features: torch.Tensor, feature_lengths: torch.Tensor, taps: tuple[int, ...]
-                         ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Like ``encode``, plus the (output, lengths) of each block whose index is in ``taps``, in block order.
+                         ) -> Encoded:
+        """Like ``encode``, plus the (output, lengths) of each block in ``taps`` and the self-conditioning logits.
 
-        Training reads inner blocks' outputs for auxiliary losses (intermediate CTC); inference never does.
+        Both lists are in block order. Training reads them for auxiliary CTC losses; inference
+        needs neither.
         """
         xs, lengths = [features], feature_lengths
-        tapped = []
+        tapped, conditioning_logits = [], []
         for index, block in enumerate(self.blocks):
             xs, lengths = block(xs, lengths)
             if index in taps:
                 tapped.append((xs[-1], lengths))
-        return xs[-1], lengths, tapped
+            if str(index) in self.conditioners:
+                conditioned, logits = self.conditioners[str(index)](xs[-1])
+                xs = xs[:-1] + [conditioned]
+                conditioning_logits.append((logits, lengths))
+        return Encoded(xs[-1], lengths, tapped, conditioning_logits)
 
     def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Computes CTC log-probabilities.

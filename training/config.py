@@ -182,7 +182,7 @@ class ScalingConfig(_Section):
 
 
 class LossConfig(_Section):
-    """Auxiliary training losses; their heads are training-only and never published."""
+    """Auxiliary CTC losses on inner blocks; their heads are training-only unless self-conditioning."""
 
     # Intermediate CTC (Lee & Watanabe, 2021): 1x1-conv CTC heads on inner encoder blocks, their
     # mean loss mixed in as (1 - w) * final + w * intermediate. The lower blocks must then emit
@@ -190,6 +190,10 @@ class LossConfig(_Section):
     inter_ctc_weight: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     # 0-based indices of the tapped encoder blocks; empty taps the middle one (len(blocks) // 2).
     inter_ctc_blocks: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    # Self-conditioned CTC (Nozaki & Komatsu, 2021): the intermediate heads' posteriors are also
+    # projected back into the encoder, so later blocks refine the earlier prediction. The heads
+    # then belong to the model and are published with it (inference runs them too).
+    self_conditioning: bool = False
 
     @field_validator("inter_ctc_blocks")
     @classmethod
@@ -197,6 +201,19 @@ class LossConfig(_Section):
         if len(set(blocks)) != len(blocks):
             raise ValueError(f"blocks must be distinct, got {blocks}")
         return sorted(blocks)
+
+    @model_validator(mode="after")
+    def _conditioning_needs_heads(self) -> LossConfig:
+        if self.self_conditioning and self.inter_ctc_weight == 0:
+            raise ValueError("self_conditioning needs inter_ctc_weight > 0: the heads it feeds back are "
+                             "trained by the intermediate CTC loss")
+        return self
+
+    def blocks_for(self, block_count: int) -> tuple[int, ...]:
+        """The blocks the intermediate heads read in a model of ``block_count`` blocks; empty when off."""
+        if self.inter_ctc_weight == 0:
+            return ()
+        return tuple(self.inter_ctc_blocks) or (block_count // 2,)
 
 
 class RunConfig(_Section):

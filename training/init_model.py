@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from model.checkpoint import load_artifact
 from model.features import MelFeaturizerConfig
@@ -24,6 +24,8 @@ def fresh_recognizer_config(cfg: TrainConfig) -> RecognizerConfig:
     else:
         blocks = tuple(BlockConfig(**b.model_dump()) for b in cfg.model.blocks or [])
         network = QuartzNetConfig(blocks, num_labels=len(labels), name="custom")
+    if cfg.loss.self_conditioning:
+        network = replace(network, self_conditioning=cfg.loss.blocks_for(len(network.blocks)))
     features = MelFeaturizerConfig(sample_rate=cfg.data.sample_rate, frontend=cfg.model.frontend)
     return RecognizerConfig(features, network, Vocabulary(labels))
 
@@ -45,15 +47,23 @@ def build_recognizer(cfg: TrainConfig, init_dir: str | None) -> tuple[SpeechReco
     labels = tuple(cfg.model.labels)
     info: dict[str, Any] = {"init": "fine_tune", "source": cfg.run.fine_tune_from,
                             "vocabulary_changed": labels != source.vocabulary.labels}
-    if labels != source.vocabulary.labels:
-        # New vocabulary: keep the encoder, give the CTC head a freshly initialised layer of the new size.
-        network_cfg = QuartzNetConfig(source.config.network.blocks, num_labels=len(labels),
-                                      feat_in=source.config.network.feat_in, name=source.config.network.name)
+    source_network = source.config.network
+    conditioning = (cfg.loss.blocks_for(len(source_network.blocks)) if cfg.loss.self_conditioning
+                    else source_network.self_conditioning)
+    if conditioning:
+        info["self_conditioning"] = list(conditioning)
+    fresh = tuple(prefix for prefix, changed in (("network.decoder.", labels != source.vocabulary.labels),
+                                                 ("network.conditioners.", labels != source.vocabulary.labels
+                                                  or conditioning != source_network.self_conditioning))
+                  if changed)
+    if fresh:
+        # New vocabulary or new self-conditioning blocks: keep the encoder, and let the heads whose
+        # shape or place changed keep the fresh initialisation of the new model.
+        network_cfg = replace(source_network, num_labels=len(labels), self_conditioning=conditioning)
         model = SpeechRecognizer(RecognizerConfig(source.config.features, network_cfg, Vocabulary(labels)))
-        state = {k: v for k, v in source.state_dict().items() if not k.startswith("network.decoder.")}
+        state = {k: v for k, v in source.state_dict().items() if not k.startswith(fresh)}
         missing, unexpected = model.load_state_dict(state, strict=False)
-        assert all(k.startswith("network.decoder.") for k in missing) and not unexpected
-        nn.init.xavier_uniform_(model.network.decoder.weight)
+        assert all(k.startswith(fresh) for k in missing) and not unexpected
     else:
         model = source
     if cfg.run.freeze_encoder:

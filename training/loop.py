@@ -80,6 +80,10 @@ class _TrainStep(nn.Module):
         for head in self.inter_ctc_heads:
             nn.init.xavier_uniform_(head.weight)
 
+    @property
+    def has_intermediate_heads(self) -> bool:
+        return bool(self.inter_ctc_blocks or self.recognizer.network.config.self_conditioning)
+
     def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor
                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """CTC log-probabilities and output lengths: the model's own head first, then the intermediate ones."""
@@ -88,19 +92,20 @@ class _TrainStep(nn.Module):
             if self.augment is not None and self.training:
                 feats = spec_augment(feats.cpu(), feat_lengths.cpu(), self.augment, self.generator).to(feats.device)
         network = self.recognizer.network
-        encoded, lengths, taps = network.encode_with_taps(feats, feat_lengths, self.inter_ctc_blocks)
-        heads = [(network.decoder(encoded), lengths)]
-        heads += [(head(inner), inner_lengths) for head, (inner, inner_lengths) in zip(self.inter_ctc_heads, taps)]
+        encoded = network.encode_with_taps(feats, feat_lengths, self.inter_ctc_blocks)
+        heads = [(network.decoder(encoded.output), encoded.lengths)]
+        heads += [(head(inner), lengths) for head, (inner, lengths) in zip(self.inter_ctc_heads, encoded.taps)]
+        heads += encoded.conditioning_logits  # self-conditioning heads are the model's own
         return [(F.log_softmax(logits.transpose(1, 2).float(), dim=-1), n) for logits, n in heads]
 
 
 def inter_ctc_blocks(cfg: TrainConfig, recognizer: SpeechRecognizer) -> tuple[int, ...]:
-    """The encoder blocks the intermediate CTC heads read; empty when the loss is off."""
-    if cfg.loss.inter_ctc_weight == 0:
+    """The blocks the training-only CTC heads read: empty when the loss is off or the model has its own heads."""
+    if recognizer.network.config.self_conditioning:
         return ()
     count = len(recognizer.network.config.blocks)
-    blocks = tuple(cfg.loss.inter_ctc_blocks) or (count // 2,)
-    if max(blocks) >= count - 1:  # a fine-tuning source can have fewer blocks than the config's table
+    blocks = cfg.loss.blocks_for(count)
+    if blocks and max(blocks) >= count - 1:  # a fine-tuning source can have fewer blocks than the config's table
         raise ValueError(f"loss.inter_ctc_blocks {list(blocks)} must be below the model's last block index "
                          f"{count - 1}")
     return blocks
@@ -266,7 +271,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                    "audio_s_per_s": audio_s * ctx.world_size / max(epoch_s, 1e-9),
                                    "utterances_per_s": utts * ctx.world_size / max(epoch_s, 1e-9),
                                    "skipped_unreadable": dropped, "step": state.global_step}
-        if train_step.inter_ctc_blocks:
+        if train_step.has_intermediate_heads:
             metrics["train_loss_final_head"] = float(final_loss.detach())
         if val_loader is not None:
             metrics.update({f"val_{k}": v for k, v in evaluate(recognizer, val_loader, ctx.device).items()})

@@ -160,6 +160,18 @@ def test_word_piece_models_are_not_exported_as_character_models(imported, tmp_pa
     assert not (tmp_path / "pieces.nemo").exists()
 
 
+def test_self_conditioned_models_are_not_exported(imported, tmp_path):
+    from dataclasses import replace
+
+    from model.recognizer import SpeechRecognizer
+
+    model, _ = imported[MODELS[0]]
+    conditioned = replace(model.config.network, self_conditioning=(1,))
+    with pytest.raises(NemoImportError, match="self-condition"):
+        export_nemo(SpeechRecognizer(replace(model.config, network=conditioned)), tmp_path / "sc.nemo")
+    assert not (tmp_path / "sc.nemo").exists()
+
+
 def test_cli_export_then_import(cli_registry, tmp_path):
     out = tmp_path / "exported.nemo"
     result = asr_in_process("--registry", cli_registry, "models", "export-nemo", "quartznet_small", "--out", out)

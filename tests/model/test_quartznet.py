@@ -238,8 +238,9 @@ def test_encode_with_taps_returns_the_inner_blocks_outputs_and_the_same_encoding
     net = QuartzNet(config).eval()
     feats, lengths = torch.randn(2, 8, 40), torch.tensor([40, 29])
     encoded, out_lengths = net.encode(feats, lengths)
-    tapped_encoded, tapped_lengths, taps = net.encode_with_taps(feats, lengths, (1, 2))
+    tapped_encoded, tapped_lengths, taps, conditioning = net.encode_with_taps(feats, lengths, (1, 2))
     assert torch.equal(encoded, tapped_encoded) and torch.equal(out_lengths, tapped_lengths)
+    assert conditioning == []
     (inner1, lengths1), (inner2, lengths2) = taps
     assert inner1.shape == (2, 16, 20) and lengths1.tolist() == [20, 15]  # before the second stride
     assert inner2.shape == (2, 24, 10) and lengths2.tolist() == [10, 8]
@@ -247,3 +248,52 @@ def test_encode_with_taps_returns_the_inner_blocks_outputs_and_the_same_encoding
     for block in net.blocks[:2]:
         xs, expected_lengths = block(xs, expected_lengths)
     assert torch.equal(inner1, xs[-1]) and torch.equal(lengths1, expected_lengths)
+
+
+SC_BLOCKS = (BlockConfig(16, kernel=5, stride=2, residual=False), BlockConfig(16, repeat=2, kernel=3, residual=True),
+             BlockConfig(16, repeat=2, kernel=3, residual=True), BlockConfig(24, kernel=1, residual=False))
+
+
+def test_self_conditioning_heads_feed_their_posteriors_to_later_blocks():
+    plain = QuartzNet(QuartzNetConfig(SC_BLOCKS, num_labels=5, feat_in=8))
+    torch.manual_seed(0)
+    net = QuartzNet(QuartzNetConfig(SC_BLOCKS, num_labels=5, feat_in=8, self_conditioning=(2, 1))).eval()
+    assert net.config.self_conditioning == (1, 2)
+    extra = set(net.state_dict()) - set(plain.state_dict())
+    assert extra == {f"conditioners.{b}.{layer}.{p}" for b in (1, 2) for layer in ("head", "back")
+                     for p in ("weight", "bias")}
+    feats, lengths = torch.randn(2, 8, 40), torch.tensor([40, 29])
+    encoded = net.encode_with_taps(feats, lengths, ())
+    assert [tuple(logits.shape) for logits, _ in encoded.conditioning_logits] == [(2, 6, 20), (2, 6, 20)]
+    assert all(n.tolist() == [20, 15] for _, n in encoded.conditioning_logits)
+    # The first head's logits are block 1's output read by its head, and block 2 sees that output
+    # plus the projected posteriors: zeroing the back-projection changes what follows.
+    xs, n = net.blocks[0]([feats], lengths)
+    xs, n = net.blocks[1](xs, n)
+    assert torch.allclose(encoded.conditioning_logits[0][0], net.conditioners["1"].head(xs[-1]))
+    log_probs, _ = net(feats, lengths)
+    with torch.no_grad():
+        net.conditioners["1"].back.weight.zero_()
+        net.conditioners["1"].back.bias.zero_()
+    unconditioned, _ = net(feats, lengths)
+    assert (log_probs - unconditioned).abs().max() > 1e-3
+
+
+def test_self_conditioning_keeps_padding_invariance():
+    net = QuartzNet(QuartzNetConfig(SC_BLOCKS, num_labels=5, feat_in=8, self_conditioning=(1,))).eval()
+    feats = torch.randn(1, 8, 29)
+    alone, alone_lengths = net(feats, torch.tensor([29]))
+    padded, padded_lengths = net(torch.cat([feats, torch.randn(1, 8, 11)], dim=2), torch.tensor([29]))
+    assert torch.equal(alone_lengths, padded_lengths)
+    assert torch.allclose(alone[0, :alone_lengths[0]], padded[0, :padded_lengths[0]], atol=1e-5)
+
+
+def test_self_conditioning_round_trips_and_is_validated():
+    config = QuartzNetConfig(SC_BLOCKS, num_labels=5, feat_in=8, self_conditioning=(1, 2))
+    assert QuartzNetConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert "self_conditioning" not in QuartzNetConfig(SC_BLOCKS, num_labels=5).to_dict()
+    with pytest.raises(ValueError, match="distinct"):
+        QuartzNetConfig(SC_BLOCKS, num_labels=5, self_conditioning=(1, 1))
+    for bad in ((3,), (-1,)):  # block 3 is the last: its output goes to the model's own head
+        with pytest.raises(ValueError, match="self_conditioning"):
+            QuartzNetConfig(SC_BLOCKS, num_labels=5, self_conditioning=bad)
