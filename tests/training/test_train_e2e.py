@@ -1,5 +1,6 @@
 """Acceptance: `asr train` on a tiny model with 2 Ray workers (gloo, CPU sync BN) publishes a
-version that `asr transcribe` loads; the run leaves metadata, metrics.jsonl, TensorBoard files and a plot."""
+version that `asr transcribe` loads; the run leaves metadata, metrics.jsonl, TensorBoard files and a plot.
+The run uses self-conditioned CTC, so its model-owned heads go through DDP, sync BN and publishing."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
+from model.checkpoint import load_model
 from model.registry import Registry
 from model.vocabulary import Vocabulary
 from tests.training.conftest import HOLDOUT_SPEAKER, write_config, write_manifest
@@ -30,9 +32,9 @@ def test_two_worker_run_publishes_a_loadable_model(ray_cluster, an4_pick, tmp_pa
     train_rows = an4_pick(10, exclude=HOLDOUT_SPEAKER) + an4_pick(2, speaker=HOLDOUT_SPEAKER)
     manifest = write_manifest(tmp_path / "train.json", train_rows)
     config = write_config(tmp_path, manifest, data={"holdout_speakers": [HOLDOUT_SPEAKER]},
-                          optim={"epochs": 2}, sync_bn=True, run={"output_dir": str(tmp_path / "out"),
-                                                                   "publish_name": "tiny-e2e",
-                                                                   "log_every_steps": 1})
+                          optim={"epochs": 2}, sync_bn=True, loss={"inter_ctc_weight": 0.3, "self_conditioning": True},
+                          run={"output_dir": str(tmp_path / "out"), "publish_name": "tiny-e2e",
+                               "log_every_steps": 1})
     registry_dir, png = tmp_path / "registry", tmp_path / "curves.png"
 
     code = main(["--registry", str(registry_dir), "train", str(config), "--run-name", "e2e",
@@ -51,6 +53,7 @@ def test_two_worker_run_publishes_a_loadable_model(ray_cluster, an4_pick, tmp_pa
     assert extra["train_config"]["scaling"]["num_workers"] == 2
     assert extra["train_config"]["sync_bn"] is True
     assert extra["train_config"]["model"]["blocks"][0]["filters"] == 32
+    assert extra["train_config"]["loss"]["self_conditioning"] is True
     assert extra["train_manifests"] == [str(manifest)] and extra["val_manifests"] == []
     assert extra["holdout_speakers"] == [HOLDOUT_SPEAKER]
     assert extra["epochs"] == 2 and len(extra["history"]) == 2
@@ -88,6 +91,7 @@ def test_two_worker_run_publishes_a_loadable_model(ray_cluster, an4_pick, tmp_pa
     assert code == 0, captured.err[-2000:]
     result = json.loads(out[out.index("{"):])
     assert result["model"] == "tiny-e2e@1" and len(result["results"]) == 1
+    assert load_model(registry, "tiny-e2e")[0].network.config.self_conditioning == (1,)
 
 
 @pytest.mark.parametrize("sync_bn", [True, False])
@@ -95,8 +99,6 @@ def test_two_workers_recalibrate_then_freeze(ray_cluster, an4_pick, tmp_path: Pa
     """The DDP path of run.freeze_bn_last_epochs: the recalibration pass keeps both ranks' collectives
     in step (the CPU sync BN's all-reduces, DDP's buffer broadcasts), and the published statistics
     come from that pass only."""
-    from model.checkpoint import load_model
-
     manifest = write_manifest(tmp_path / "train.json", an4_pick(8))
     config = write_config(tmp_path, manifest, optim={"epochs": 2}, sync_bn=sync_bn,
                           run={"output_dir": str(tmp_path / "out"), "publish_name": "tiny-freeze",
