@@ -292,11 +292,13 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _inter_ctc_blocks_inside(self) -> TrainConfig:
-        if self.loss.inter_ctc_weight > 0 and self.loss.inter_ctc_blocks:
+        if self.loss.inter_ctc_weight > 0:
             count = block_count(self.model)
-            if max(self.loss.inter_ctc_blocks) >= count - 1:
+            blocks = self.loss.blocks_for(count)
+            if max(blocks) >= count - 1:
+                default = "" if self.loss.inter_ctc_blocks else " (the middle block, taken when none is listed)"
                 raise ValueError(f"loss.inter_ctc_blocks must be below the last block's index {count - 1}, "
-                                 f"got {self.loss.inter_ctc_blocks}")
+                                 f"got {list(blocks)}{default}")
         return self
 
 

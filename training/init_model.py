@@ -30,6 +30,14 @@ def fresh_recognizer_config(cfg: TrainConfig) -> RecognizerConfig:
     return RecognizerConfig(features, network, Vocabulary(labels))
 
 
+def fine_tuned_network(cfg: TrainConfig, source: QuartzNetConfig) -> QuartzNetConfig:
+    """The network a fine-tuning run trains: the source's blocks, the config's vocabulary, and the
+    config's self-conditioning heads if it asks for them (else the source's)."""
+    conditioning = (cfg.loss.blocks_for(len(source.blocks)) if cfg.loss.self_conditioning
+                    else source.self_conditioning)
+    return replace(source, num_labels=len(cfg.model.labels), self_conditioning=conditioning)
+
+
 def build_recognizer(cfg: TrainConfig, init_dir: str | None) -> tuple[SpeechRecognizer, dict[str, Any]]:
     """Creates the model on CPU in train mode.
 
@@ -47,19 +55,17 @@ def build_recognizer(cfg: TrainConfig, init_dir: str | None) -> tuple[SpeechReco
     labels = tuple(cfg.model.labels)
     info: dict[str, Any] = {"init": "fine_tune", "source": cfg.run.fine_tune_from,
                             "vocabulary_changed": labels != source.vocabulary.labels}
-    source_network = source.config.network
-    conditioning = (cfg.loss.blocks_for(len(source_network.blocks)) if cfg.loss.self_conditioning
-                    else source_network.self_conditioning)
-    if conditioning:
-        info["self_conditioning"] = list(conditioning)
+    network_cfg = fine_tuned_network(cfg, source.config.network)
+    if network_cfg.self_conditioning:
+        info["self_conditioning"] = list(network_cfg.self_conditioning)
+    changed_heads = network_cfg.self_conditioning != source.config.network.self_conditioning
     fresh = tuple(prefix for prefix, changed in (("network.decoder.", labels != source.vocabulary.labels),
                                                  ("network.conditioners.", labels != source.vocabulary.labels
-                                                  or conditioning != source_network.self_conditioning))
+                                                  or changed_heads))
                   if changed)
     if fresh:
         # New vocabulary or new self-conditioning blocks: keep the encoder, and let the heads whose
         # shape or place changed keep the fresh initialisation of the new model.
-        network_cfg = replace(source_network, num_labels=len(labels), self_conditioning=conditioning)
         model = SpeechRecognizer(RecognizerConfig(source.config.features, network_cfg, Vocabulary(labels)))
         state = {k: v for k, v in source.state_dict().items() if not k.startswith(fresh)}
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from model.decoding import greedy_decode
+from model.quartznet import QuartzNetConfig
 from model.recognizer import SpeechRecognizer
 from training.augment import spec_augment
 from training.bn_stats import freeze_batch_norm, recalibrate_batch_norm
@@ -99,11 +100,20 @@ class _TrainStep(nn.Module):
         return [(F.log_softmax(logits.transpose(1, 2).float(), dim=-1), n) for logits, n in heads]
 
 
-def inter_ctc_blocks(cfg: TrainConfig, recognizer: SpeechRecognizer) -> tuple[int, ...]:
-    """The blocks the training-only CTC heads read: empty when the loss is off or the model has its own heads."""
-    if recognizer.network.config.self_conditioning:
+def inter_ctc_blocks(cfg: TrainConfig, network: QuartzNetConfig) -> tuple[int, ...]:
+    """The blocks the training-only CTC heads read: empty when the loss is off or the model has its own heads.
+
+    Raises:
+        ValueError: the config's blocks do not fit ``network`` (a fine-tuning source decides it).
+    """
+    if network.self_conditioning:
+        listed = tuple(cfg.loss.inter_ctc_blocks)
+        if listed and listed != network.self_conditioning:
+            raise ValueError(f"loss.inter_ctc_blocks {list(listed)} differ from the model's self-conditioning "
+                             f"blocks {list(network.self_conditioning)}; leave it empty, or set "
+                             f"loss.self_conditioning to move the heads")
         return ()
-    count = len(recognizer.network.config.blocks)
+    count = len(network.blocks)
     blocks = cfg.loss.blocks_for(count)
     if blocks and max(blocks) >= count - 1:  # a fine-tuning source can have fewer blocks than the config's table
         raise ValueError(f"loss.inter_ctc_blocks {list(blocks)} must be below the model's last block index "
@@ -170,7 +180,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         recognizer.network = convert_sync_batchnorm(recognizer.network, use_cuda=ctx.device.type == "cuda")
     recognizer.to(ctx.device)
     train_step = _TrainStep(recognizer, cfg.augment.to_augment_config(), cfg.run.seed * 1000 + ctx.rank,
-                            inter_ctc_blocks(cfg, recognizer)).to(ctx.device)
+                            inter_ctc_blocks(cfg, recognizer.network.config)).to(ctx.device)
     step_module: nn.Module = train_step
     if ctx.world_size > 1:
         step_module = nn.parallel.DistributedDataParallel(

@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from model.checkpoint import artifact_files
+from model.checkpoint import artifact_files, read_config
 from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.registry import ModelRef, Registry
 from training.config import TrainConfig
-from training.loop import train_loop_per_worker
+from training.init_model import fine_tuned_network
+from training.loop import inter_ctc_blocks, train_loop_per_worker
 from training.state import load_best_weights, read_checkpoint_summary
 
 
@@ -63,6 +64,15 @@ def check_manifests(cfg: TrainConfig) -> None:
                 raise TrainingError(f"data.{key}.{index}.path: manifest not found: {item.path}")
 
 
+def check_heads_fit_source(cfg: TrainConfig, init_dir: str) -> None:
+    """Fails fast, before Ray starts, when the intermediate CTC heads do not fit the fine-tuning source."""
+    source = RecognizerConfig.from_dict(read_config(Path(init_dir))).network
+    try:
+        inter_ctc_blocks(cfg, fine_tuned_network(cfg, source))
+    except ValueError as exc:
+        raise TrainingError(f"{exc} (fine-tuning source {cfg.run.fine_tune_from})") from None
+
+
 def run_training(cfg: TrainConfig, *, run_name: str | None = None) -> tuple[ModelRef | None, dict[str, Any]]:
     """Trains with Ray Train and publishes the best checkpoint to the registry.
 
@@ -86,6 +96,8 @@ def run_training(cfg: TrainConfig, *, run_name: str | None = None) -> tuple[Mode
     started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=output_dir) as scratch:
         init_dir, parent_version = _resolve_init(cfg, registry, Path(scratch))
+        if init_dir is not None:
+            check_heads_fit_source(cfg, init_dir)
         if not ray.is_initialized():
             # No address means a new local instance ("local"), never a `ray start` cluster that
             # ray.init(address=None) would otherwise join; RAY_ADDRESS=local is local too.

@@ -21,11 +21,11 @@ def _cfg(**loss):
 
 
 def test_off_by_default_and_the_middle_block_when_no_index_is_given():
-    assert inter_ctc_blocks(_cfg(), SpeechRecognizer(fresh_recognizer_config(_cfg()))) == ()
+    assert inter_ctc_blocks(_cfg(), fresh_recognizer_config(_cfg()).network) == ()
     cfg = _cfg(inter_ctc_weight=0.3)
-    assert inter_ctc_blocks(cfg, SpeechRecognizer(fresh_recognizer_config(cfg))) == (1,)  # 3 blocks // 2
+    assert inter_ctc_blocks(cfg, fresh_recognizer_config(cfg).network) == (1,)  # 3 blocks // 2
     cfg = _cfg(inter_ctc_weight=0.3, inter_ctc_blocks=[1, 0])
-    assert inter_ctc_blocks(cfg, SpeechRecognizer(fresh_recognizer_config(cfg))) == (0, 1)
+    assert inter_ctc_blocks(cfg, fresh_recognizer_config(cfg).network) == (0, 1)
 
 
 def test_mixed_loss_weights_the_mean_of_the_intermediate_heads():

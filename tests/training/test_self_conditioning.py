@@ -12,6 +12,7 @@ from tests.training.conftest import TINY_BLOCKS, write_config, write_manifest
 from training.config import DEFAULT_LABELS, ConfigError, config_from_dict, load_config
 from training.init_model import build_recognizer, fresh_recognizer_config
 from training.loop import _TrainStep, inter_ctc_blocks, train_loop_per_worker
+from training.trainer import TrainingError, check_heads_fit_source
 
 
 def _cfg(labels=DEFAULT_LABELS, run=None, **loss):
@@ -28,8 +29,8 @@ def test_the_heads_belong_to_the_model_and_replace_the_training_only_ones():
     cfg = _cfg(inter_ctc_weight=0.5, self_conditioning=True)
     recognizer = SpeechRecognizer(fresh_recognizer_config(cfg)).train()
     assert recognizer.network.config.self_conditioning == (1,)  # the middle block, as for intermediate CTC
-    assert inter_ctc_blocks(cfg, recognizer) == ()
-    step = _TrainStep(recognizer, None, seed=0, inter_ctc_blocks=inter_ctc_blocks(cfg, recognizer))
+    assert inter_ctc_blocks(cfg, recognizer.network.config) == ()
+    step = _TrainStep(recognizer, None, seed=0, inter_ctc_blocks=inter_ctc_blocks(cfg, recognizer.network.config))
     assert step.has_intermediate_heads and len(step.inter_ctc_heads) == 0
     audio, audio_lengths = torch.randn(2, 16000) * 0.1, torch.tensor([16000, 12000])
     (final, final_lengths), (inner, inner_lengths) = step(audio, audio_lengths)
@@ -97,3 +98,23 @@ def test_fine_tuning_keeps_the_source_heads_or_starts_new_ones(tmp_path):
                                      inter_ctc_blocks=[0]), _saved(plain, tmp_path / "plain"))
     assert added.network.config.self_conditioning == (0,)
     assert torch.equal(added.state_dict()[key], plain.state_dict()[key])
+
+
+def test_heads_that_do_not_fit_the_source_stop_the_run_before_ray_starts(tmp_path):
+    source = SpeechRecognizer(fresh_recognizer_config(_cfg(inter_ctc_weight=0.5, self_conditioning=True)))
+    source_dir = _saved(source, tmp_path / "src")
+    check_heads_fit_source(_cfg(run={"fine_tune_from": "src"}, inter_ctc_weight=0.5), source_dir)  # its own heads
+    with pytest.raises(TrainingError, match=r"loss.inter_ctc_blocks \[0\] differ from the model's "
+                                            r"self-conditioning blocks \[1\].*fine-tuning source src"):
+        check_heads_fit_source(_cfg(run={"fine_tune_from": "src"}, inter_ctc_weight=0.5, inter_ctc_blocks=[0]),
+                               source_dir)
+    # Moving them is allowed: the new blocks get new heads.
+    check_heads_fit_source(_cfg(run={"fine_tune_from": "src"}, inter_ctc_weight=0.5, inter_ctc_blocks=[0],
+                                self_conditioning=True), source_dir)
+
+
+def test_the_default_middle_block_is_checked_in_the_config():
+    two_blocks = [TINY_BLOCKS[0], TINY_BLOCKS[2]]
+    with pytest.raises(ConfigError, match=r"below the last block's index 1, got \[1\] \(the middle block"):
+        config_from_dict({"model": {"blocks": two_blocks}, "data": {"train_manifests": [{"path": "t.json"}]},
+                          "loss": {"inter_ctc_weight": 0.5, "self_conditioning": True}})
