@@ -53,16 +53,15 @@ def build_recognizer(cfg: TrainConfig, init_dir: str | None) -> tuple[SpeechReco
         return SpeechRecognizer(fresh_recognizer_config(cfg)).train(), {"init": "scratch"}
     source = load_artifact(Path(init_dir))
     labels = tuple(cfg.model.labels)
+    new_vocabulary = labels != source.vocabulary.labels
     info: dict[str, Any] = {"init": "fine_tune", "source": cfg.run.fine_tune_from,
-                            "vocabulary_changed": labels != source.vocabulary.labels}
+                            "vocabulary_changed": new_vocabulary}
     network_cfg = fine_tuned_network(cfg, source.config.network)
     if network_cfg.self_conditioning:
         info["self_conditioning"] = list(network_cfg.self_conditioning)
-    changed_heads = network_cfg.self_conditioning != source.config.network.self_conditioning
-    fresh = tuple(prefix for prefix, changed in (("network.decoder.", labels != source.vocabulary.labels),
-                                                 ("network.conditioners.", labels != source.vocabulary.labels
-                                                  or changed_heads))
-                  if changed)
+    moved_heads = network_cfg.self_conditioning != source.config.network.self_conditioning
+    fresh = (("network.decoder.",) if new_vocabulary else ()) + \
+        (("network.conditioners.",) if new_vocabulary or moved_heads else ())
     if fresh:
         # New vocabulary or new self-conditioning blocks: keep the encoder, and let the heads whose
         # shape or place changed keep the fresh initialisation of the new model.
