@@ -72,8 +72,13 @@ def build_recognizer(cfg: TrainConfig, init_dir: str | None) -> tuple[SpeechReco
     else:
         model = source
     if cfg.run.freeze_encoder:
-        for param in model.network.blocks.parameters():
-            param.requires_grad_(False)
+        # Self-conditioning heads feed the blocks after them, so they are part of the encoder and
+        # freeze with it; heads that start afresh must train, or they would feed noise to it.
+        frozen = [model.network.blocks]
+        if "network.conditioners." not in fresh:
+            frozen.append(model.network.conditioners)
+        for module in frozen:
+            module.requires_grad_(False)
     return model.train(), info
 
 

@@ -100,6 +100,22 @@ def test_fine_tuning_keeps_the_source_heads_or_starts_new_ones(tmp_path):
     assert torch.equal(added.state_dict()[key], plain.state_dict()[key])
 
 
+def test_a_frozen_encoder_freezes_the_source_heads_but_not_new_ones(tmp_path):
+    source = SpeechRecognizer(fresh_recognizer_config(_cfg(inter_ctc_weight=0.5, self_conditioning=True)))
+    source_dir = _saved(source, tmp_path / "src")
+
+    def trainable(labels):
+        model, _ = build_recognizer(_cfg(labels, run={"fine_tune_from": "src", "freeze_encoder": True}), source_dir)
+        return {name for name, p in model.named_parameters() if p.requires_grad}
+
+    # The source's heads feed the later blocks: frozen with them, so only the CTC head trains.
+    assert trainable(DEFAULT_LABELS) == {"network.decoder.weight", "network.decoder.bias"}
+    # A new vocabulary starts the heads afresh; frozen random heads would feed noise to the encoder.
+    assert trainable([*DEFAULT_LABELS, "0"]) == {"network.decoder.weight", "network.decoder.bias",
+                                                 *(f"network.conditioners.1.{layer}.{kind}"
+                                                   for layer in ("head", "back") for kind in ("weight", "bias"))}
+
+
 def test_heads_that_do_not_fit_the_source_stop_the_run_before_ray_starts(tmp_path):
     source = SpeechRecognizer(fresh_recognizer_config(_cfg(inter_ctc_weight=0.5, self_conditioning=True)))
     source_dir = _saved(source, tmp_path / "src")
