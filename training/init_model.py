@@ -59,9 +59,8 @@ def build_recognizer(cfg: TrainConfig, init_dir: str | None) -> tuple[SpeechReco
     network_cfg = fine_tuned_network(cfg, source.config.network)
     if network_cfg.self_conditioning:
         info["self_conditioning"] = list(network_cfg.self_conditioning)
-    moved_heads = network_cfg.self_conditioning != source.config.network.self_conditioning
-    fresh = (("network.decoder.",) if new_vocabulary else ()) + \
-        (("network.conditioners.",) if new_vocabulary or moved_heads else ())
+    new_heads = new_vocabulary or network_cfg.self_conditioning != source.config.network.self_conditioning
+    fresh = (("network.decoder.",) if new_vocabulary else ()) + (("network.conditioners.",) if new_heads else ())
     if fresh:
         # New vocabulary or new self-conditioning blocks: keep the encoder, and let the heads whose
         # shape or place changed keep the fresh initialisation of the new model.
@@ -74,11 +73,9 @@ def build_recognizer(cfg: TrainConfig, init_dir: str | None) -> tuple[SpeechReco
     if cfg.run.freeze_encoder:
         # Self-conditioning heads feed the blocks after them, so they are part of the encoder and
         # freeze with it; heads that start afresh must train, or they would feed noise to it.
-        frozen = [model.network.blocks]
-        if "network.conditioners." not in fresh:
-            frozen.append(model.network.conditioners)
-        for module in frozen:
-            module.requires_grad_(False)
+        model.network.blocks.requires_grad_(False)
+        if not new_heads:
+            model.network.conditioners.requires_grad_(False)
     return model.train(), info
 
 
