@@ -4,6 +4,7 @@ Usage:
     asr models presets [--json]
     asr models list [--json]
     asr models import-nemo FILE.nemo --name NAME
+    asr models ensemble MEMBER MEMBER... --name NAME [--fp16]
     asr transcribe AUDIO... [--model NAME[@VERSION]] [--json] [--decoder beam [--lm NAME]]
     asr eval --manifest M.json [--model ...] [--json]
     asr logprobs AUDIO --model NAME[@VERSION] --out FILE.npy
@@ -89,6 +90,33 @@ def cmd_models_import_nemo(args) -> int:
     return 0
 
 
+def cmd_models_ensemble(args) -> int:
+    import torch
+
+    from model.checkpoint import load_model, publish_model
+    from model.ensemble import EnsembleRecognizer
+    from model.recognizer import SpeechRecognizer
+
+    if len(args.members) < 2:
+        raise UsageError(f"an ensemble needs at least 2 members, got {len(args.members)}")
+    registry = _registry(args)
+    members, refs = [], []
+    for spec in args.members:
+        model, ref, _ = load_model(registry, spec)
+        if not isinstance(model, SpeechRecognizer):
+            raise UsageError(f"{ref} is an ensemble itself; list its members instead")
+        members.append(model)
+        refs.append(str(ref))
+    try:
+        ensemble = EnsembleRecognizer.of(members)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    ref = publish_model(registry, args.name, ensemble, source="ensemble", extra={"members": refs},
+                        dtype=torch.float16 if args.fp16 else torch.float32)
+    print(str(ref))
+    return 0
+
+
 def cmd_models_export_nemo(args) -> int:
     from interop.nemo import export_nemo
     from model.checkpoint import load_model
@@ -154,7 +182,8 @@ def cmd_logprobs(args) -> int:
     audio = decode_audio(args.audio, model.sample_rate)
     log_probs = model.log_probs_batch([audio.samples])[0].astype(np.float32)
     np.save(args.out, log_probs)
-    print(f"{args.out}: {log_probs.shape[0]} frames x {log_probs.shape[1]} classes")
+    members = f"{log_probs.shape[1]} members x " if log_probs.ndim == 3 else ""  # an ensemble
+    print(f"{args.out}: {log_probs.shape[0]} frames x {members}{log_probs.shape[-1]} classes")
     return 0
 
 
@@ -233,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frontend", choices=("nemo25", "nemo24"),
                    help="front-end behaviour (default: from the file's nemo_version)")
     p.set_defaults(func=cmd_models_import_nemo)
+    p = models.add_parser("ensemble", help="publish registry versions as one ensemble model (same vocabulary)")
+    p.add_argument("members", nargs="+", help="NAME[@VERSION] of each member")
+    p.add_argument("--name", required=True)
+    p.add_argument("--fp16", action="store_true", help="store the weights as float16 (half the size)")
+    p.set_defaults(func=cmd_models_ensemble)
     p = models.add_parser("export-nemo", help="write a registry version as a .nemo file")
     p.add_argument("model")
     p.add_argument("--out", required=True)
@@ -250,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoder_args(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("logprobs", help="raw float32 CTC log-probabilities [T, V+1] of one file")
+    p = sub.add_parser("logprobs", help="raw float32 CTC log-probabilities [T, V+1] of one file ([T, K, V+1] "
+                                        "for an ensemble of K)")
     p.add_argument("audio")
     p.add_argument("--model", help="NAME[@VERSION]")
     p.add_argument("--device", default="cpu")

@@ -241,6 +241,8 @@ def import_nemo(path: Path | str, *, frontend: str | None = None) -> tuple[Speec
 
 def export_nemo(model: SpeechRecognizer, path: Path | str) -> None:
     """Writes a .nemo archive that NeMo's EncDecCTCModel.restore_from can load."""
+    if not isinstance(model, SpeechRecognizer):
+        raise NemoImportError("ensembles cannot be exported to .nemo: NeMo runs one network; export a member")
     if model.vocabulary.is_word_piece:
         # NeMo's EncDecCTCModel is character-only; its BPE models need a SentencePiece tokenizer.
         raise NemoImportError("word-piece models cannot be exported as a NeMo character model (.nemo)")

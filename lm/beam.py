@@ -7,7 +7,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,9 @@ import numpy as np
 from model.vocabulary import Vocabulary
 
 __all__ = ["BeamDecoder", "BeamHypothesis"]
+
+# Candidates each ensemble member contributes before the ensemble rescoring picks among them.
+ENSEMBLE_CANDIDATES_PER_MEMBER = 4
 
 
 @dataclass(frozen=True)
@@ -175,9 +178,14 @@ class BeamDecoder:
     ) -> list[BeamHypothesis]:
         """Decodes one utterance.
 
+        An ensemble's ``[T, K, len(labels) + 1]`` log-probs are decoded member by member;
+        the members' best hypotheses are then ranked by their mean CTC likelihood over all
+        members (``logit_score``) plus their ``lm_score`` (model.rescoring).
+
         Args:
             log_probs: ``[T, len(labels) + 1]`` log-probabilities (log-softmax output; rows
-                of plain probabilities or raw logits are also accepted and normalised).
+                of plain probabilities or raw logits are also accepted and normalised), or
+                ``[T, K, len(labels) + 1]`` for K ensemble members.
             beam_width: beams kept per frame.
             hotwords: words or phrases to favour; they may be outside the LM's vocabulary.
             hotword_weight: log-score bonus per hotword occurrence (scaled down for partial
@@ -193,9 +201,10 @@ class BeamDecoder:
             Up to ``num_best`` hypotheses, best first. An empty input yields one empty text.
         """
         arr = np.asarray(log_probs, dtype=np.float32)
-        if arr.ndim != 2 or arr.shape[1] != len(self.labels) + 1:
+        if arr.ndim not in (2, 3) or arr.shape[-1] != len(self.labels) + 1:
             raise ValueError(
-                f"log_probs must have shape [T, {len(self.labels) + 1}] (labels + blank), got {list(arr.shape)}"
+                f"log_probs must have shape [T, {len(self.labels) + 1}] (labels + blank), or [T, members, "
+                f"{len(self.labels) + 1}] for an ensemble, got {list(arr.shape)}"
             )
         if num_best < 1 or beam_width < 1:
             raise ValueError("num_best and beam_width must be at least 1")
@@ -206,6 +215,30 @@ class BeamDecoder:
             if np.isnan(arr).any() or np.isposinf(arr).any():
                 raise ValueError("log_probs contains NaN or +inf")
             arr = np.maximum(arr, np.float32(-1e30))
+        options = dict(beam_width=beam_width, hotwords=hotwords, hotword_weight=hotword_weight, alpha=alpha,
+                       beta=beta, beam_prune_logp=beam_prune_logp, token_min_logp=token_min_logp)
+        if arr.ndim == 3:
+            return self._decode_ensemble(arr, num_best, options)
+        return self._decode_one(arr, num_best, **options)
+
+    def _decode_ensemble(self, arr: np.ndarray, num_best: int, options: dict) -> list[BeamHypothesis]:
+        from model.rescoring import ensemble_log_likelihood
+
+        candidates: dict[str, BeamHypothesis] = {}
+        for member in range(arr.shape[1]):
+            for hyp in self._decode_one(arr[:, member], max(num_best, ENSEMBLE_CANDIDATES_PER_MEMBER), **options):
+                # lm_score depends on the text only; the first member to find a text times its words.
+                candidates.setdefault(" ".join(hyp.text.split()), hyp)
+        vocabulary = Vocabulary(self.labels)
+        rescored = []
+        for text, hyp in candidates.items():
+            logit_score = ensemble_log_likelihood(arr, text, vocabulary)
+            rescored.append(replace(hyp, text=text, logit_score=logit_score, score=logit_score + hyp.lm_score))
+        rescored.sort(key=lambda hyp: hyp.score, reverse=True)  # stable: ties keep member order
+        return rescored[:num_best]
+
+    def _decode_one(self, arr: np.ndarray, num_best: int, *, beam_width, hotwords, hotword_weight, alpha, beta,
+                    beam_prune_logp, token_min_logp) -> list[BeamHypothesis]:
         decoder = self._decoder(
             float(self.alpha if alpha is None else alpha), float(self.beta if beta is None else beta)
         )

@@ -9,6 +9,7 @@ import numpy as np
 from lm.beam import BeamDecoder, BeamHypothesis
 from lm.store import load_lm_files
 from model.decoding import Transcript, WordTiming
+from model.rescoring import mean_posteriors
 from model.registry import Registry
 
 # Config keys of an acoustic model's config.json that name its LM and the weights tuned for it.
@@ -32,7 +33,7 @@ def beam_decoder_for(registry: Registry, labels, model_config: dict, lm_spec: st
 def hypothesis_to_transcript(hyp: BeamHypothesis, log_probs: np.ndarray, frame_duration_s: float,
                              time_offset_s: float = 0.0) -> Transcript:
     """Converts a beam hypothesis to a Transcript with word times (s) and confidences from the frames."""
-    probs = np.exp(log_probs.max(axis=1)) if len(log_probs) else np.zeros(0)
+    probs = np.exp(mean_posteriors(log_probs).max(axis=1)) if len(log_probs) else np.zeros(0)
     words = []
     for word, start, end in hyp.words:
         end = max(end, start + 1)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
+from model.ensemble import EnsembleConfig, EnsembleRecognizer
 from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.registry import ModelRef, Registry, RegistryError
 
@@ -21,12 +22,16 @@ class ArtifactError(RegistryError):
     """An artifact folder that cannot be turned back into a model."""
 
 
-def artifact_files(model: SpeechRecognizer, *, dtype: torch.dtype = torch.float32,
+Recognizer = SpeechRecognizer | EnsembleRecognizer
+
+
+def artifact_files(model: Recognizer, *, dtype: torch.dtype = torch.float32,
                    extra_config: dict[str, Any] | None = None) -> dict[str, bytes]:
     """Serialises a model to the files of one registry version.
 
     Args:
-        model: the model to store; its configs go to config.json.
+        model: the model (or ensemble) to store; its configs go to config.json, an ensemble's
+            under ``"ensemble"`` with its members' weights prefixed ``members.<i>.``.
         dtype: storage type for floating-point tensors (float16 halves the size; loading
             always returns float32).
         extra_config: extra keys for config.json (e.g. the default LM's name).
@@ -53,12 +58,15 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def load_artifact(folder: Path | str, device: str | torch.device = "cpu") -> SpeechRecognizer:
-    """Rebuilds a SpeechRecognizer (eval mode, float32) from an artifact folder."""
+def load_artifact(folder: Path | str, device: str | torch.device = "cpu") -> Recognizer:
+    """Rebuilds a SpeechRecognizer or EnsembleRecognizer (eval mode, float32) from an artifact folder."""
     folder = Path(folder)
     config = read_config(folder)
     try:
-        model = SpeechRecognizer(RecognizerConfig.from_dict(config))
+        if "ensemble" in config:
+            model = EnsembleRecognizer(EnsembleConfig.from_dict(config))
+        else:
+            model = SpeechRecognizer(RecognizerConfig.from_dict(config))
         state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(folder / WEIGHTS_FILE).items()}
         model.load_state_dict(state, strict=True)
     except (KeyError, ValueError, TypeError, RuntimeError, OSError) as exc:
@@ -66,7 +74,7 @@ def load_artifact(folder: Path | str, device: str | torch.device = "cpu") -> Spe
     return model.to(device).eval()
 
 
-def publish_model(registry: Registry, name: str, model: SpeechRecognizer, *, source: str,
+def publish_model(registry: Registry, name: str, model: Recognizer, *, source: str,
                   parent_version: int | None = None, metrics: dict | None = None, extra: dict | None = None,
                   dtype: torch.dtype = torch.float32, extra_config: dict | None = None) -> ModelRef:
     """Publishes a model as the next version of ``name``."""
@@ -76,7 +84,7 @@ def publish_model(registry: Registry, name: str, model: SpeechRecognizer, *, sou
 
 
 def load_model(registry: Registry, spec: str, device: str | torch.device = "cpu"
-               ) -> tuple[SpeechRecognizer, ModelRef, dict]:
+               ) -> tuple[Recognizer, ModelRef, dict]:
     """Resolves ``NAME[@VERSION]``, verifies checksums and loads the model."""
     ref, metadata = registry.open(spec)
     if metadata.get("kind", "model") != "model":

@@ -44,17 +44,24 @@ def greedy_decode(
 ) -> Transcript:
     """Best-path CTC decoding: argmax per frame, collapse repeats, drop blanks (the last index).
 
+    For an ensemble's (T, K, V+1) log-probs, each member's best path is a candidate, and the
+    one with the highest mean CTC likelihood over the members wins (model.rescoring).
+
     Args:
-        log_probs: float array of shape (T, V+1) holding only the valid frames.
+        log_probs: float array of shape (T, V+1) holding only the valid frames, or (T, K, V+1)
+            for K ensemble members.
         labels: the V labels; " " separates words, or, for word pieces, a label starting
             with "▁" begins one.
         frame_duration_s: seconds per output frame (0.02 for the stock models).
         time_offset_s: added to every time, for chunks of a longer stream.
 
     Returns:
-        The Transcript; ``score`` is the sum of the emitted frames' log-probs.
+        The Transcript; ``score`` is the sum of the emitted frames' log-probs (for an ensemble:
+        the winner's mean CTC log-likelihood).
     """
     log_probs = np.asarray(log_probs, dtype=np.float32)
+    if log_probs.ndim == 3:
+        return _ensemble_greedy(log_probs, labels, frame_duration_s, time_offset_s)
     if log_probs.ndim != 2 or log_probs.shape[1] != len(labels) + 1:
         raise ValueError(f"log_probs must be (T, {len(labels) + 1}), got {log_probs.shape}")
     blank = len(labels)
@@ -75,6 +82,20 @@ def greedy_decode(
     text = "".join(labels[tok[0]] for tok in tokens).replace(WORD_START, " ")
     words = _group_words(tokens, labels, frame_duration_s, time_offset_s)
     return Transcript(text=" ".join(text.split()), words=words, score=score)
+
+
+def _ensemble_greedy(log_probs: np.ndarray, labels, frame_s: float, offset_s: float) -> Transcript:
+    from model.rescoring import ensemble_log_likelihood  # torch; single models never need it
+    from model.vocabulary import Vocabulary
+
+    candidates: dict[str, Transcript] = {}
+    for k in range(log_probs.shape[1]):
+        transcript = greedy_decode(log_probs[:, k], labels, frame_s, time_offset_s=offset_s)
+        candidates.setdefault(transcript.text, transcript)  # the first member to find a text times its words
+    vocabulary = Vocabulary(tuple(labels))
+    scored = [(ensemble_log_likelihood(log_probs, text, vocabulary), text) for text in candidates]
+    score, text = max(scored, key=lambda pair: pair[0])
+    return Transcript(text=text, words=candidates[text].words, score=score)
 
 
 def _group_words(tokens, labels, frame_s: float, offset_s: float) -> tuple[WordTiming, ...]:

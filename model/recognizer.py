@@ -35,37 +35,16 @@ class RecognizerConfig:
         return cls(MelFeaturizerConfig.from_dict(data["features"]), network, vocab)
 
 
-class SpeechRecognizer(nn.Module):
-    """Waveform in, CTC log-probabilities out; the unit the registry stores and the service runs."""
+class BatchInference:
+    """Batched inference over numpy clips for any module that maps (audio, lengths) to (log-probs, lengths).
 
-    def __init__(self, config: RecognizerConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.featurizer = MelFeaturizer(config.features)
-        self.network = QuartzNet(config.network)
-
-    @property
-    def vocabulary(self) -> Vocabulary:
-        return self.config.vocabulary
-
-    @property
-    def sample_rate(self) -> int:
-        return self.config.features.sample_rate
-
-    @property
-    def frame_duration_s(self) -> float:
-        """Seconds per output frame: feature hop times the encoder's subsampling."""
-        feats = self.config.features
-        return feats.hop_length * self.config.network.subsampling / feats.sample_rate
-
-    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L) float audio + (B,) lengths -> log_probs (B, T', V+1) float32, output_lengths (B,)."""
-        features, feature_lengths = self.featurizer(audio, audio_lengths)
-        return self.network(features, feature_lengths)
+    Single models give (T, V+1) arrays per clip; ensembles (model.ensemble) give (T, K, V+1),
+    and ``greedy_decode`` accepts both.
+    """
 
     @torch.inference_mode()
     def log_probs_batch(self, clips: list[np.ndarray], device: torch.device | str | None = None) -> list[np.ndarray]:
-        """Runs a padded batch and returns each clip's valid log-probs as (T_i, V+1) float32 arrays."""
+        """Runs a padded batch and returns each clip's valid log-probs as (T_i, ...) float32 arrays."""
         if not clips:
             return []
         device = torch.device(device) if device is not None else next(self.parameters()).device
@@ -97,3 +76,32 @@ class SpeechRecognizer(nn.Module):
             self.train(was_training)
         labels = self.vocabulary.labels
         return [greedy_decode(lp, labels, self.frame_duration_s) for lp in outputs]
+
+
+class SpeechRecognizer(BatchInference, nn.Module):
+    """Waveform in, CTC log-probabilities out; the unit the registry stores and the service runs."""
+
+    def __init__(self, config: RecognizerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.featurizer = MelFeaturizer(config.features)
+        self.network = QuartzNet(config.network)
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return self.config.vocabulary
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.features.sample_rate
+
+    @property
+    def frame_duration_s(self) -> float:
+        """Seconds per output frame: feature hop times the encoder's subsampling."""
+        feats = self.config.features
+        return feats.hop_length * self.config.network.subsampling / feats.sample_rate
+
+    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) float audio + (B,) lengths -> log_probs (B, T', V+1) float32, output_lengths (B,)."""
+        features, feature_lengths = self.featurizer(audio, audio_lengths)
+        return self.network(features, feature_lengths)

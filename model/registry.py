@@ -17,7 +17,7 @@ from pathlib import Path
 
 METADATA_FILE = "metadata.json"
 KINDS = ("model", "lm")
-SOURCES = ("trained", "imported")
+SOURCES = ("trained", "imported", "ensemble")
 MAX_NAME_CHARS = 64
 # Staging lives inside the root so the claiming rename never crosses a filesystem boundary.
 TMP_DIR = ".tmp"

@@ -15,6 +15,7 @@ import numpy as np
 
 from model.decoding import WordTiming, greedy_decode
 from model.registry import NotFoundError, Registry, RegistryError
+from model.rescoring import mean_posteriors
 from service.config import BeamConfig
 from service.domain import Alternative, RequestError, TranscriptionRequest, UnknownModelError
 
@@ -136,7 +137,7 @@ class CTCDecoding:
 
     def decode(self, log_probs: np.ndarray, labels: tuple[str, ...], frame_duration_s: float,
                plan: DecodingPlan) -> tuple[Alternative, ...]:
-        """Args: log_probs: (T, V+1) float32. Returns: alternatives, best first (at least one)."""
+        """Args: log_probs: (T, V+1) float32, or (T, K, V+1) for an ensemble. Returns: alternatives, best first."""
         if not plan.use_beam:
             transcript = greedy_decode(log_probs, labels, frame_duration_s)
             words = transcript.words if plan.word_timestamps else ()
@@ -161,7 +162,11 @@ def _mean_confidence(words: tuple[WordTiming, ...]) -> float:
 
 
 def _frame_confidences(log_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per frame: the top probability, and whether the top label is a character (not blank)."""
+    """Per frame: the top probability, and whether the top label is a character (not blank).
+
+    An ensemble's (T, K, V+1) log-probs count through the members' mean posteriors.
+    """
+    log_probs = mean_posteriors(log_probs)
     best = log_probs.argmax(axis=1)
     return np.exp(log_probs.max(axis=1)), best != log_probs.shape[1] - 1
 

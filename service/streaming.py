@@ -38,6 +38,7 @@ import numpy as np
 
 from model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, resample
 from model.decoding import WordTiming, greedy_decode
+from model.rescoring import blank_frames
 from service.domain import LogProbsResult, RequestError
 
 __all__ = ["StreamingOptions", "StreamResult", "StreamingSession", "pcm16_to_float32"]
@@ -334,7 +335,7 @@ class StreamingSession:
         silence_ms = self.options.silence_ms
         needed = math.ceil(silence_ms / 1000.0 / self._frame_s - 1e-9) if silence_ms is not None else None
         cut = None
-        for t, blank in enumerate((frames.argmax(axis=1) == frames.shape[1] - 1).tolist()):
+        for t, blank in enumerate(blank_frames(frames).tolist()):
             if not blank:
                 self._has_speech = True
                 self._trailing_blanks = 0
@@ -393,7 +394,7 @@ class StreamingSession:
         frames = await self._segment_frames(cut, read_to)
         needed = math.ceil(self.options.silence_ms / 1000.0 / self._frame_s - 1e-9)
         tail = frames[-needed:]
-        if len(tail) < needed or (tail.argmax(axis=1) != tail.shape[1] - 1).any():
+        if len(tail) < needed or not blank_frames(tail).all():
             self._trailing_blanks = 0
             return None
         final = self._final_result(frames)

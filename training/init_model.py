@@ -52,6 +52,8 @@ def build_recognizer(cfg: TrainConfig, init_dir: str | None) -> tuple[SpeechReco
     if init_dir is None:
         return SpeechRecognizer(fresh_recognizer_config(cfg)).train(), {"init": "scratch"}
     source = load_artifact(Path(init_dir))
+    if not isinstance(source, SpeechRecognizer):
+        raise ValueError(f"{cfg.run.fine_tune_from} is an ensemble; fine-tune one of its members instead")
     labels = tuple(cfg.model.labels)
     new_vocabulary = labels != source.vocabulary.labels
     info: dict[str, Any] = {"init": "fine_tune", "source": cfg.run.fine_tune_from,

@@ -66,7 +66,11 @@ def check_manifests(cfg: TrainConfig) -> None:
 
 def check_heads_fit_source(cfg: TrainConfig, init_dir: str) -> None:
     """Fails fast, before Ray starts, when the intermediate CTC heads do not fit the fine-tuning source."""
-    source = RecognizerConfig.from_dict(read_config(Path(init_dir))).network
+    config = read_config(Path(init_dir))
+    if "ensemble" in config:
+        raise TrainingError(f"run.fine_tune_from: {cfg.run.fine_tune_from} is an ensemble; "
+                            "fine-tune one of its members instead")
+    source = RecognizerConfig.from_dict(config).network
     try:
         inter_ctc_blocks(cfg, fine_tuned_network(cfg, source))
     except ValueError as exc:

@@ -176,3 +176,36 @@ def test_word_pieces_decode_as_words_and_the_lm_still_fuses(lm_decoder: BeamDeco
     fused = BeamDecoder(labels, tiny_lm.binary_path, tiny_lm.unigrams, alpha=0.5, beta=1.0).decode(log_probs)[0]
     assert fused.text == "i have two cats"
     assert [w for w, _, _ in fused.words] == ["i", "have", "two", "cats"]
+
+
+def _delayed(log_probs: np.ndarray) -> np.ndarray:
+    """The same output one frame later, as a second, independently trained model might emit it."""
+    return np.concatenate([make_log_probs([{"": 0.95}]), log_probs[:-1]])
+
+
+def test_ensemble_ranks_the_members_candidates_by_mean_likelihood_plus_lm(lm_decoder: BeamDecoder) -> None:
+    from model.rescoring import ensemble_log_likelihood
+    from model.vocabulary import Vocabulary
+
+    says_yez = make_log_probs(YEZ + [{"": 0.95}])
+    says_yes = _delayed(make_log_probs(spell([{"y": 0.9}, {"e": 0.9}, {"s": 0.5, "z": 0.45}]) + [{"": 0.95}]))
+    assert (greedy(says_yez), greedy(says_yes)) == ("yez", "yes")
+    ensemble = np.stack([says_yez, says_yes], axis=1)
+    plain = BeamDecoder(LABELS).decode(ensemble, num_best=5)
+    texts = [h.text for h in plain]
+    assert len(texts) == len(set(texts)) and {"yez", "yes"} <= set(texts)
+    vocabulary = Vocabulary(LABELS)
+    for hyp in plain:
+        assert hyp.logit_score == pytest.approx(ensemble_log_likelihood(ensemble, hyp.text, vocabulary), abs=1e-4)
+        assert hyp.score == pytest.approx(hyp.logit_score)  # no LM, no hotwords
+    assert [h.score for h in plain] == sorted((h.score for h in plain), reverse=True)
+    assert plain[0].text == "yez"  # z's evidence (0.55 + 0.45) outweighs s's (0.40 + 0.50)
+    fused = lm_decoder.decode(ensemble, num_best=2)
+    assert fused[0].text == "yes" and fused[0].score == pytest.approx(fused[0].logit_score + fused[0].lm_score)
+    # Word frames come from a member that produced the text (here: both; member 0 first).
+    assert fused[0].words[0][0] == "yes"
+
+
+def test_ensemble_shape_is_checked() -> None:
+    with pytest.raises(ValueError, match="members"):
+        BeamDecoder(LABELS).decode(np.zeros((4, 2, len(LABELS)), dtype=np.float32))

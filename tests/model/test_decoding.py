@@ -89,7 +89,7 @@ def test_empty_output():
     assert greedy_decode(_frames("   "), LABELS, 0.02).words == ()
 
 
-@pytest.mark.parametrize("shape", [(10,), (10, BLANK), (10, BLANK + 2), (2, 10, BLANK + 1)])
+@pytest.mark.parametrize("shape", [(10,), (10, BLANK), (10, BLANK + 2), (2, 3, BLANK), (2, 3, 4, BLANK + 1)])
 def test_wrong_shape_raises_value_error(shape):
     with pytest.raises(ValueError, match="log_probs"):
         greedy_decode(np.zeros(shape, dtype=np.float32), LABELS, 0.02)

@@ -84,3 +84,25 @@ async def test_models_and_health(registry_root) -> None:
         assert (await client.get("/docs")).status_code == 200
         engine.begin_drain()
         assert (await client.get("/health/ready")).status_code == 503
+
+
+async def test_an_ensemble_serves_like_its_offline_decode(tmp_path, an4_paths, an4_audio) -> None:
+    from model import publish_model
+    from model.ensemble import EnsembleRecognizer
+    from tests.service.conftest import tiny_model
+
+    root = tmp_path / "registry"
+    publish_model(Registry(root), "duo", EnsembleRecognizer.of([tiny_model(0), tiny_model(1)]), source="ensemble")
+    async with running_app(make_config(root, default_model="duo")) as (client, _):
+        for path, audio in list(zip(an4_paths, an4_audio))[:2]:
+            r = await client.post("/transcribe", files={"file": (path.name, path.read_bytes())})
+            assert r.status_code == 200, r.text
+            assert r.json()["text"] == offline_text(root, "duo@1", audio)
+            assert r.json()["model"] == {"name": "duo", "version": 1}
+        r = await client.post("/transcribe", files={"file": ("a.flac", an4_paths[0].read_bytes())},
+                              data={"decoder": "beam", "beam_width": "8", "alternatives": "3"})
+        body = r.json()
+        assert r.status_code == 200 and body["decoder"] == "beam", body
+        texts = [alt["text"] for alt in body["alternatives"]]
+        assert texts[0] == body["text"] and len(set(texts)) == len(texts)
+        assert all(0 <= w["confidence"] <= 1 and w["start"] <= w["end"] for w in body["words"])

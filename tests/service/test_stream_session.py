@@ -73,6 +73,23 @@ def test_silence_ends_a_segment_with_absolute_word_times():
     assert 0 < finals[0].confidence <= 1 and finals[0].stability == 0.0
 
 
+class TwoMemberEngine(FrameLevelEngine):
+    """An ensemble of the frame-level model and a copy that emits everything one frame later."""
+
+    async def log_probs(self, audio, model, *, deadline_s=None, api="grpc"):
+        own = (await super().log_probs(audio, model)).log_probs
+        late = np.concatenate([np.full((1, own.shape[1]), -12.0, np.float32), own[:-1]])
+        late[0, -1] = 0.0  # the delayed member starts with a blank
+        return LogProbsResult(np.stack([own, late], axis=1), SPF / RATE, LABELS, "fake", 1)
+
+
+def test_an_ensemble_streams_like_its_members():
+    audio = spell(("go on", 0.6), ("", 1.2), ("stop", 0.4), ("", 1.0))
+    finals = [r for r in stream(audio, StreamingOptions(silence_ms=800), engine=TwoMemberEngine()) if r.is_final]
+    assert [f.text for f in finals] == ["go on", "stop"]
+    assert finals[1].words[0].start_s == pytest.approx(1.8, abs=0.05)
+
+
 def test_no_endpointing_gives_one_final_and_interims_split_by_stability():
     audio = spell(("go on", 0.6), ("", 1.2), (" stop", 0.4))
     results = stream(audio, StreamingOptions(silence_ms=None))

@@ -136,3 +136,15 @@ def test_fine_tune_run_with_frozen_encoder_and_new_vocabulary(ray_cluster, an4_p
     assert tuned.network.decoder.weight.shape[0] == len(NEW_LABELS) + 1
     # Frozen: weights and BatchNorm statistics of the encoder are exactly the source's after training.
     _assert_same(_encoder_state(tuned), _encoder_state(source))
+
+
+def test_an_ensemble_is_refused_as_a_fine_tuning_source(tmp_path: Path) -> None:
+    from model.ensemble import EnsembleRecognizer
+    from training.trainer import TrainingError, check_heads_fit_source
+
+    init_dir = _artifact_dir(EnsembleRecognizer.of([_source_model(), _source_model()]), tmp_path / "duo")
+    cfg = _cfg(DEFAULT_LABELS, fine_tune_from="duo@1")
+    with pytest.raises(TrainingError, match="run.fine_tune_from: duo@1 is an ensemble"):
+        check_heads_fit_source(cfg, init_dir)
+    with pytest.raises(ValueError, match="is an ensemble"):
+        build_recognizer(cfg, init_dir)

@@ -1,0 +1,69 @@
+"""Scores whole transcripts under CTC models, to pick among candidate texts from an ensemble's members.
+
+Members of an ensemble are trained independently, so each emits a word's CTC spike at its own
+frame (often 1-2 frames, 80-160 ms, apart). Averaging their frame posteriors then lets one
+member's blank outvote another's spike, which deletes words. A transcript's CTC likelihood sums
+over all of its alignments, so it is comparable across members whatever frames they spike at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from model.vocabulary import Vocabulary
+
+__all__ = ["blank_frames", "ctc_log_likelihood", "ensemble_log_likelihood", "mean_posteriors"]
+
+
+def ctc_log_likelihood(log_probs: np.ndarray, ids: Sequence[int], blank: int) -> float:
+    """log P(ids | x) under one CTC model, summed over all alignments.
+
+    Args:
+        log_probs: (T, V+1) log-softmax output, valid frames only.
+        ids: the label sequence (no blanks).
+        blank: the blank's column.
+
+    Returns:
+        The log-likelihood; ``-inf`` when the sequence cannot fit in T frames.
+    """
+    log_probs = np.asarray(log_probs, dtype=np.float32)
+    if not len(ids):
+        return float(log_probs[:, blank].sum())
+    if len(log_probs) == 0:
+        return float("-inf")
+    loss = torch.nn.functional.ctc_loss(
+        torch.from_numpy(log_probs).unsqueeze(1), torch.tensor([list(ids)], dtype=torch.long),
+        torch.tensor([len(log_probs)]), torch.tensor([len(ids)]), blank=blank, reduction="sum")
+    return -float(loss)
+
+
+def ensemble_log_likelihood(log_probs: np.ndarray, text: str, vocabulary: Vocabulary) -> float:
+    """Mean over an ensemble's members of log P(text | x); ``log_probs`` is (T, K, V+1)."""
+    ids = vocabulary.encode(text)
+    return float(np.mean([ctc_log_likelihood(log_probs[:, k], ids, vocabulary.blank_id)
+                          for k in range(log_probs.shape[1])]))
+
+
+def mean_posteriors(log_probs: np.ndarray) -> np.ndarray:
+    """(T, V+1) log of the members' mean frame posteriors for (T, K, V+1); (T, V+1) passes through.
+
+    Only for per-frame confidences: decoding on it would delete words (see the module docstring).
+    """
+    log_probs = np.asarray(log_probs, dtype=np.float32)
+    if log_probs.ndim == 2:
+        return log_probs
+    peak = log_probs.max(axis=1, keepdims=True)
+    return (peak + np.log(np.exp(log_probs - peak).mean(axis=1, keepdims=True)))[:, 0]
+
+
+def blank_frames(log_probs: np.ndarray) -> np.ndarray:
+    """(T,) bool: the blank wins the frame; for an ensemble's (T, K, V+1), in every member.
+
+    Endpointing counts these as silence, so a frame where any member hears speech is speech.
+    """
+    log_probs = np.asarray(log_probs)
+    best_is_blank = log_probs.argmax(axis=-1) == log_probs.shape[-1] - 1
+    return best_is_blank if log_probs.ndim == 2 else best_is_blank.all(axis=1)
