@@ -128,3 +128,29 @@ def test_stream_unknown_model_is_not_found(tiny_registry):
     with pytest.raises(grpc.aio.AioRpcError) as error:
         _stream(tiny_registry, gen)
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_an_ensemble_streams_and_recognizes_like_offline(tmp_path):
+    from model import EnsembleRecognizer, load_model, publish_model
+
+    registry = publish_tiny_model(tmp_path, "tiny", seed=0)
+    publish_tiny_model(tmp_path, "tiny", seed=1)
+    members = [load_model(registry, f"tiny@{v}")[0] for v in (1, 2)]
+    publish_model(registry, "duo", EnsembleRecognizer.of(members), source="ensemble")
+    clips = [decode_audio(path, 16_000).samples for path, _ in an4_test_set(limit=2)]
+
+    async def main():
+        async with serving(service_config(tmp_path, model="duo")) as (engine, target):
+            async with grpc.aio.insecure_channel(target) as channel:
+                stub = asr_pb2_grpc.SpeechRecognitionStub(channel)
+                for audio in clips:
+                    offline = await engine.transcribe(TranscriptionRequest(audio))
+                    assert offline.text and offline.model_name == "duo"
+                    unary = await stub.Recognize(asr_pb2.RecognizeRequest(config=asr_pb2.RecognitionConfig(
+                        encoding=asr_pb2.LINEAR_PCM, sample_rate_hertz=16_000), audio=_pcm(audio)))
+                    assert unary.results[0].alternatives[0].transcript == offline.text
+                    finals = [r for resp in [x async for x in stub.StreamingRecognize(
+                        _with_first([_config()], _audio_messages(_pcm(audio))))] for r in resp.results if r.is_final]
+                    assert " ".join(f.alternatives[0].transcript for f in finals
+                                    if f.alternatives[0].transcript) == offline.text
+    run(main())
