@@ -28,9 +28,9 @@ class EnsembleConfig:
             if member.features.sample_rate != first.features.sample_rate:
                 raise ValueError(f"ensemble member {i} expects {member.features.sample_rate} Hz, "
                                  f"member 0 {first.features.sample_rate} Hz")
-            if _frame_s(member) != _frame_s(first):
-                raise ValueError(f"ensemble member {i} has {_frame_s(member)} s output frames, "
-                                 f"member 0 {_frame_s(first)} s")
+            if member.frame_duration_s != first.frame_duration_s:
+                raise ValueError(f"ensemble member {i} has {member.frame_duration_s} s output frames, "
+                                 f"member 0 {first.frame_duration_s} s")
 
     def to_dict(self) -> dict:
         return {"sample_rate": self.members[0].features.sample_rate,
@@ -42,10 +42,6 @@ class EnsembleConfig:
         if not isinstance(members, list):
             raise ValueError("'ensemble' must be a list of member configs")
         return cls(tuple(RecognizerConfig.from_dict(member) for member in members))
-
-
-def _frame_s(config: RecognizerConfig) -> float:
-    return config.features.hop_length * config.network.subsampling / config.features.sample_rate
 
 
 class EnsembleRecognizer(BatchInference, nn.Module):
@@ -78,7 +74,7 @@ class EnsembleRecognizer(BatchInference, nn.Module):
 
     @property
     def frame_duration_s(self) -> float:
-        return _frame_s(self.config.members[0])
+        return self.config.members[0].frame_duration_s
 
     def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) audio + (B,) lengths -> log_probs (B, T', K, V+1), output_lengths (B,)."""

@@ -22,6 +22,11 @@ class RecognizerConfig:
     network: QuartzNetConfig
     vocabulary: Vocabulary
 
+    @property
+    def frame_duration_s(self) -> float:
+        """Seconds per output frame: feature hop times the encoder's subsampling."""
+        return self.features.hop_length * self.network.subsampling / self.features.sample_rate
+
     def to_dict(self) -> dict:
         return {"sample_rate": self.features.sample_rate, "features": self.features.to_dict(),
                 "network": self.network.to_dict(), "vocabulary": list(self.vocabulary.labels)}
@@ -97,9 +102,7 @@ class SpeechRecognizer(BatchInference, nn.Module):
 
     @property
     def frame_duration_s(self) -> float:
-        """Seconds per output frame: feature hop times the encoder's subsampling."""
-        feats = self.config.features
-        return feats.hop_length * self.config.network.subsampling / feats.sample_rate
+        return self.config.frame_duration_s
 
     def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) float audio + (B,) lengths -> log_probs (B, T', V+1) float32, output_lengths (B,)."""

@@ -137,3 +137,7 @@ def test_members_must_match() -> None:
         EnsembleConfig((tiny(0).config, tiny(1, labels=(" ", "a", "b")).config))
     with pytest.raises(ValueError, match="8000 Hz"):
         EnsembleConfig((tiny(0).config, tiny(1, sample_rate=8000).config))
+    unstrided = RecognizerConfig(MelFeaturizerConfig(), QuartzNetConfig(
+        (BlockConfig(32, 1, 11), BlockConfig(64, 1, 1, separable=False)), num_labels=28), Vocabulary())
+    with pytest.raises(ValueError, match="output frames"):
+        EnsembleConfig((tiny(0).config, unstrided))
