@@ -1,6 +1,7 @@
 """Offline cost of an ensemble against one of its members: acoustic model and greedy/beam decoding, side by side.
 
     .venv/bin/python bench/ensemble_bench.py --model an4-quartznet --members an4-seed2 an4-seed3 an4-seed4 an4-seed5
+        [--speeds 0.95 1.0 1.05 --out bench/results/ensemble_speeds_inference.json]
 
 The members are loaded from the registry and combined in memory (as `asr models ensemble` would
 store them); --model is the single model to compare with (usually the first member). Each repeat
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--registry", default=os.environ.get("ASR_REGISTRY", str(ROOT / "registry")))
     parser.add_argument("--model", required=True, help="the single model, NAME[@VERSION]")
     parser.add_argument("--members", nargs="+", required=True, help="the ensemble's members")
+    parser.add_argument("--speeds", nargs="+", type=float, default=[1.0], help="input speeds each member hears")
     parser.add_argument("--clips", type=int, default=64, help="AN4 test clips per repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--beam-width", type=int, default=64)
@@ -53,7 +55,7 @@ def main() -> None:
     registry = Registry(args.registry)
     single, single_ref, _ = load_model(registry, args.model)
     members = [load_model(registry, spec) for spec in args.members]
-    ensemble = EnsembleRecognizer.of([m for m, _, _ in members]).eval()
+    ensemble = EnsembleRecognizer.of([m for m, _, _ in members], args.speeds).eval()
     rows = [json.loads(line) for line in (SPEECH / "an4_test.json").read_text().splitlines() if line.strip()]
     clips = [decode_audio(SPEECH / r["audio_filepath"], single.sample_rate).samples for r in rows[:args.clips]]
     audio_s = sum(len(c) for c in clips) / single.sample_rate
@@ -72,7 +74,7 @@ def main() -> None:
     medians = {name: {key: round(statistics.median(v), 4) for key, v in parts.items()} for name, parts in times.items()}
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "single": str(single_ref), "members": [str(ref) for _, ref, _ in members],
+        "single": str(single_ref), "members": [str(ref) for _, ref, _ in members], "speeds": args.speeds,
         "clips": len(clips), "audio_s": round(audio_s, 2), "repeats": args.repeats, "beam_width": args.beam_width,
         "medians_s": medians,
         "audio_s_per_s": {name: {"greedy": round(audio_s / (m["acoustic_s"] + m["greedy_decode_s"]), 1),

@@ -4,7 +4,7 @@ Usage:
     asr models presets [--json]
     asr models list [--json]
     asr models import-nemo FILE.nemo --name NAME
-    asr models ensemble MEMBER MEMBER... --name NAME [--fp16]
+    asr models ensemble MEMBER... --name NAME [--speeds 0.95 1.0 1.05] [--fp16]
     asr transcribe AUDIO... [--model NAME[@VERSION]] [--json] [--decoder beam [--lm NAME]]
     asr eval --manifest M.json [--model ...] [--json]
     asr logprobs AUDIO --model NAME[@VERSION] --out FILE.npy
@@ -97,8 +97,6 @@ def cmd_models_ensemble(args) -> int:
     from model.ensemble import EnsembleRecognizer
     from model.recognizer import SpeechRecognizer
 
-    if len(args.members) < 2:
-        raise UsageError(f"an ensemble needs at least 2 members, got {len(args.members)}")
     registry = _registry(args)
     members, refs = [], []
     for spec in args.members:
@@ -108,10 +106,11 @@ def cmd_models_ensemble(args) -> int:
         members.append(model)
         refs.append(str(ref))
     try:
-        ensemble = EnsembleRecognizer.of(members)
-    except ValueError as exc:
+        ensemble = EnsembleRecognizer.of(members, args.speeds)
+    except ValueError as exc:  # one member and no other speed, or members that cannot be combined
         raise UsageError(str(exc)) from None
-    ref = publish_model(registry, args.name, ensemble, source="ensemble", extra={"members": refs},
+    ref = publish_model(registry, args.name, ensemble, source="ensemble",
+                        extra={"members": refs, "speeds": list(ensemble.config.speeds)},
                         dtype=torch.float16 if args.fp16 else torch.float32)
     print(str(ref))
     return 0
@@ -182,7 +181,7 @@ def cmd_logprobs(args) -> int:
     audio = decode_audio(args.audio, model.sample_rate)
     log_probs = model.log_probs_batch([audio.samples])[0].astype(np.float32)
     np.save(args.out, log_probs)
-    members = f"{log_probs.shape[1]} members x " if log_probs.ndim == 3 else ""  # an ensemble
+    members = f"{log_probs.shape[1]} views x " if log_probs.ndim == 3 else ""  # an ensemble
     print(f"{args.out}: {log_probs.shape[0]} frames x {members}{log_probs.shape[-1]} classes")
     return 0
 
@@ -262,9 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frontend", choices=("nemo25", "nemo24"),
                    help="front-end behaviour (default: from the file's nemo_version)")
     p.set_defaults(func=cmd_models_import_nemo)
-    p = models.add_parser("ensemble", help="publish registry versions as one ensemble model (same vocabulary)")
+    p = models.add_parser("ensemble", help="publish registry versions, each heard at one or more input speeds, "
+                                           "as one ensemble model (same vocabulary)")
     p.add_argument("members", nargs="+", help="NAME[@VERSION] of each member")
     p.add_argument("--name", required=True)
+    p.add_argument("--speeds", nargs="+", type=float, default=[1.0],
+                   help="input speeds every member hears, 1.0 included (test-time augmentation; default 1.0)")
     p.add_argument("--fp16", action="store_true", help="store the weights as float16 (half the size)")
     p.set_defaults(func=cmd_models_ensemble)
     p = models.add_parser("export-nemo", help="write a registry version as a .nemo file")
@@ -285,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("logprobs", help="raw float32 CTC log-probabilities [T, V+1] of one file ([T, K, V+1] "
-                                        "for an ensemble of K)")
+                                        "for an ensemble of K views)")
     p.add_argument("audio")
     p.add_argument("--model", help="NAME[@VERSION]")
     p.add_argument("--device", default="cpu")

@@ -178,14 +178,14 @@ class BeamDecoder:
     ) -> list[BeamHypothesis]:
         """Decodes one utterance.
 
-        An ensemble's ``[T, K, len(labels) + 1]`` log-probs are decoded member by member;
-        the members' best hypotheses are then ranked by their mean CTC likelihood over all
-        members (``logit_score``) plus their ``lm_score`` (model.rescoring).
+        An ensemble's ``[T, K, len(labels) + 1]`` log-probs are decoded view by view; the
+        views' best hypotheses are then ranked by their mean CTC likelihood over all views
+        (``logit_score``) plus their ``lm_score`` (model.rescoring).
 
         Args:
             log_probs: ``[T, len(labels) + 1]`` log-probabilities (log-softmax output; rows
                 of plain probabilities or raw logits are also accepted and normalised), or
-                ``[T, K, len(labels) + 1]`` for K ensemble members.
+                ``[T, K, len(labels) + 1]`` for an ensemble of K views.
             beam_width: beams kept per frame.
             hotwords: words or phrases to favour; they may be outside the LM's vocabulary.
             hotword_weight: log-score bonus per hotword occurrence (scaled down for partial
@@ -203,7 +203,7 @@ class BeamDecoder:
         arr = np.asarray(log_probs, dtype=np.float32)
         if arr.ndim not in (2, 3) or arr.shape[-1] != len(self.labels) + 1:
             raise ValueError(
-                f"log_probs must have shape [T, {len(self.labels) + 1}] (labels + blank), or [T, members, "
+                f"log_probs must have shape [T, {len(self.labels) + 1}] (labels + blank), or [T, views, "
                 f"{len(self.labels) + 1}] for an ensemble, got {list(arr.shape)}"
             )
         if num_best < 1 or beam_width < 1:

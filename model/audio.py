@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -14,6 +15,11 @@ import torchaudio.functional as AF
 # model's 0-8 kHz mel bank would see mostly silence; refuse instead of guessing.
 MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 48_000
+# Speed changes resample by a ratio of small integers: torchaudio's sinc kernel has one row per
+# output phase, so 16000 -> 17777 Hz (gcd 1) would build a ~1 GB kernel, whereas 9 -> 10 gives
+# the same 1/0.9 ratio with a 10-row kernel. A denominator of at most 100 keeps the ratio within
+# 1e-4 of the requested one.
+_MAX_SPEED_RATIO_DENOMINATOR = 100
 
 
 class AudioError(ValueError):
@@ -108,6 +114,47 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """Band-limited sinc resampling (torchaudio's Kaiser-windowed kernel) of a mono signal."""
     if from_rate == to_rate:
         return samples
-    out = AF.resample(torch.from_numpy(samples), from_rate, to_rate, lowpass_filter_width=16, rolloff=0.945,
-                      resampling_method="sinc_interp_kaiser", beta=14.769656459379492)
-    return out.numpy().astype(np.float32, copy=False)
+    return resample_tensor(torch.from_numpy(samples), from_rate, to_rate).numpy().astype(np.float32, copy=False)
+
+
+def resample_tensor(audio: torch.Tensor, from_rate: int, to_rate: int) -> torch.Tensor:
+    """:func:`resample` on a tensor whose last axis is time (a batch of clips, on any device)."""
+    if from_rate == to_rate:
+        return audio
+    return AF.resample(audio, from_rate, to_rate, lowpass_filter_width=16, rolloff=0.945,
+                       resampling_method="sinc_interp_kaiser", beta=14.769656459379492)
+
+
+def speed_resampling_rates(rate: float, sample_rate: int) -> tuple[int, int]:
+    """(from, to) rates whose resampling plays audio ``rate`` times faster when read back at ``sample_rate``.
+
+    rate > 1 is faster and shorter: about ``len / rate`` samples. (NeMo's SpeedPerturbation
+    resamples to ``sr * rate`` instead, so there rate > 1 is slower; sets of rates symmetric
+    around 1 make the two conventions equivalent.)
+
+    Raises:
+        ValueError: a rate outside [0.5, 2] or a non-positive sample rate.
+    """
+    if not 0.5 <= rate <= 2.0:
+        raise ValueError(f"speed rate must lie in [0.5, 2], got {rate}")
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    ratio = Fraction(int(sample_rate / rate), sample_rate).limit_denominator(_MAX_SPEED_RATIO_DENOMINATOR)
+    return ratio.denominator, ratio.numerator
+
+
+def change_speed(samples: np.ndarray, rate: float, sample_rate: int) -> np.ndarray:
+    """Changes playback speed (tempo and pitch together) by resampling; rate 1.0 returns ``samples``.
+
+    Args:
+        samples: mono audio, shape (L,), float32.
+        rate: speed factor in [0.5, 2]; > 1 is faster, see :func:`speed_resampling_rates`.
+        sample_rate: rate of ``samples`` in Hz.
+
+    Returns:
+        The changed audio, shape (about L / rate,), float32.
+    """
+    from_rate, to_rate = speed_resampling_rates(rate, sample_rate)
+    if rate == 1.0:
+        return samples
+    return resample(np.ascontiguousarray(samples, dtype=np.float32), from_rate, to_rate)

@@ -44,12 +44,12 @@ def greedy_decode(
 ) -> Transcript:
     """Best-path CTC decoding: argmax per frame, collapse repeats, drop blanks (the last index).
 
-    For an ensemble's (T, K, V+1) log-probs, each member's best path is a candidate, and the
-    one with the highest mean CTC likelihood over the members wins (model.rescoring).
+    For an ensemble's (T, K, V+1) log-probs, each view's best path is a candidate, and the
+    one with the highest mean CTC likelihood over the views wins (model.rescoring).
 
     Args:
         log_probs: float array of shape (T, V+1) holding only the valid frames, or (T, K, V+1)
-            for K ensemble members.
+            for an ensemble of K views (members, each at each input speed).
         labels: the V labels; " " separates words, or, for word pieces, a label starting
             with "▁" begins one.
         frame_duration_s: seconds per output frame (0.02 for the stock models).

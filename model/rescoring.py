@@ -41,10 +41,20 @@ def ctc_log_likelihood(log_probs: np.ndarray, ids: Sequence[int], blank: int) ->
 
 
 def ensemble_log_likelihood(log_probs: np.ndarray, text: str, vocabulary: Vocabulary) -> float:
-    """Mean over an ensemble's members of log P(text | x); ``log_probs`` is (T, K, V+1)."""
+    """Mean over an ensemble's views of log P(text | x); ``log_probs`` is (T, K, V+1)."""
     ids = vocabulary.encode(text)
-    return float(np.mean([ctc_log_likelihood(log_probs[:, k], ids, vocabulary.blank_id)
-                          for k in range(log_probs.shape[1])]))
+    log_probs = np.asarray(log_probs, dtype=np.float32)
+    frames, views = log_probs.shape[:2]
+    if not ids:
+        return float(log_probs[:, :, vocabulary.blank_id].sum(axis=0).mean())
+    if frames == 0:
+        return float("-inf")
+    # (T, K, V+1) is ctc_loss's (T, N, C) layout: one call scores the text under every view.
+    loss = torch.nn.functional.ctc_loss(
+        torch.from_numpy(log_probs), torch.tensor([list(ids)] * views, dtype=torch.long),
+        torch.full((views,), frames, dtype=torch.long), torch.full((views,), len(ids), dtype=torch.long),
+        blank=vocabulary.blank_id, reduction="none")
+    return -float(loss.mean())
 
 
 def mean_posteriors(log_probs: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """ServiceConfig: every serving knob, read from ``ASR_*`` environment variables or passed explicitly.
 
 Nested fields use ``__`` (e.g. ``ASR_BEAM__WIDTH_MAX=128``); lists are JSON
-(``ASR_PRELOAD_MODELS='["an4-quartznet@6"]'``).
+(``ASR_PRELOAD_MODELS='["an4-quartznet@7"]'``).
 """
 
 from __future__ import annotations

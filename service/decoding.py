@@ -164,7 +164,7 @@ def _mean_confidence(words: tuple[WordTiming, ...]) -> float:
 def _frame_confidences(log_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per frame: the top probability, and whether the top label is a character (not blank).
 
-    An ensemble's (T, K, V+1) log-probs count through the members' mean posteriors.
+    An ensemble's (T, K, V+1) log-probs count through the views' mean posteriors.
     """
     log_probs = mean_posteriors(log_probs)
     best = log_probs.argmax(axis=1)

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
 import torch
 
-from model.audio import resample
-
-# Speed perturbation resamples by a ratio of small integers: torchaudio's sinc kernel has
-# one row per output phase, so 16000 -> 17777 Hz (gcd 1) would build a ~1 GB kernel,
-# whereas 9 -> 10 gives the same 1/0.9 ratio with a 10-row kernel. A denominator of at
-# most 100 keeps the ratio within 1e-4 of the requested one.
-_MAX_RATIO_DENOMINATOR = 100
+from model.audio import change_speed, resample
 
 
 @dataclass(frozen=True)
@@ -112,37 +105,14 @@ def band_limit(samples: np.ndarray, sample_rate: int, band_rate_hz: int) -> np.n
 
 
 def speed_perturb(samples: np.ndarray, rate: float, sample_rate: int) -> np.ndarray:
-    """Changes playback speed (tempo and pitch together) by resampling.
+    """Changes playback speed (tempo and pitch together); rate > 1 is faster and shorter.
 
-    Convention: ``rate`` is the speed factor, so rate > 1 makes the utterance *faster*
-    and shorter, with about ``len(samples) / rate`` samples. (NeMo's SpeedPerturbation
-    resamples to ``sr * rate`` instead, so there rate > 1 is slower; the sets of rates
-    used, symmetric around 1, make the two recipes equivalent.)
-
-    The signal is resampled from ``sample_rate`` to about ``sample_rate / rate`` and then
-    read as if still at ``sample_rate``; the ratio is rounded to a fraction with a
-    denominator of at most 100 to keep the resampling kernel small.
-
-    Args:
-        samples: mono audio, shape (L,), float32.
-        rate: speed factor in [0.5, 2]; 1.0 returns ``samples`` unchanged.
-        sample_rate: rate of ``samples`` in Hz.
-
-    Returns:
-        The perturbed audio, shape (about L / rate,), float32.
+    The same resampling as test-time speed views of an ensemble (model.audio.change_speed).
 
     Raises:
         ValueError: a rate outside [0.5, 2] or a non-positive sample rate.
     """
-    if not 0.5 <= rate <= 2.0:
-        raise ValueError(f"speed rate must lie in [0.5, 2], got {rate}")
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    if rate == 1.0:
-        return samples
-    target_rate = int(sample_rate / rate)
-    ratio = Fraction(target_rate, sample_rate).limit_denominator(_MAX_RATIO_DENOMINATOR)
-    return resample(np.ascontiguousarray(samples, dtype=np.float32), ratio.denominator, ratio.numerator)
+    return change_speed(samples, rate, sample_rate)
 
 
 def choose_speed_rate(cfg: AugmentConfig, rng: np.random.Generator) -> float:

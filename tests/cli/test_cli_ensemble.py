@@ -47,7 +47,9 @@ def test_bad_member_lists_exit_2(tmp_path) -> None:
     root = tmp_path / "registry"
     _publish_members(root)
     asr_in_process("--registry", root, "models", "ensemble", "tiny@1", "--name", "x").assert_one_line_error(
-        "at least 2 members")
+        "at least 2 members, or a speed besides 1.0")
+    asr_in_process("--registry", root, "models", "ensemble", "tiny@1", "--speeds", "0.9", "1.1", "--name", "x"
+                   ).assert_one_line_error("must include 1.0")
     asr_in_process("--registry", root, "models", "ensemble", "tiny@1", "ab@1", "--name", "x").assert_one_line_error(
         "vocabulary")
     asr_in_process("--registry", root, "models", "ensemble", "tiny@1", "nope@1", "--name", "x").assert_one_line_error(
@@ -58,3 +60,17 @@ def test_bad_member_lists_exit_2(tmp_path) -> None:
     asr_in_process("--registry", root, "models", "export-nemo", "duo", "--out", tmp_path / "d.nemo"
                    ).assert_one_line_error("ensembles cannot be exported")
     assert not (root / "x").exists()
+
+
+def test_one_model_heard_at_three_speeds_is_an_ensemble(tmp_path) -> None:
+    root = tmp_path / "registry"
+    _publish_members(root)
+    result = asr_in_process("--registry", root, "models", "ensemble", "tiny@1", "--speeds", "0.95", "1.0", "1.05",
+                            "--name", "tta")
+    assert result.returncode == 0, result.stderr
+    metadata = json.loads((root / "tta" / "1" / "metadata.json").read_text())
+    assert metadata["extra"] == {"members": ["tiny@1"], "speeds": [0.95, 1.0, 1.05]}
+    audio = SPEECH_DIR / json.loads(AN4_TEST.read_text().splitlines()[0])["audio_filepath"]
+    out = asr_in_process("--registry", root, "logprobs", audio, "--model", "tta", "--out", tmp_path / "lp.npy")
+    assert out.returncode == 0, out.stderr
+    assert "3 views x" in out.stdout

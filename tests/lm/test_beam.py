@@ -207,5 +207,5 @@ def test_ensemble_ranks_the_members_candidates_by_mean_likelihood_plus_lm(lm_dec
 
 
 def test_ensemble_shape_is_checked() -> None:
-    with pytest.raises(ValueError, match="members"):
+    with pytest.raises(ValueError, match="views"):
         BeamDecoder(LABELS).decode(np.zeros((4, 2, len(LABELS)), dtype=np.float32))

@@ -1,4 +1,4 @@
-"""Ensembles: CTC transcript likelihoods, member-candidate greedy decoding, the artifact round trip."""
+"""Ensembles: CTC transcript likelihoods, member-candidate greedy decoding, speed views, the artifact round trip."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import load_artifact, load_model, publish_model
+from model.audio import change_speed
+from model.checkpoint import artifact_files, load_artifact, load_model, publish_model
 from model.decoding import greedy_decode
-from model.ensemble import EnsembleConfig, EnsembleRecognizer
+import model.ensemble as ensemble_module
+from model.ensemble import EnsembleConfig, EnsembleRecognizer, onto_frames
 from model.features import MelFeaturizerConfig
 from model.quartznet import BlockConfig, QuartzNetConfig
 from model.recognizer import RecognizerConfig, SpeechRecognizer
@@ -131,7 +133,7 @@ def test_ensemble_outputs_each_members_log_probs_and_round_trips(tmp_path) -> No
 
 
 def test_members_must_match() -> None:
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(ValueError, match="at least 2 members, or a speed"):
         EnsembleConfig((tiny(0).config,))
     with pytest.raises(ValueError, match="vocabulary"):
         EnsembleConfig((tiny(0).config, tiny(1, labels=(" ", "a", "b")).config))
@@ -141,3 +143,93 @@ def test_members_must_match() -> None:
         (BlockConfig(32, 1, 11), BlockConfig(64, 1, 1, separable=False)), num_labels=28), Vocabulary())
     with pytest.raises(ValueError, match="output frames"):
         EnsembleConfig((tiny(0).config, unstrided))
+
+
+def test_batched_ensemble_likelihood_is_the_mean_of_the_views() -> None:
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(9, 3, len(LABELS) + 1))
+    log_probs = (logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))).astype(np.float32)
+    vocabulary = Vocabulary(LABELS)
+    for text in ("a b", "a", "", "b b a"):
+        ids = vocabulary.encode(text)
+        want = np.mean([ctc_log_likelihood(log_probs[:, k], ids, BLANK) for k in range(3)])
+        assert ensemble_log_likelihood(log_probs, text, vocabulary) == pytest.approx(want, abs=1e-4)
+    assert ensemble_log_likelihood(log_probs[:2], "a b a b", vocabulary) == float("-inf")
+
+
+# A view to stretch or shrink: "a", " " and "b" spike at frames 1, 3 and 4; frame 2 is the surest blank.
+SPIKY = frames({"": 0.6, "a": 0.3}, {"a": 0.9}, {"": 0.99}, {" ": 0.9}, {"b": 0.9}, {"": 0.8})
+
+
+@pytest.mark.parametrize("target", [3, 4, 5, 6, 7, 8, 11, 12])
+def test_onto_frames_changes_the_length_at_blank_frames_and_keeps_every_spike(target) -> None:
+    view = torch.from_numpy(SPIKY)
+    out = onto_frames(view, target)
+    assert out.shape == (target, len(LABELS) + 1)
+    rows = {tuple(row) for row in out.numpy().round(5)}
+    assert rows <= {tuple(row) for row in SPIKY.round(5)}  # frames are only dropped or copied
+    assert greedy_decode(out.numpy(), LABELS, 0.08).text == "a b"
+    if target == 5:  # one frame dropped: the surest blank (frame 2), not a spike
+        np.testing.assert_array_equal(out.numpy(), SPIKY[[0, 1, 3, 4, 5]])
+    if target == 7:  # one frame copied: the surest blank again
+        np.testing.assert_array_equal(out.numpy(), SPIKY[[0, 1, 2, 2, 3, 4, 5]])
+    assert onto_frames(view, 6) is view
+
+
+def test_onto_frames_of_an_empty_view_is_silence() -> None:
+    out = onto_frames(torch.zeros(0, 4), 3)
+    assert out.shape == (3, 4)
+    assert greedy_decode(out.numpy(), LABELS, 0.08).text == ""
+    assert onto_frames(torch.from_numpy(SPIKY), 0).shape == (0, 4)
+
+
+def test_speed_views_run_each_member_on_speed_changed_audio(tmp_path) -> None:
+    members = [tiny(0), tiny(1)]
+    ensemble = EnsembleRecognizer.of(members, speeds=(0.9, 1.0, 1.1)).eval()
+    assert ensemble.config.view_speeds == (1.0, 0.9, 1.1)
+    clips = [np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32),
+             np.random.default_rng(1).normal(0, 0.1, 7000).astype(np.float32)]
+    outputs = ensemble.log_probs_batch(clips)
+    for clip, out in zip(clips, outputs):
+        own = [m.log_probs_batch([clip])[0] for m in members]
+        assert out.shape == (len(own[0]), 6, 29)  # 2 members x 3 speeds, on the speed-1.0 frames
+        for k, speed in enumerate(ensemble.config.view_speeds):
+            for i, member in enumerate(members):
+                # The padded batch's resampling equals resampling the clip alone.
+                alone = member.log_probs_batch([change_speed(clip, speed, 16000)])[0]
+                want = onto_frames(torch.from_numpy(alone), len(own[i])).numpy()
+                np.testing.assert_allclose(out[:, k * 2 + i], want, atol=1e-4)
+    single = EnsembleRecognizer.of([members[0]], speeds=(1.0, 1.05)).eval()
+    assert single.log_probs_batch(clips)[0].shape[1] == 2
+    registry = Registry(tmp_path / "registry")
+    loaded, _, _ = load_model(registry, str(publish_model(registry, "tta", ensemble, source="ensemble")))
+    assert loaded.config.speeds == (0.9, 1.0, 1.1)
+    for got, want in zip(loaded.log_probs_batch(clips), outputs):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_speeds_share_a_forward_pass_only_in_small_batches(monkeypatch) -> None:
+    ensemble = EnsembleRecognizer.of([tiny(0), tiny(1)], speeds=(0.9, 1.0, 1.1)).eval()
+    clips = [np.random.default_rng(i).normal(0, 0.1, n).astype(np.float32) for i, n in enumerate((16000, 5000, 11000))]
+    assert ensemble._speed_groups([16000, 17800, 14600], 3) == [[0, 1, 2]]
+    assert ensemble._speed_groups([16000 * 60, 17800 * 60, 14600 * 60], 3) == [[0], [1], [2]]
+    together = ensemble.log_probs_batch(clips)
+    monkeypatch.setattr(ensemble_module, "_STACKED_AUDIO_S", 0.5)
+    assert ensemble._speed_groups([16000, 17800, 14600], 3) == [[0], [1], [2]]
+    for got, want in zip(ensemble.log_probs_batch(clips), together):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_artifacts_without_speeds_hear_speed_one_and_bad_speeds_are_refused() -> None:
+    config = EnsembleRecognizer.of([tiny(0), tiny(1)]).config.to_dict()
+    del config["speeds"]  # as written before speed views existed
+    assert EnsembleConfig.from_dict(config).speeds == (1.0,)
+    member = (tiny(0).config,)
+    with pytest.raises(ValueError, match="must include 1.0"):
+        EnsembleConfig(member, (0.9, 1.1))
+    with pytest.raises(ValueError, match="must not repeat"):
+        EnsembleConfig(member, (1.0, 1.0))
+    with pytest.raises(ValueError, match=r"\[0.5, 2\]"):
+        EnsembleConfig(member, (1.0, 3.0))
+    with pytest.raises(ValueError, match="list of numbers"):
+        EnsembleConfig.from_dict({**config, "speeds": "fast"})

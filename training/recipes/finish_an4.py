@@ -3,7 +3,9 @@
 Usage (after `asr train training/recipes/an4.yaml` published its best epoch as the newest
 an4-quartznet version in ./registry, the default registry):
     python -m training.recipes.finish_an4 [--train-registry registry --model an4-quartznet@N]
-With several --model specs (runs of the recipe with other seeds), the starter is their ensemble.
+With several --model specs (runs of the recipe with other seeds), or --speeds besides 1.0, the
+starter is an ensemble (model.ensemble). The shipped starter (an4.yaml's header):
+    python -m training.recipes.finish_an4 --model an4-seed2 an4-seed3 an4-seed4 an4-seed5 --speeds 0.95 1.0 1.05
 
 It never trains or tunes on the AN4/FSDD test sets: they are only decoded for the final report.
 """
@@ -65,6 +67,8 @@ def main() -> None:
     parser.add_argument("--train-registry", default=os.environ.get("ASR_REGISTRY", str(ROOT / "registry")))
     parser.add_argument("--model", nargs="+", default=["an4-quartznet"],
                         help="the trained model, or several (an ensemble of the same recipe's seeds)")
+    parser.add_argument("--speeds", nargs="+", type=float, default=[1.0],
+                        help="input speeds each model hears, 1.0 included (test-time augmentation)")
     parser.add_argument("--starter-registry", default=str(ROOT / "starter/registry"))
     parser.add_argument("--starter-name", default="an4-quartznet",
                         help="name the starter model is published under, whatever the training run called it")
@@ -81,12 +85,12 @@ def main() -> None:
     holdout = set(cfg.data.holdout_speakers)
     train_registry = Registry(args.train_registry)
     loaded = [load_model(train_registry, spec) for spec in args.model]
-    if len(loaded) == 1:
+    if len(loaded) == 1 and args.speeds == [1.0]:
         model, ref, metadata = loaded[0]
         members = None
     else:
         try:
-            model = EnsembleRecognizer.of([m for m, _, _ in loaded]).eval()
+            model = EnsembleRecognizer.of([m for m, _, _ in loaded], args.speeds).eval()
         except ValueError as exc:  # members of different vocabularies or frame rates
             parser.error(str(exc))
         ref, metadata = loaded[0][1], loaded[0][2]
@@ -158,13 +162,15 @@ def main() -> None:
         kind="model", source="trained" if members is None else "ensemble",
         parent_version=ref.version if members is None else None,
         metrics={**((metadata.get("metrics") or {}) if members is None else {}), **test_metrics},
-        extra={**((metadata.get("extra") or {}) if members is None else {"members": members}),
+        extra={**((metadata.get("extra") or {}) if members is None else {"members": members,
+                                                                           "speeds": list(model.config.speeds)}),
                "storage_dtype": "float16", "lm": str(lm_ref), "lm_alpha": best["alpha"], "lm_beta": best["beta"]})
     report["starter_model"] = str(model_ref)
     if members is None:
         report["train_wall_time_s"] = (metadata.get("extra") or {}).get("wall_time_s")
     else:
         report["members"] = members
+        report["speeds"] = list(model.config.speeds)
         # Runs that shared the CPU side by side overlap in time, so this sum is an upper bound.
         report["members_wall_time_s_sum"] = sum(m["wall_time_s"] or 0.0 for m in members)
     report["finish_time_s"] = round(time.monotonic() - started, 1)
