@@ -19,6 +19,7 @@ import os
 import platform
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,21 @@ def _greedy(model, lps):
 
 def _beam(decoder, lps, alpha, beta, width):
     return [decoder.decode(lp, beam_width=width, alpha=alpha, beta=beta)[0].text for lp in lps]
+
+
+def training_wall_time_s(members: list[dict]) -> float:
+    """Seconds during which at least one member was training: runs side by side overlap.
+
+    Each member is ``{"published_at": ISO time, "wall_time_s": seconds}``; its run is taken to
+    have ended when it was published.
+    """
+    spans = sorted((end - m["wall_time_s"], end) for m in members
+                   for end in [datetime.fromisoformat(m["published_at"]).timestamp()])
+    total, covered_until = 0.0, float("-inf")
+    for start, end in spans:
+        total += max(0.0, end - max(start, covered_until))
+        covered_until = max(covered_until, end)
+    return round(total, 1)
 
 
 def _write_corpus(entries, path: Path) -> None:
@@ -94,8 +110,8 @@ def main() -> None:
         except ValueError as exc:  # members of different vocabularies or frame rates
             parser.error(str(exc))
         ref, metadata = loaded[0][1], loaded[0][2]
-        members = [{"model": str(r), "metrics": md.get("metrics"), "wall_time_s": (md.get("extra") or {}).get(
-            "wall_time_s")} for _, r, md in loaded]
+        members = [{"model": str(r), "metrics": md.get("metrics"), "published_at": md.get("created_at"),
+                    "wall_time_s": (md.get("extra") or {}).get("wall_time_s")} for _, r, md in loaded]
     labels = model.vocabulary.labels
 
     an4_train, _ = read_manifest(SPEECH / "an4_train.json")
@@ -173,6 +189,8 @@ def main() -> None:
         report["speeds"] = list(model.config.speeds)
         # Runs that shared the CPU side by side overlap in time, so this sum is an upper bound.
         report["members_wall_time_s_sum"] = sum(m["wall_time_s"] or 0.0 for m in members)
+        if all(m["wall_time_s"] and m["published_at"] for m in members):
+            report["members_training_wall_time_s"] = training_wall_time_s(members)
     report["finish_time_s"] = round(time.monotonic() - started, 1)
     report["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
                          "torch": torch.__version__, "python": platform.python_version()}
