@@ -181,8 +181,8 @@ def cmd_logprobs(args) -> int:
     audio = decode_audio(args.audio, model.sample_rate)
     log_probs = model.log_probs_batch([audio.samples])[0].astype(np.float32)
     np.save(args.out, log_probs)
-    members = f"{log_probs.shape[1]} views x " if log_probs.ndim == 3 else ""  # an ensemble
-    print(f"{args.out}: {log_probs.shape[0]} frames x {members}{log_probs.shape[-1]} classes")
+    views = f"{log_probs.shape[1]} views x " if log_probs.ndim == 3 else ""  # an ensemble
+    print(f"{args.out}: {log_probs.shape[0]} frames x {views}{log_probs.shape[-1]} classes")
     return 0
 
 

@@ -118,18 +118,21 @@ class EnsembleRecognizer(BatchInference, nn.Module):
         # per_speed[k][m]: member m's (log_probs, lengths) at speed k.
         per_speed: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in speeds]
         for group in self._speed_groups([c.shape[1] for c in clips], batch):
-            longest = max(clips[k].shape[1] for k in group)
-            stacked = torch.cat([nn.functional.pad(clips[k], (0, longest - clips[k].shape[1])) for k in group])
-            stacked_lengths = torch.cat([clip_lengths[k] for k in group])
+            if len(group) == 1:
+                stacked, stacked_lengths = clips[group[0]], clip_lengths[group[0]]
+            else:
+                longest = max(clips[k].shape[1] for k in group)
+                stacked = torch.cat([nn.functional.pad(clips[k], (0, longest - clips[k].shape[1])) for k in group])
+                stacked_lengths = torch.cat([clip_lengths[k] for k in group])
             for member in self.members:
-                log_probs, lengths = member(stacked, stacked_lengths)
+                log_probs, out_lengths = member(stacked, stacked_lengths)
                 for j, k in enumerate(group):
                     rows = slice(j * batch, (j + 1) * batch)
-                    per_speed[k].append((log_probs[rows], lengths[rows]))
+                    per_speed[k].append((log_probs[rows], out_lengths[rows]))
         base = per_speed[0]
         # Members with other kernels or padding may differ by a frame; keep the common span.
-        frames = min(int(lengths.max()) for _, lengths in base) if batch else 0
-        lengths = torch.stack([lengths for _, lengths in base]).min(dim=0).values.clamp(max=frames)
+        frames = min(int(out_lengths.max()) for _, out_lengths in base) if batch else 0
+        lengths = torch.stack([out_lengths for _, out_lengths in base]).min(dim=0).values.clamp(max=frames)
         views = [log_probs[:, :frames] for log_probs, _ in base]
         for outputs in per_speed[1:]:
             for (log_probs, view_lengths), (own, _) in zip(outputs, base):

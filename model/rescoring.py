@@ -29,31 +29,27 @@ def ctc_log_likelihood(log_probs: np.ndarray, ids: Sequence[int], blank: int) ->
     Returns:
         The log-likelihood; ``-inf`` when the sequence cannot fit in T frames.
     """
-    log_probs = np.asarray(log_probs, dtype=np.float32)
-    if not len(ids):
-        return float(log_probs[:, blank].sum())
-    if len(log_probs) == 0:
-        return float("-inf")
-    loss = torch.nn.functional.ctc_loss(
-        torch.from_numpy(log_probs).unsqueeze(1), torch.tensor([list(ids)], dtype=torch.long),
-        torch.tensor([len(log_probs)]), torch.tensor([len(ids)]), blank=blank, reduction="sum")
-    return -float(loss)
+    return _mean_log_likelihood(np.asarray(log_probs, dtype=np.float32)[:, None], ids, blank)
 
 
 def ensemble_log_likelihood(log_probs: np.ndarray, text: str, vocabulary: Vocabulary) -> float:
     """Mean over an ensemble's views of log P(text | x); ``log_probs`` is (T, K, V+1)."""
-    ids = vocabulary.encode(text)
-    log_probs = np.asarray(log_probs, dtype=np.float32)
+    return _mean_log_likelihood(np.asarray(log_probs, dtype=np.float32), vocabulary.encode(text),
+                                vocabulary.blank_id)
+
+
+def _mean_log_likelihood(log_probs: np.ndarray, ids: Sequence[int], blank: int) -> float:
+    """Mean over the K views of (T, K, V+1) float32 log-probs of log P(ids | x)."""
     frames, views = log_probs.shape[:2]
-    if not ids:
-        return float(log_probs[:, :, vocabulary.blank_id].sum(axis=0).mean())
+    if not len(ids):
+        return float(log_probs[:, :, blank].sum(axis=0).mean())
     if frames == 0:
         return float("-inf")
-    # (T, K, V+1) is ctc_loss's (T, N, C) layout: one call scores the text under every view.
+    # (T, K, V+1) is ctc_loss's (T, N, C) layout: one call scores the sequence under every view.
     loss = torch.nn.functional.ctc_loss(
         torch.from_numpy(log_probs), torch.tensor([list(ids)] * views, dtype=torch.long),
         torch.full((views,), frames, dtype=torch.long), torch.full((views,), len(ids), dtype=torch.long),
-        blank=vocabulary.blank_id, reduction="none")
+        blank=blank, reduction="none")
     return -float(loss.mean())
 
 

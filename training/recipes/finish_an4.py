@@ -187,8 +187,6 @@ def main() -> None:
     else:
         report["members"] = members
         report["speeds"] = list(model.config.speeds)
-        # Runs that shared the CPU side by side overlap in time, so this sum is an upper bound.
-        report["members_wall_time_s_sum"] = sum(m["wall_time_s"] or 0.0 for m in members)
         if all(m["wall_time_s"] and m["published_at"] for m in members):
             report["members_training_wall_time_s"] = training_wall_time_s(members)
     report["finish_time_s"] = round(time.monotonic() - started, 1)
