@@ -2,26 +2,28 @@
 #
 # QuartzNet ASR: one image for serving (`asr serve`, the default command), Ray nodes and
 # `asr train`. Built by the same scripts/setup.sh a developer runs, so the image installs exactly
-# what the tests exercise: apt packages, the .venv (torch, serve + train extras), KenLM's lmplz
-# and build_binary compiled from source, the gRPC stubs, and the starter model seeded into
-# the registry.
+# what the tests exercise: apt packages, the .venv holding requirements.lock (torch, serve +
+# train extras), KenLM's lmplz and build_binary compiled from source, the gRPC stubs, and the
+# starter model seeded into the registry; setup's last step transcribes a clip inside the build.
 #
-#   docker build -t quartznet-asr .                              # CPU torch (default)
-#   docker build -t quartznet-asr:cuda --build-arg TORCH_VARIANT=cuda .
+#   docker build -t quartznet-asr .
+#   docker build --build-arg PIP_INDEX_URL=<your mirror's simple index> -t quartznet-asr .
 #
-# TORCH_VARIANT=cuda takes torch from PyPI, whose Linux wheels bundle the CUDA runtime; the host
-# needs only the NVIDIA driver and the NVIDIA Container Toolkit (see the GPU lines in
-# docker-compose.yml). TORCH_INDEX_URL picks another PyTorch wheel index, e.g.
-# --build-arg TORCH_VARIANT=custom --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
+# The lock pins PyPI's torch, whose Linux wheels bundle the CUDA runtime: the same image runs
+# on CPU, and on an NVIDIA GPU when the host has the driver and the NVIDIA Container Toolkit
+# (see the GPU lines in docker-compose.yml). Every download goes through pip and apt-get by
+# package name; the PIP_* build arguments below reach pip, so a mirror or proxy applies.
 # BASE may be any Debian 12 image with Python 3.11 as python3.
 
 ARG BASE=python:3.11-slim-bookworm
 
 # ----------------------------------------------------------------------------------------------
 FROM ${BASE} AS build
-ARG TORCH_VARIANT=cpu
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG KENLM_JOBS=4
+# pip's own settings, unset unless given with --build-arg (a mirror, a proxy's certificate).
+ARG PIP_INDEX_URL
+ARG PIP_TRUSTED_HOST
+ARG PIP_CERT
 # ASR_SKIP_TEST_TOOLS: the browser, Prometheus and docker-compose are for the test suite only.
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
@@ -32,19 +34,20 @@ ENV DEBIAN_FRONTEND=noninteractive \
     ASR_REGISTRY=/data/registry
 WORKDIR /app
 
-# 1. Dependencies only: this layer (torch, ray, KenLM build) is reused until pyproject.toml or
-#    the setup script change; editing code does not reinstall torch.
-COPY pyproject.toml ./
-COPY scripts/setup.sh scripts/
-RUN if [ "$TORCH_VARIANT" != "cuda" ]; then export PIP_EXTRA_INDEX_URL="$TORCH_INDEX_URL"; fi; \
-    scripts/setup.sh
+# 1. Dependencies only: this layer (torch, ray, KenLM build) is reused until the lock files or
+#    the setup script change; editing code does not reinstall torch. There is no code yet to
+#    check, so the install check waits for step 2.
+COPY pyproject.toml requirements.lock build-requirements.lock ./
+COPY scripts/setup.sh scripts/lock_digest.py scripts/
+RUN ASR_SKIP_CHECK=1 scripts/setup.sh
 
-# 2. The code. Removing the stamp makes setup.sh redo the editable install so it maps the
-#    packages that exist now (dependencies are already satisfied: nothing is downloaded), then
-#    it generates the gRPC stubs and seeds the starter model into $ASR_REGISTRY. The KenLM
-#    sources and objects in .cache are not needed at run time (lmplz is in .venv/bin).
+# 2. The code. Removing the project stamp makes setup.sh redo the editable install so it maps
+#    the packages that exist now (the lock is already installed: nothing is downloaded), then it
+#    generates the gRPC stubs, seeds the starter model into $ASR_REGISTRY and checks the install
+#    by transcribing a bundled clip. The KenLM sources and objects in .cache are not needed at
+#    run time (lmplz is in .venv/bin).
 COPY . .
-RUN rm -f .venv/.setup-pyproject.sha256 && scripts/setup.sh && rm -rf .cache
+RUN rm -f .venv/.setup-project.sha256 && scripts/setup.sh && rm -rf .cache
 
 # ----------------------------------------------------------------------------------------------
 FROM ${BASE} AS runtime

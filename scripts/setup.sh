@@ -3,17 +3,24 @@
 # what is already there and returns in well under a second when nothing changed.
 #
 #   1. Debian packages (compilers, cmake, boost, compression libs, libsndfile) via apt-get.
-#   2. .venv with `pip install -e '.[train,serve,dev]'`, redone only when pyproject.toml changed.
-#   3. KenLM's `lmplz` and `build_binary`, compiled from the kenlm source distribution on PyPI
-#      (pinned version + sha256), installed into .venv/bin.
+#   2. .venv holding exactly requirements.lock (pip --require-hashes --no-deps; a changed lock
+#      rebuilds .venv from scratch), then the project itself in editable mode, resolving nothing.
+#   3. KenLM's `lmplz` and `build_binary`, compiled from the kenlm source distribution that the
+#      lock pins (fetched by `pip download`, sha256 checked), installed into .venv/bin.
 #   4. gRPC stubs via scripts/gen_protos.sh, when the proto and that script exist.
+#   5. The starter models seeded into the registry.
+#   6. A check that the install works: every runtime module imports and the starter model
+#      transcribes a bundled clip (scripts/check_install.py).
 #
-# It never starts a server. Typical use: scripts/setup.sh && .venv/bin/asr serve
+# Every download goes through pip or apt-get by package name, so pip's own settings apply:
+# PIP_INDEX_URL for a mirror, HTTPS_PROXY for a proxy, PIP_FIND_LINKS + PIP_NO_INDEX=1 for an
+# offline wheelhouse. It never starts a server. Typical use: scripts/setup.sh && .venv/bin/asr serve
 #
 # Environment:
 #   PYTHON       interpreter used to create .venv (default: python3; must be 3.11)
 #   KENLM_JOBS   parallel compile jobs for KenLM (default: 2)
-#   ASR_SKIP_APT=1  skip the apt step (non-Debian hosts with the packages installed another way)
+#   ASR_SKIP_APT=1    skip the apt step (non-Debian hosts with the packages installed another way)
+#   ASR_SKIP_CHECK=1  skip the final check (the Docker image's dependency layer, which has no code yet)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,7 +28,10 @@ cd "$ROOT"
 
 PYTHON="${PYTHON:-python3}"
 VENV="$ROOT/.venv"
-PYPROJECT_STAMP="$VENV/.setup-pyproject.sha256"
+LOCK="$ROOT/requirements.lock"
+BUILD_LOCK="$ROOT/build-requirements.lock"
+LOCK_STAMP="$VENV/.setup-lock.sha256"
+PROJECT_STAMP="$VENV/.setup-project.sha256"
 
 APT_PACKAGES=(
   build-essential cmake
@@ -31,20 +41,14 @@ APT_PACKAGES=(
 
 # KenLM source: the sdist of the `kenlm` project on PyPI carries the complete C++ tree
 # (top-level CMakeLists.txt, lm/builder/lmplz_main.cc, lm/build_binary_main.cc, util/).
-# Debian 12 has no kenlm package, and GitHub is not reachable from our build machines.
-# It is also the version of the `kenlm` Python module pip installs, so the binaries and the
-# module reading their output come from the same source.
-KENLM_VERSION="0.3.0"
-KENLM_SHA256="c4628bb9fb63c8a6f9240035b8b037385cfc404cb72e933cf48878291edac1e8"
-KENLM_URL="https://files.pythonhosted.org/packages/02/6e/f4e159cef39ea4ef2244b4aa32857d447d60a5d0ee269e1b1f8d3723c03e/kenlm-${KENLM_VERSION}.tar.gz"
+# Debian 12 has no kenlm package. The lock pins its version and sha256, the same sdist pip
+# builds the `kenlm` Python module from, so the binaries and the module reading their output
+# come from one source.
 KENLM_MAX_ORDER=6
 KENLM_JOBS="${KENLM_JOBS:-2}"
 KENLM_CACHE="$ROOT/.cache/kenlm"
-KENLM_TARBALL="$KENLM_CACHE/kenlm-${KENLM_VERSION}.tar.gz"
-KENLM_SRC="$KENLM_CACHE/kenlm-${KENLM_VERSION}"
 KENLM_BUILD="$KENLM_CACHE/build"
 KENLM_STAMP="$KENLM_BUILD/.setup-kenlm.stamp"
-KENLM_STAMP_VALUE="${KENLM_VERSION} ${KENLM_SHA256} max_order=${KENLM_MAX_ORDER}"
 
 log() { echo "[setup] $*"; }
 die() { echo "[setup] ERROR: $*" >&2; exit 1; }
@@ -160,85 +164,102 @@ step_test_tools() {
 step_venv() {
   "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
     || die "$PYTHON is Python $("$PYTHON" -V 2>&1); this project needs 3.11 (set PYTHON=...)"
+  [[ -f "$LOCK" && -f "$BUILD_LOCK" ]] || die "requirements.lock or build-requirements.lock is missing; run scripts/lock.sh"
+  local digest
+  digest="$("$PYTHON" scripts/lock_digest.py)"
+  grep -qxF "# pyproject-sha256: $digest" "$LOCK" && grep -qxF "# pyproject-sha256: $digest" "$BUILD_LOCK" \
+    || die "pyproject.toml changed since requirements.lock was made; run scripts/lock.sh to refresh the lock"
 
-  if [[ -x "$VENV/bin/python" ]] && ! "$VENV/bin/python" -c '' >/dev/null 2>&1; then
-    log ".venv is broken (its interpreter does not start); recreating it"
+  local lock_sum have=""
+  lock_sum="$(cat "$LOCK" "$BUILD_LOCK" | sha256sum | awk '{print $1}')"
+  [[ -f "$LOCK_STAMP" ]] && have="$(cat "$LOCK_STAMP")"
+  if [[ -x "$VENV/bin/python" && "$lock_sum" == "$have" ]] && "$VENV/bin/python" -c '' >/dev/null 2>&1; then
+    log "requirements.lock already installed"
+  else
+    # A fresh .venv whenever the lock changed: upgrading in place would keep packages the lock dropped.
+    log "creating .venv with $("$PYTHON" -V 2>&1) and installing requirements.lock"
     "$PYTHON" -m venv --clear "$VENV"
-  elif [[ ! -x "$VENV/bin/python" ]]; then
-    log "creating .venv with $("$PYTHON" -V 2>&1)"
-    "$PYTHON" -m venv "$VENV"
+    local pip=("$VENV/bin/python" -m pip install --disable-pip-version-check --no-input --require-hashes --no-deps)
+    "${pip[@]}" -r "$BUILD_LOCK"
+    # kenlm is a source distribution: build it with the locked setuptools rather than fetching
+    # unpinned build tools into an isolated environment.
+    "${pip[@]}" --no-build-isolation -r "$LOCK"
+    echo "$lock_sum" >"$LOCK_STAMP"
+    rm -f "$PROJECT_STAMP"
   fi
 
-  local want have=""
+  local want
   want="$(sha256_of pyproject.toml)"
-  [[ -f "$PYPROJECT_STAMP" ]] && have="$(cat "$PYPROJECT_STAMP")"
-  if [[ "$want" == "$have" ]]; then
-    log "pyproject.toml unchanged since last install; skipping pip"
-    return
+  have=""
+  [[ -f "$PROJECT_STAMP" ]] && have="$(cat "$PROJECT_STAMP")"
+  if [[ "$want" != "$have" ]]; then
+    log "installing the project itself (editable, no dependency resolution)"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q --no-deps --no-build-isolation -e .
+    "$VENV/bin/python" -m pip check >/dev/null \
+      || { "$VENV/bin/python" -m pip check >&2; die "the installed packages do not fit together (pip check above); run scripts/lock.sh"; }
+    echo "$want" >"$PROJECT_STAMP"
   fi
-  log "pip install -e '.[train,serve,dev]' (pyproject.toml changed or first install)"
-  "$VENV/bin/python" -m pip install --disable-pip-version-check -e '.[train,serve,dev]'
-  echo "$want" >"$PYPROJECT_STAMP"
 }
 
 # ---------------------------------------------------------------------------------------------
-fetch_kenlm_sdist() {
-  if [[ -f "$KENLM_TARBALL" ]] && [[ "$(sha256_of "$KENLM_TARBALL")" == "$KENLM_SHA256" ]]; then
+# kenlm_pin <version|sha256>: kenlm's pinned version or its sdist's sha256, read from the lock.
+kenlm_pin() {
+  awk -v want="$1" '
+    /^kenlm==/ { split($1, a, "=="); version = a[2]; inside = 1; next }
+    inside && /--hash=sha256:/ { sub(/.*--hash=sha256:/, ""); sub(/[ \\].*/, ""); hash = $0; inside = 0 }
+    END { if (version == "" || hash == "") exit 1; print (want == "version" ? version : hash) }
+  ' "$LOCK" || die "requirements.lock pins no kenlm sdist; run scripts/lock.sh"
+}
+
+fetch_kenlm_sdist() {  # fetch_kenlm_sdist <version> <sha256> <dest>
+  local version="$1" sha="$2" dest="$3" tmp got
+  if [[ -f "$dest" && "$(sha256_of "$dest")" == "$sha" ]]; then
     return
   fi
-  mkdir -p "$KENLM_CACHE"
-  rm -f "$KENLM_TARBALL"
-  log "downloading kenlm ${KENLM_VERSION} sdist from PyPI"
-  if ! "$VENV/bin/python" - "$KENLM_URL" "$KENLM_TARBALL.part" <<'PY'
-import shutil, sys, urllib.request
-url, dest = sys.argv[1], sys.argv[2]
-with urllib.request.urlopen(url, timeout=120) as resp, open(dest, "wb") as out:
-    shutil.copyfileobj(resp, out)
-PY
-  then
-    # Direct download failed (e.g. only a PyPI mirror is reachable): let pip fetch it from
-    # whatever index it is configured with. pip prepares the metadata, hence no isolation.
-    log "direct download failed; trying pip download"
-    local tmp
-    tmp="$(mktemp -d)"
-    "$VENV/bin/python" -m pip download --disable-pip-version-check -q --no-deps \
-      --no-binary :all: --no-build-isolation -d "$tmp" "kenlm==${KENLM_VERSION}"
-    mv "$tmp/kenlm-${KENLM_VERSION}.tar.gz" "$KENLM_TARBALL.part"
+  mkdir -p "$(dirname "$dest")"
+  tmp="$(mktemp -d)"
+  log "fetching the kenlm ${version} sdist with pip download"
+  "$VENV/bin/python" -m pip download --disable-pip-version-check --no-input -q --no-deps \
+    --no-binary kenlm --no-build-isolation -d "$tmp" "kenlm==${version}" \
+    || { rm -rf "$tmp"; die "pip download kenlm==${version} failed; check pip's index settings (PIP_INDEX_URL)"; }
+  got="$(sha256_of "$tmp/kenlm-${version}.tar.gz")"
+  if [[ "$got" != "$sha" ]]; then
     rm -rf "$tmp"
+    die "kenlm-${version}.tar.gz sha256 mismatch: got $got, the lock says $sha"
   fi
-  local got
-  got="$(sha256_of "$KENLM_TARBALL.part")"
-  if [[ "$got" != "$KENLM_SHA256" ]]; then
-    rm -f "$KENLM_TARBALL.part"
-    die "kenlm-${KENLM_VERSION}.tar.gz sha256 mismatch: got $got, expected $KENLM_SHA256"
-  fi
-  mv "$KENLM_TARBALL.part" "$KENLM_TARBALL"
+  mv "$tmp/kenlm-${version}.tar.gz" "$dest"
+  rm -rf "$tmp"
 }
 
 step_kenlm() {
-  local bin
-  if [[ ! -f "$KENLM_STAMP" || "$(cat "$KENLM_STAMP")" != "$KENLM_STAMP_VALUE" \
+  local bin version sha tarball src stamp_value
+  version="$(kenlm_pin version)"
+  sha="$(kenlm_pin sha256)"
+  tarball="$KENLM_CACHE/kenlm-${version}.tar.gz"
+  src="$KENLM_CACHE/kenlm-${version}"
+  stamp_value="${version} ${sha} max_order=${KENLM_MAX_ORDER}"
+  if [[ ! -f "$KENLM_STAMP" || "$(cat "$KENLM_STAMP")" != "$stamp_value" \
         || ! -x "$KENLM_BUILD/bin/lmplz" || ! -x "$KENLM_BUILD/bin/build_binary" ]]; then
-    fetch_kenlm_sdist
-    rm -rf "$KENLM_SRC"
-    tar -xzf "$KENLM_TARBALL" -C "$KENLM_CACHE"
-    [[ -f "$KENLM_SRC/CMakeLists.txt" && -f "$KENLM_SRC/lm/builder/lmplz_main.cc" ]] \
-      || die "kenlm ${KENLM_VERSION} sdist lacks the C++ sources (CMakeLists.txt, lm/builder)"
+    fetch_kenlm_sdist "$version" "$sha" "$tarball"
+    rm -rf "$src"
+    tar -xzf "$tarball" -C "$KENLM_CACHE"
+    [[ -f "$src/CMakeLists.txt" && -f "$src/lm/builder/lmplz_main.cc" ]] \
+      || die "kenlm ${version} sdist lacks the C++ sources (CMakeLists.txt, lm/builder)"
     # A cache configured for another source folder (checkout moved) makes cmake refuse to run.
     if [[ -f "$KENLM_BUILD/CMakeCache.txt" ]] \
-        && ! grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$KENLM_SRC" "$KENLM_BUILD/CMakeCache.txt"; then
+        && ! grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$src" "$KENLM_BUILD/CMakeCache.txt"; then
       rm -rf "$KENLM_BUILD"
     fi
-    log "building lmplz and build_binary (kenlm ${KENLM_VERSION}, -j${KENLM_JOBS}); takes a few minutes"
-    cmake -S "$KENLM_SRC" -B "$KENLM_BUILD" -DCMAKE_BUILD_TYPE=Release \
+    log "building lmplz and build_binary (kenlm ${version}, -j${KENLM_JOBS}); takes a few minutes"
+    cmake -S "$src" -B "$KENLM_BUILD" -DCMAKE_BUILD_TYPE=Release \
       -DKENLM_MAX_ORDER="$KENLM_MAX_ORDER" -DCOMPILE_TESTS=OFF -DENABLE_PYTHON=OFF \
       -Wno-dev >"$KENLM_CACHE/cmake.log" 2>&1 \
       || { tail -n 30 "$KENLM_CACHE/cmake.log" >&2; die "cmake configure failed (log: $KENLM_CACHE/cmake.log)"; }
     make -C "$KENLM_BUILD" -j"$KENLM_JOBS" lmplz build_binary >"$KENLM_CACHE/make.log" 2>&1 \
       || { tail -n 30 "$KENLM_CACHE/make.log" >&2; die "kenlm build failed (log: $KENLM_CACHE/make.log)"; }
-    echo "$KENLM_STAMP_VALUE" >"$KENLM_STAMP"
+    echo "$stamp_value" >"$KENLM_STAMP"
   else
-    log "kenlm ${KENLM_VERSION} already built"
+    log "kenlm ${version} already built"
   fi
   for bin in lmplz build_binary; do
     if ! cmp -s "$KENLM_BUILD/bin/$bin" "$VENV/bin/$bin"; then
@@ -260,6 +281,17 @@ step_protos() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# The last step proves the install: imports of every runtime module and one transcription.
+step_check() {
+  if [[ "${ASR_SKIP_CHECK:-}" == "1" ]]; then
+    log "ASR_SKIP_CHECK=1: not checking the install"
+    return
+  fi
+  "$VENV/bin/python" scripts/check_install.py --registry "${ASR_REGISTRY:-$ROOT/registry}" \
+    || die "the install check failed (above); setup is not complete"
+}
+
+# ---------------------------------------------------------------------------------------------
 TOTAL_START="$(now)"
 run_step "apt packages" step_apt
 run_step "test tools" step_test_tools
@@ -267,6 +299,7 @@ run_step "python venv" step_venv
 run_step "kenlm binaries" step_kenlm
 run_step "grpc stubs" step_protos
 run_step "starter models" step_seed_registry
+run_step "install check" step_check
 TIMINGS_LINE="$(printf '%s, ' "${TIMINGS[@]}")"
 log "timings: ${TIMINGS_LINE%, }"
 log "ready in $(elapsed "$TOTAL_START")"

@@ -9,6 +9,13 @@ from torch import nn
 from training.novograd import NovoGrad
 
 
+# NovoGrad does its arithmetic in float32 by design (fp16 parameters are stepped in float32).
+# Each expected value below is an exact decimal reached by about a dozen float32 roundings of at
+# most half an ulp each, plus half an ulp to store the decimal itself: 16 ulps relative is the
+# worst case, about 1.9e-6, while a wrong update rule is off by 1e-2 or more.
+FLOAT32_ROUNDING = dict(rtol=16 * 2.0 ** -23, atol=0)
+
+
 def _tiny_linear() -> nn.Linear:
     layer = nn.Linear(2, 1)
     with torch.no_grad():
@@ -31,8 +38,8 @@ def test_two_steps_match_hand_computation():
     # g' = g / 5 + 0.1 * [1, 2] = [0.7, 1.0]; m = g'; w = [1, 2] - 0.1 * m = [0.93, 1.9]
     # bias: g = 1, v = 1, g' = 1 + 0.1 * 0.5 = 1.05, m = 1.05, b = 0.5 - 0.105 = 0.395
     _step(layer, opt, [3.0, 4.0])
-    torch.testing.assert_close(layer.weight, torch.tensor([[0.93, 1.9]]), atol=1e-6, rtol=0)
-    torch.testing.assert_close(layer.bias, torch.tensor([0.395]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(layer.weight, torch.tensor([[0.93, 1.9]]), **FLOAT32_ROUNDING)
+    torch.testing.assert_close(layer.bias, torch.tensor([0.395]), **FLOAT32_ROUNDING)
 
     # Step 2, weight: g = [6, 8], v = 0.48 * 25 + 0.52 * 100 = 64, sqrt(v) = 8
     # g' = [0.75, 1.0] + 0.1 * [0.93, 1.9] = [0.843, 1.19]
@@ -40,8 +47,8 @@ def test_two_steps_match_hand_computation():
     # bias: v = 0.48 + 0.52 = 1, g' = 1 + 0.0395 = 1.0395, m = 0.525 + 1.0395 = 1.5645,
     # b = 0.395 - 0.15645 = 0.23855
     _step(layer, opt, [6.0, 8.0])
-    torch.testing.assert_close(layer.weight, torch.tensor([[0.8107, 1.731]]), atol=1e-6, rtol=0)
-    torch.testing.assert_close(layer.bias, torch.tensor([0.23855]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(layer.weight, torch.tensor([[0.8107, 1.731]]), **FLOAT32_ROUNDING)
+    torch.testing.assert_close(layer.bias, torch.tensor([0.23855]), **FLOAT32_ROUNDING)
     assert opt.state[layer.weight]["exp_avg_sq"].item() == pytest.approx(64.0)
 
 
@@ -50,7 +57,7 @@ def test_grad_averaging_scales_the_first_moment():
     opt = NovoGrad([layer.weight], lr=0.1, betas=(0.5, 0.5), grad_averaging=True)
     _step(layer, opt, [3.0, 4.0])
     # g' = [0.6, 0.8] * (1 - 0.5) = [0.3, 0.4]; w = [1, 2] - 0.1 * g'
-    torch.testing.assert_close(layer.weight, torch.tensor([[0.97, 1.96]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(layer.weight, torch.tensor([[0.97, 1.96]]), **FLOAT32_ROUNDING)
 
 
 def test_params_without_grad_are_skipped():

@@ -1,4 +1,10 @@
-"""CpuSyncBatchNorm1d over two gloo processes equals one BatchNorm1d over the joint batch."""
+"""CpuSyncBatchNorm1d over two gloo processes equals one BatchNorm1d over the joint batch.
+
+Both sides run in float64 so that the comparison measures the synchronisation, not rounding:
+every compared value sums at most 2 * 3 * 20 = 120 products of magnitude below 10, so float64
+rounding is below 120 * 10 * 2.2e-16 ~ 3e-13; TOL leaves three orders of margin. A wrong
+reduction (one rank's statistics instead of both) moves outputs and gradients by ~1e-1.
+"""
 
 import os
 import socket
@@ -12,6 +18,7 @@ from training.sync_bn import CpuSyncBatchNorm1d, convert_sync_batchnorm
 
 WORLD_SIZE = 2
 BATCH, CHANNELS, FRAMES = 3, 8, 20
+TOL = dict(atol=1e-10, rtol=1e-10)
 
 
 def _model() -> nn.Module:
@@ -22,11 +29,12 @@ def _model() -> nn.Module:
         model[1].weight.uniform_(0.5, 1.5)
         model[1].bias.uniform_(-0.5, 0.5)
         model[1].running_mean.fill_(0.3)
-    return model
+    return model.double()
 
 
 def _inputs() -> torch.Tensor:
-    return torch.randn(WORLD_SIZE * BATCH, CHANNELS, FRAMES, generator=torch.Generator().manual_seed(1))
+    return torch.randn(WORLD_SIZE * BATCH, CHANNELS, FRAMES, generator=torch.Generator().manual_seed(1),
+                       dtype=torch.float64)
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
@@ -75,13 +83,13 @@ def test_two_process_sync_bn_matches_single_process_batchnorm(tmp_path):
 
     for rank, result in enumerate(results):
         rows = slice(rank * BATCH, (rank + 1) * BATCH)
-        torch.testing.assert_close(result["out"], y.detach()[rows], atol=1e-5, rtol=0)
-        torch.testing.assert_close(result["x_grad"], x.grad[rows] * WORLD_SIZE, atol=1e-5, rtol=0)
+        torch.testing.assert_close(result["out"], y.detach()[rows], **TOL)
+        torch.testing.assert_close(result["x_grad"], x.grad[rows] * WORLD_SIZE, **TOL)
         for name, param in reference.named_parameters():
-            torch.testing.assert_close(result["grads"][name], param.grad, atol=1e-5, rtol=0)
+            torch.testing.assert_close(result["grads"][name], param.grad, **TOL)
         for name, buffer in reference.state_dict().items():
             if "running" in name:
-                torch.testing.assert_close(result["buffers"][name], buffer, atol=1e-5, rtol=0)
+                torch.testing.assert_close(result["buffers"][name], buffer, **TOL)
 
 
 def test_without_process_group_it_is_batchnorm():
