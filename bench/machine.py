@@ -1,17 +1,9 @@
-"""The CPU model name recorded with every benchmark result."""
+"""The CPU model name recorded with every benchmark result (the same function `asr bench` reports)."""
 
 from __future__ import annotations
 
-import platform
+import sys
 from pathlib import Path
 
-
-def cpu_model() -> str:
-    """``model name`` from /proc/cpuinfo (Linux), else ``platform.processor()``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass  # not Linux: fall through to the platform's own (often vaguer) name
-    return platform.processor()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli.bench import cpu_model  # noqa: E402,F401 - re-exported for the bench scripts

@@ -5,9 +5,11 @@ Usage:
     asr models list [--json]
     asr models import-nemo FILE.nemo --name NAME
     asr models ensemble MEMBER... --name NAME [--speeds 0.95 1.0 1.05] [--fp16]
-    asr transcribe AUDIO... [--model NAME[@VERSION]] [--json] [--decoder beam [--lm NAME]]
+    asr models export NAME[@VERSION] --format onnx|nemo --out FILE
+    asr transcribe AUDIO... [--model NAME[@VERSION]] [--json] [--decoder beam [--lm NAME]] [--precision P]
     asr eval --manifest M.json [--model ...] [--json]
-    asr logprobs AUDIO --model NAME[@VERSION] --out FILE.npy
+    asr logprobs AUDIO --model NAME[@VERSION] --out FILE.npy [--precision fp32]
+    asr bench [--model NAME[@VERSION]] [--batch-size N] [--clip-seconds S] [--threads N] [--precision P] [--json]
     asr train CONFIG.yaml [--set key=value ...] [--plot curve.png]
     asr lm build TEXT_OR_MANIFEST --order N --name NAME [--prune 0 1 1]
     asr serve [--port 8000] [--grpc-port 50051] [--model NAME]
@@ -116,6 +118,22 @@ def cmd_models_ensemble(args) -> int:
     return 0
 
 
+def cmd_models_export(args) -> int:
+    from model.checkpoint import load_model
+
+    model, ref, _ = load_model(_registry(args), args.model)
+    if args.format == "onnx":
+        from interop.onnx import export_onnx
+
+        export_onnx(model, Path(args.out))
+    else:
+        from interop.nemo import export_nemo
+
+        export_nemo(model, Path(args.out))
+    print(f"{ref} -> {args.out}")
+    return 0
+
+
 def cmd_models_export_nemo(args) -> int:
     from interop.nemo import export_nemo
     from model.checkpoint import load_model
@@ -130,10 +148,15 @@ def cmd_models_export_nemo(args) -> int:
 
 
 def _load(args):
+    """The inference form of the requested model at ``--precision`` on ``--device``, and its registry ref."""
     from model.checkpoint import load_model
+    from model.inference import for_inference
+    from model.precision import check_device, resolve_precision
 
-    model, ref, _ = load_model(_registry(args), args.model or _default_model(), device=args.device)
-    return model, ref
+    device = check_device(args.device)
+    precision = resolve_precision(args.precision, device)  # before loading: a bad choice fails fast
+    model, ref, _ = load_model(_registry(args), args.model or _default_model())
+    return for_inference(model, precision, device), ref
 
 
 def _check_audio_args(paths: list[str]) -> None:
@@ -183,6 +206,34 @@ def cmd_logprobs(args) -> int:
     np.save(args.out, log_probs)
     views = f"{log_probs.shape[1]} views x " if log_probs.ndim == 3 else ""  # an ensemble
     print(f"{args.out}: {log_probs.shape[0]} frames x {views}{log_probs.shape[-1]} classes")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import torch
+
+    from cli.bench import MAX_CLIP_SECONDS, MIN_RUNS, bench_report
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not 0 < args.clip_seconds <= MAX_CLIP_SECONDS:
+        raise UsageError(f"--clip-seconds must be in (0, {MAX_CLIP_SECONDS:.0f}], got {args.clip_seconds}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    if args.runs < MIN_RUNS:
+        raise UsageError(f"--runs must be at least {MIN_RUNS} (the median needs them), got {args.runs}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    model, ref = _load(args)
+    report = bench_report(model, ref, batch_size=args.batch_size, clip_seconds=args.clip_seconds,
+                          threads=torch.get_num_threads(), precision=model.precision, device=args.device,
+                          runs=args.runs)
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"{ref} {report['precision']} on {report['device']} ({report['cpu']}, {report['threads']} threads), "
+              f"{args.batch_size} x {args.clip_seconds:g} s: {report['x_realtime']:.1f}x real time, "
+              f"{report['ms_per_batch']:.1f} ms per batch (median of {args.runs})")
     return 0
 
 
@@ -240,6 +291,15 @@ def _add_decoder_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, help="LM weight (default: the model's tuned value)")
     parser.add_argument("--beta", type=float, help="word insertion bonus (default: the model's tuned value)")
     parser.add_argument("--batch-size", type=int, default=8)
+    _add_precision_arg(parser, "auto")
+
+
+def _add_precision_arg(parser: argparse.ArgumentParser, default: str) -> None:
+    from model.precision import PRECISIONS
+
+    parser.add_argument("--precision", choices=PRECISIONS, default=default,
+                        help=f"inference precision (default {default}; auto = bf16 on CUDA and on CPUs with "
+                             "native bf16, else fp32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input speeds every member hears, 1.0 included (test-time augmentation; default 1.0)")
     p.add_argument("--fp16", action="store_true", help="store the weights as float16 (half the size)")
     p.set_defaults(func=cmd_models_ensemble)
+    p = models.add_parser("export", help="write a registry version as ONNX (features in, log-probs out; "
+                                         "dynamic batch and time) or as a .nemo file")
+    p.add_argument("model")
+    p.add_argument("--format", choices=("onnx", "nemo"), required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_models_export)
     p = models.add_parser("export-nemo", help="write a registry version as a .nemo file")
     p.add_argument("model")
     p.add_argument("--out", required=True)
@@ -292,7 +358,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="NAME[@VERSION]")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True)
+    _add_precision_arg(p, "fp32")
     p.set_defaults(func=cmd_logprobs)
+
+    p = sub.add_parser("bench", help="time a model on this machine: front end, network and greedy decode, "
+                                     "as the service runs them")
+    p.add_argument("--model", help=f"NAME[@VERSION] (default ${DEFAULT_MODEL_ENV} or {STARTER_MODEL})")
+    p.add_argument("--batch-size", type=int, default=1, help="clips per batch (default 1)")
+    p.add_argument("--clip-seconds", type=float, default=10.0, help="length of each synthetic clip (default 10)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs after 2 warm-up runs; the median is reported")
+    p.add_argument("--json", action="store_true")
+    _add_precision_arg(p, "auto")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("train", help="train with Ray Train and publish the best model")
     p.add_argument("config")
@@ -340,10 +419,11 @@ def _missing_extra(extra: str, exc: ImportError):
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input, not a bug; imported lazily to keep startup fast."""
     from model.audio import AudioError
+    from model.precision import PrecisionError
     from model.registry import RegistryError
 
-    errors: list[type[BaseException]] = [UsageError, AudioError, RegistryError, FileNotFoundError]
-    for module, name in (("interop.nemo", "NemoImportError"), ("training.config", "ConfigError"),
+    errors: list[type[BaseException]] = [UsageError, AudioError, RegistryError, FileNotFoundError, PrecisionError]
+    for module, name in (("interop.nemo", "NemoImportError"), ("interop.onnx", "OnnxExportError"), ("training.config", "ConfigError"),
                          ("training.trainer", "TrainingError"), ("lm.kenlm_tools", "LMBuildError"),
                          ("lm.kenlm_tools", "KenLMNotFoundError"), ("cli.evaluate", "ManifestError"),
                          ("training.datasets", "DataError"), ("pydantic", "ValidationError")):

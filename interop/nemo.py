@@ -239,6 +239,13 @@ def import_nemo(path: Path | str, *, frontend: str | None = None) -> tuple[Speec
     return model.eval(), info
 
 
+def nemo_jasper_blocks(network: QuartzNetConfig) -> list[dict[str, Any]]:
+    """The block table as NeMo's ConvASREncoder ``jasper`` list."""
+    return [{"filters": b.filters, "repeat": b.repeat, "kernel": [b.kernel], "stride": [b.stride],
+             "dilation": [b.dilation], "dropout": b.dropout, "residual": b.residual, "separable": b.separable,
+             **({"residual_dense": True} if b.residual_dense else {})} for b in network.blocks]
+
+
 def export_nemo(model: SpeechRecognizer, path: Path | str) -> None:
     """Writes a .nemo archive that NeMo's EncDecCTCModel.restore_from can load."""
     if not isinstance(model, SpeechRecognizer):
@@ -251,9 +258,7 @@ def export_nemo(model: SpeechRecognizer, path: Path | str) -> None:
         raise NemoImportError("self-conditioned models cannot be exported to .nemo: NeMo's encoder has no "
                               "self-conditioning heads")
     feats, network, labels = model.config.features, model.config.network, list(model.vocabulary.labels)
-    jasper = [{"filters": b.filters, "repeat": b.repeat, "kernel": [b.kernel], "stride": [b.stride],
-               "dilation": [b.dilation], "dropout": b.dropout, "residual": b.residual, "separable": b.separable,
-               **({"residual_dense": True} if b.residual_dense else {})} for b in network.blocks]
+    jasper = nemo_jasper_blocks(network)
     config = {
         "sample_rate": feats.sample_rate, "labels": labels,
         "nemo_version": "3.0.0" if feats.frontend == "nemo25" else "2.4.0",

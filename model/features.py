@@ -16,6 +16,8 @@ FRONTENDS = ("nemo25", "nemo24")
 NORMALIZATIONS = ("per_feature", "none")
 # NeMo adds this to the per-feature standard deviation (not the variance).
 _STD_EPS = 1e-5
+# Audio samples per slice of rows that forward() transforms at once (10 s at 16 kHz).
+_ROWS_SAMPLES = 160_000
 
 
 @dataclass(frozen=True)
@@ -118,34 +120,54 @@ class MelFeaturizer(nn.Module):
             lengths = self.feature_lengths(audio_lengths)
             if self.training and cfg.dither > 0:
                 x = x + cfg.dither * torch.randn_like(x)
-            if cfg.preemph:
-                x = torch.cat((x[:, :1], x[:, 1:] - cfg.preemph * x[:, :-1]), dim=1)
-                if cfg.frontend == "nemo25":
-                    x = x.masked_fill(_time_mask(audio_lengths, x.shape[1]), 0.0)
-            spec = torch.stft(
-                x,
-                n_fft=cfg.n_fft,
-                hop_length=cfg.hop_length,
-                win_length=cfg.win_length,
-                window=self.window.float(),
-                center=True,
-                pad_mode="constant" if cfg.frontend == "nemo25" else "reflect",
-                return_complex=True,
-            )
-            # sqrt-then-power rather than |z|^2 directly, to round the same way as NeMo.
-            mag = torch.view_as_real(spec).pow(2).sum(-1).sqrt()
-            if cfg.mag_power != 1.0:
-                mag = mag.pow(cfg.mag_power)
-            mel = torch.matmul(self.fb.float(), mag)
-            feats = torch.log(mel + cfg.log_zero_guard)
-            if cfg.normalize == "per_feature":
-                feats = _normalize_per_feature(feats, lengths)
-            feats = feats.masked_fill(_time_mask(lengths, feats.shape[-1]).unsqueeze(1), 0.0)
-            if cfg.pad_to > 0:
-                remainder = feats.shape[-1] % cfg.pad_to
-                if remainder:
-                    feats = F.pad(feats, (0, cfg.pad_to - remainder))
+            # Items never interact (each row is padded, transformed and normalised on its own), so
+            # long batches go through in slices of rows: the spectrogram of a slice stays in cache,
+            # which makes 8 x 10 s about twice as fast on CPU, with bit-identical features.
+            rows = max(1, _ROWS_SAMPLES // max(1, x.shape[1]))
+            if rows >= len(x):
+                feats = self._features(x, audio_lengths, lengths)
+            else:
+                feats = torch.cat([self._features(x[i:i + rows], audio_lengths[i:i + rows], lengths[i:i + rows])
+                                   for i in range(0, len(x), rows)])
         return feats, lengths
+
+    def _features(self, x: torch.Tensor, audio_lengths: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """forward() for float32 rows ``x`` (dither already added)."""
+        cfg = self.config
+        if cfg.preemph:
+            x = torch.cat((x[:, :1], x[:, 1:] - cfg.preemph * x[:, :-1]), dim=1)
+            if cfg.frontend == "nemo25":
+                x = x.masked_fill(_time_mask(audio_lengths, x.shape[1]), 0.0)
+        spec = torch.stft(
+            x,
+            n_fft=cfg.n_fft,
+            hop_length=cfg.hop_length,
+            win_length=cfg.win_length,
+            window=self.window.float(),
+            center=True,
+            pad_mode="constant" if cfg.frontend == "nemo25" else "reflect",
+            return_complex=True,
+        )
+        # sqrt-then-power rather than |z|^2 directly, to round the same way as NeMo. re*re + im*im
+        # is what NeMo's pow(2).sum(-1) computes, bit for bit, without a reduction over a size-2 axis.
+        # (No addcmul: a fused multiply-add would round differently.)
+        parts = torch.view_as_real(spec)
+        real, imag = parts[..., 0], parts[..., 1]
+        mag = (real * real).add_(imag * imag).sqrt_()
+        if cfg.mag_power == 2.0:
+            mag = mag.mul_(mag)  # pow(x, 2) is x * x
+        elif cfg.mag_power != 1.0:
+            mag = mag.pow_(cfg.mag_power)
+        mel = torch.matmul(self.fb.float(), mag)
+        feats = torch.log(mel + cfg.log_zero_guard)
+        if cfg.normalize == "per_feature":
+            feats = _normalize_per_feature(feats, lengths)
+        feats = feats.masked_fill(_time_mask(lengths, feats.shape[-1]).unsqueeze(1), 0.0)
+        if cfg.pad_to > 0:
+            remainder = feats.shape[-1] % cfg.pad_to
+            if remainder:
+                feats = F.pad(feats, (0, cfg.pad_to - remainder))
+        return feats
 
 
 def _time_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:

@@ -126,14 +126,63 @@ def _mask_time(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 
 class MaskedConv1d(nn.Conv1d):
-    """Conv1d that zeroes padded input frames first and maps lengths through the conv arithmetic."""
+    """Conv1d that zeroes padded input frames first and maps lengths through the conv arithmetic.
+
+    ``fast_cpu`` (off by default, so the reference runs NeMo's exact operations; training turns
+    it on with ``use_fast_cpu_convs``) computes the same convolution with kernels oneDNN runs
+    faster on CPU: a depthwise conv as a grouped conv2d over a channels-last (B, C, 1, T) copy
+    (dilated ones as one undilated conv over the d interleaved phases of the signal), and a 1x1
+    conv as a batched matrix product.
+    """
+
+    fast_cpu = False
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         x = _mask_time(x, lengths)
         k, s, d, p = self.kernel_size[0], self.stride[0], self.dilation[0], self.padding[0]
         if s != 1 or 2 * p != d * (k - 1):
             lengths = torch.div(lengths + 2 * p - d * (k - 1) - 1, s, rounding_mode="floor") + 1
+        if self.fast_cpu and x.device.type == "cpu":
+            return self._fast_forward(x), lengths
         return super().forward(x), lengths
+
+    def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s, d, p = self.kernel_size[0], self.stride[0], self.dilation[0], self.padding[0]
+        if k == 1 and s == 1 and self.groups == 1:
+            y = torch.matmul(self.weight[:, :, 0], x)
+            return y if self.bias is None else y + self.bias[:, None]
+        if self.groups != self.in_channels:  # full convs keep oneDNN's own kernel
+            return super().forward(x)
+        if d > 1 and s == 1 and k % 2 == 1 and p == d * (k - 1) // 2:
+            return self._depthwise_by_phases(x)
+        if d > 1:
+            return super().forward(x)
+        x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x4, self.weight.unsqueeze(2), self.bias, stride=(1, s), padding=(0, p), groups=self.groups)
+        return y.squeeze(2).contiguous()
+
+    def _depthwise_by_phases(self, x: torch.Tensor) -> torch.Tensor:
+        """A conv dilated by d is d undilated convs over the frames r, r + d, ...: run them as one batch."""
+        batch, channels, frames = x.shape
+        d, k = self.dilation[0], self.kernel_size[0]
+        spans = -(-frames // d)
+        if spans * d != frames:  # zeros past the end are what the conv's own padding would read
+            x = F.pad(x, (0, spans * d - frames))
+        phases = x.view(batch, channels, spans, d).permute(0, 3, 2, 1).reshape(batch * d, spans, channels)
+        y = F.conv2d(phases.transpose(1, 2).unsqueeze(2), self.weight.unsqueeze(2), self.bias,
+                     padding=(0, (k - 1) // 2), groups=self.groups)  # channels-last in and out
+        y = y.squeeze(2).transpose(1, 2).reshape(batch, d, spans, channels).permute(0, 3, 2, 1)
+        return y.reshape(batch, channels, spans * d)[:, :, :frames]
+
+
+def use_fast_cpu_convs(module: nn.Module, enabled: bool = True) -> int:
+    """Turns ``MaskedConv1d.fast_cpu`` on (or off) for every MaskedConv1d in ``module``; returns how many."""
+    count = 0
+    for conv in module.modules():
+        if isinstance(conv, MaskedConv1d):
+            conv.fast_cpu = enabled
+            count += 1
+    return count
 
 
 class _ConvNorm(nn.Module):
@@ -173,6 +222,20 @@ class _ResidualPane(nn.Module):
         return self.norm(self.conv(x, lengths)[0])
 
 
+class _Dropout(nn.Dropout):
+    """Inverted dropout whose keep-mask comes from ``rand`` (vectorised) rather than ``bernoulli_``.
+
+    The same distribution as nn.Dropout, drawn twice as fast on CPU (3.2 vs 6.7 ms for a
+    (8, 512, 200) activation), which is 7 % of a QuartzNet 5x3 training step.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand_like(x) >= self.p
+        return x * keep * (1.0 / (1.0 - self.p))
+
+
 class JasperBlock(nn.Module):
     """R conv sub-blocks with ReLU+dropout between them, residual panes summed before the last ReLU."""
 
@@ -185,7 +248,7 @@ class JasperBlock(nn.Module):
             self.sub.append(_ConvNorm(in_ch if first else config.filters, config.filters, config.kernel,
                                       config.stride if first else 1, config.dilation, config.separable))
         self.residual = nn.ModuleList(_ResidualPane(c, config.filters) for c in pane_channels)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = _Dropout(config.dropout)
 
     def forward(self, xs: list[torch.Tensor], lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         x, out_lengths = xs[-1], lengths

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,7 +53,7 @@ class BatchInference:
         """Runs a padded batch and returns each clip's valid log-probs as (T_i, ...) float32 arrays."""
         if not clips:
             return []
-        device = torch.device(device) if device is not None else next(self.parameters()).device
+        device = torch.device(device) if device is not None else _device_of(self)
         lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
         batch = torch.zeros(len(clips), int(lengths.max()), dtype=torch.float32)
         for i, clip in enumerate(clips):
@@ -81,6 +82,13 @@ class BatchInference:
             self.train(was_training)
         labels = self.vocabulary.labels
         return [greedy_decode(lp, labels, self.frame_duration_s) for lp in outputs]
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    """Where a module's tensors live (inference forms keep their weights as buffers, not parameters)."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 class SpeechRecognizer(BatchInference, nn.Module):

@@ -75,8 +75,9 @@ class ServiceConfig(BaseSettings):
     """Bound of the loaded-model cache; on-demand loads evict the least recently used idle model."""
     device: Literal["cpu", "cuda", "auto"] = "auto"
     """Inference device; "auto" picks CUDA when available."""
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
-    """Autocast precision on GPU; ignored (fp32) on CPU."""
+    precision: Literal["fp32", "bf16", "fp16", "int8", "auto"] = "auto"
+    """Inference precision of every loaded model ($ASR_PRECISION): "auto" is bf16 on CUDA and on CPUs
+    with native bf16, else fp32; a choice the device cannot run stops the server at start-up."""
 
     # --- network ------------------------------------------------------------------------
     http_host: str = "0.0.0.0"

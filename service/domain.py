@@ -62,7 +62,8 @@ class TranscriptionResult:
     """What every transport returns; ``model_name``/``model_version`` name the version that ran it.
 
     Attributes:
-        timings: seconds spent in "queue_s", "inference_s", "decode_s" and "total_s".
+        timings: seconds spent in "queue_s", "inference_s", "decode_s" and "total_s", and the
+            "precision" the acoustic model ran at.
     """
 
     text: str
@@ -72,7 +73,7 @@ class TranscriptionResult:
     model_name: str
     model_version: int
     decoder: str
-    timings: dict[str, float]
+    timings: dict[str, float | str]
 
 
 @dataclass(frozen=True)

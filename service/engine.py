@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import load_model, read_config
+from model.precision import resolve_precision
 from model.registry import RegistryError, Registry
 from service.batcher import BatcherHooks, DynamicBatcher
 from service.config import ServiceConfig
@@ -46,6 +47,8 @@ class Engine:
         self.metrics = metrics or Metrics()
         self.registry = Registry(config.registry)
         self.devices = pick_devices(config.device, config.num_cpu_workers)
+        # A precision this hardware cannot run is a configuration error: refuse to start, never fall back.
+        self.precision = resolve_precision(config.precision, self.devices[0])
         self.batch_hook: Callable[[], None] | None = None
         self._inference_pool = ThreadPoolExecutor(len(self.devices), thread_name_prefix="asr-infer")
         self._decode_pool = ThreadPoolExecutor(config.beam_pool_workers, thread_name_prefix="asr-decode")
@@ -162,7 +165,7 @@ class Engine:
             self.metrics.real_time_factor.observe((inference_s + decode_s) / duration_s)
         best = alternatives[0]
         timings = {"queue_s": round(queue_s, 6), "inference_s": round(inference_s, 6), "decode_s": round(decode_s, 6),
-                   "total_s": round(time.monotonic() - started, 6)}
+                   "total_s": round(time.monotonic() - started, 6), "precision": model.precision}
         return TranscriptionResult(best.text, best.words, alternatives, round(duration_s, 4), model.name,
                                    model.version, req.decoder, timings)
 
@@ -292,7 +295,7 @@ class Engine:
         def load() -> tuple:
             recognizer, ref, _ = load_model(self.registry, spec)
             default_lm = read_config(ref.path).get("default_lm")
-            worker = InferenceWorker(recognizer, self.devices, precision=self.config.precision,
+            worker = InferenceWorker(recognizer, self.devices, precision=self.precision,
                                      on_batch_done=self.metrics.inference_duration.observe,
                                      batch_hook=self._run_batch_hook)
             worker.warm_up(recognizer.sample_rate)
@@ -313,7 +316,8 @@ class Engine:
                                  max_queue_delay_ms=cfg.max_queue_delay_ms, max_queue_size=cfg.max_queue_size,
                                  max_concurrent_batches=len(self.devices), hooks=hooks, name=f"batcher[{spec}]")
         return LoadedModel(name, version, recognizer.sample_rate, recognizer.frame_duration_s,
-                           tuple(recognizer.vocabulary.labels), default_lm, batcher, worker)
+                           tuple(recognizer.vocabulary.labels), default_lm, batcher, worker,
+                           precision=worker.precision)
 
     def _run_batch_hook(self) -> None:
         if self.batch_hook is not None:

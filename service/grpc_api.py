@@ -313,7 +313,8 @@ def _recognize_response(result: TranscriptionResult, request_id: str) -> asr_pb2
                                                          words=_words(a.words))
                     for a in result.alternatives]
     timings = asr_pb2.Timings(**{k: float(result.timings.get(k, 0.0))
-                                 for k in ("queue_s", "inference_s", "decode_s", "total_s")})
+                                 for k in ("queue_s", "inference_s", "decode_s", "total_s")},
+                              precision=str(result.timings.get("precision", "")))
     return asr_pb2.RecognizeResponse(
         results=[asr_pb2.SpeechRecognitionResult(alternatives=alternatives, channel_tag=1,
                                                  audio_processed=result.duration_s)],

@@ -40,6 +40,7 @@ class LoadedModel:
         default_lm: LM registry spec from the model's config.json, or None.
         batcher: the DynamicBatcher feeding this version's worker.
         worker: the InferenceWorker (closed on unload).
+        precision: the precision its inference form runs at (model.precision), reported in timings.
         leases: requests currently using this version.
         retired: unload as soon as ``leases`` reaches 0 (unless it is active again).
     """
@@ -52,6 +53,7 @@ class LoadedModel:
     default_lm: str | None
     batcher: Any
     worker: Any
+    precision: str = "fp32"
     leases: int = 0
     retired: bool = False
     last_used: float = field(default_factory=time.monotonic)

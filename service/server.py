@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 # flag -> ServiceConfig field
 _FLAGS = {"host": "http_host", "port": "http_port", "grpc_port": "grpc_port", "registry": "registry",
           "model": "default_model", "device": "device", "max_batch_size": "max_batch_size",
-          "max_queue_delay_ms": "max_queue_delay_ms", "workers": "num_cpu_workers"}
+          "max_queue_delay_ms": "max_queue_delay_ms", "workers": "num_cpu_workers",
+          "precision": "precision"}
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +39,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model registry folder (ASR_REGISTRY, default ./registry)")
     parser.add_argument("--model", help="default model NAME[@VERSION] (ASR_DEFAULT_MODEL, default an4-quartznet)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), help="inference device (ASR_DEVICE)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8", "auto"),
+                        help="inference precision (ASR_PRECISION, default auto: bf16 where the hardware has it)")
     parser.add_argument("--max-batch-size", type=int, help="dynamic batch size, 1 = off (ASR_MAX_BATCH_SIZE)")
     parser.add_argument("--max-queue-delay-ms", type=float, help="batch fill wait (ASR_MAX_QUEUE_DELAY_MS)")
     parser.add_argument("--workers", type=int, help="CPU inference threads (ASR_NUM_CPU_WORKERS)")

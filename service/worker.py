@@ -1,12 +1,12 @@
-"""InferenceWorker: runs one batch of audio windows through a model version (featurize -> forward).
+"""InferenceWorker: runs one batch of audio windows through a model version's inference form.
 
 The batcher calls a worker from its inference thread pool. The worker knows nothing about
-HTTP, gRPC or decoding; it returns the valid log-prob frames of each window.
+HTTP, gRPC or decoding; it returns the valid log-prob frames of each window. Each device gets
+its own inference form (model.inference) at the configured precision, built once at load time.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import threading
 import time
@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.recognizer import SpeechRecognizer
-
-_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+from model.inference import Recognizer, for_inference
+from model.precision import resolve_precision
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,7 @@ class WindowOutput:
     """Result of one batch item.
 
     Attributes:
-        log_probs: (T, V+1) float32, valid frames only.
+        log_probs: (T, V+1) float32 (an ensemble's (T, K, V+1)), valid frames only.
         started_at: ``time.monotonic()`` when its batch began computing (ends its queue wait).
         inference_s: compute seconds of the whole batch it ran in.
     """
@@ -46,24 +45,27 @@ def pick_devices(device: str, num_cpu_workers: int) -> list[torch.device]:
 
 
 class InferenceWorker:
-    """Callable batch function over one model version, replicated once per distinct device.
+    """Callable batch function over one model version, one inference form per distinct device.
 
     Args:
-        model: the loaded model (eval mode, CPU); moved or copied to each device.
+        model: the loaded eager model (eval mode, CPU); its inference form is built per device.
         devices: one entry per worker thread (see ``pick_devices``).
-        precision: "fp32", "fp16" or "bf16"; autocast applies on CUDA only.
+        precision: "fp32", "bf16", "fp16", "int8" or "auto" (model.precision); the resolved one is
+            ``self.precision``. A precision a device cannot run raises PrecisionError here.
         on_batch_done: called with each batch's compute seconds (metrics).
         batch_hook: called before every batch in the worker thread (tests inject delays/faults).
     """
 
-    def __init__(self, model: SpeechRecognizer, devices: list[torch.device], *, precision: str = "fp32",
+    def __init__(self, model: Recognizer, devices: list[torch.device], *, precision: str = "auto",
                  on_batch_done: Callable[[float], None] = lambda s: None,
                  batch_hook: Callable[[], None] | None = None) -> None:
         self.devices = devices
-        self.precision = precision
-        self._replicas: dict[torch.device, SpeechRecognizer] = {}
-        for device in dict.fromkeys(devices):  # distinct, in order
-            self._replicas[device] = model if device.type == "cpu" else _copy_to(model, device)
+        distinct = list(dict.fromkeys(devices))
+        resolved = {resolve_precision(precision, device) for device in distinct}
+        if len(resolved) != 1:  # cannot happen with pick_devices (one device type), but say so if it does
+            raise ValueError(f"precision {precision!r} resolves differently across {distinct}: {sorted(resolved)}")
+        self.precision = resolved.pop()
+        self._replicas = {device: for_inference(model, self.precision, device) for device in distinct}
         self._local = threading.local()
         self._next_index = itertools.count()
         self._on_batch_done = on_batch_done
@@ -83,22 +85,17 @@ class InferenceWorker:
         device = self._device()
         model = self._replicas[device]
         started = time.monotonic()
-        with torch.inference_mode(), self._autocast(device):
+        with torch.inference_mode():
             outputs = model.log_probs_batch(clips, device=device)
         elapsed = time.monotonic() - started
         self._on_batch_done(elapsed)
         return [WindowOutput(lp, started, elapsed) for lp in outputs]
 
-    def _autocast(self, device: torch.device):
-        if device.type == "cuda" and self.precision in _AUTOCAST_DTYPES:
-            return torch.autocast("cuda", dtype=_AUTOCAST_DTYPES[self.precision])
-        return contextlib.nullcontext()
-
     def warm_up(self, sample_rate: int) -> None:
         """Runs every replica once on silence, so the first request pays no lazy-init cost."""
         clips = [np.zeros(sample_rate, dtype=np.float32), np.zeros(sample_rate // 2, dtype=np.float32)]
         for device, model in self._replicas.items():
-            with torch.inference_mode(), self._autocast(device):
+            with torch.inference_mode():
                 outputs = model.log_probs_batch(clips, device=device)
             if any(not np.isfinite(lp).all() for lp in outputs):
                 raise RuntimeError("warm-up produced non-finite log-probs")
@@ -109,9 +106,3 @@ class InferenceWorker:
         self._replicas.clear()
         if on_gpu:
             torch.cuda.empty_cache()
-
-
-def _copy_to(model: SpeechRecognizer, device: torch.device) -> SpeechRecognizer:
-    import copy
-
-    return copy.deepcopy(model).to(device).eval()

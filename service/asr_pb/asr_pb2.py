@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x61sr/v1/asr.proto\x12\x06\x61sr.v1\x1a\x1egoogle/protobuf/duration.proto\"\x9e\x02\n\x11RecognitionConfig\x12\'\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x15.asr.v1.AudioEncoding\x12\x19\n\x11sample_rate_hertz\x18\x02 \x01(\x05\x12\x1b\n\x13\x61udio_channel_count\x18\x03 \x01(\x05\x12\r\n\x05model\x18\x04 \x01(\t\x12 \n\x18\x65nable_word_time_offsets\x18\x05 \x01(\x08\x12\x18\n\x10max_alternatives\x18\x06 \x01(\x05\x12.\n\x0fspeech_contexts\x18\x07 \x03(\x0b\x32\x15.asr.v1.SpeechContext\x12-\n\x0e\x64\x65\x63oder_config\x18\x08 \x01(\x0b\x32\x15.asr.v1.DecoderConfig\"/\n\rSpeechContext\x12\x0f\n\x07phrases\x18\x01 \x03(\t\x12\r\n\x05\x62oost\x18\x02 \x01(\x02\"\x86\x01\n\rDecoderConfig\x12\x0f\n\x07\x64\x65\x63oder\x18\x01 \x01(\t\x12\x12\n\nbeam_width\x18\x02 \x01(\x05\x12\x15\n\x08lm_alpha\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x14\n\x07lm_beta\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\n\n\x02lm\x18\x05 \x01(\tB\x0b\n\t_lm_alphaB\n\n\x08_lm_beta\"`\n\x10RecognizeRequest\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.asr.v1.RecognitionConfig\x12\r\n\x05\x61udio\x18\x02 \x01(\x0c\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x9c\x01\n\x11RecognizeResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.asr.v1.SpeechRecognitionResult\x12\x1f\n\x05model\x18\x02 \x01(\x0b\x32\x10.asr.v1.ModelRef\x12 \n\x07timings\x18\x03 \x01(\x0b\x32\x0f.asr.v1.Timings\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x83\x01\n\x17SpeechRecognitionResult\x12:\n\x0c\x61lternatives\x18\x01 \x03(\x0b\x32$.asr.v1.SpeechRecognitionAlternative\x12\x13\n\x0b\x63hannel_tag\x18\x02 \x01(\x05\x12\x17\n\x0f\x61udio_processed\x18\x03 \x01(\x02\"g\n\x1cSpeechRecognitionAlternative\x12\x12\n\ntranscript\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x1f\n\x05words\x18\x03 \x03(\x0b\x32\x10.asr.v1.WordInfo\"\x88\x01\n\x08WordInfo\x12\x0c\n\x04word\x18\x01 \x01(\t\x12-\n\nstart_time\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nconfidence\x18\x04 \x01(\x02\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"R\n\x07Timings\x12\x0f\n\x07queue_s\x18\x01 \x01(\x01\x12\x13\n\x0binference_s\x18\x02 \x01(\x01\x12\x10\n\x08\x64\x65\x63ode_s\x18\x03 \x01(\x01\x12\x0f\n\x07total_s\x18\x04 \x01(\x01\"9\n\x11\x45ndpointingConfig\x12\x12\n\nsilence_ms\x18\x01 \x01(\x05\x12\x10\n\x08\x64isabled\x18\x02 \x01(\x08\"\x90\x01\n\x1aStreamingRecognitionConfig\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.asr.v1.RecognitionConfig\x12\x17\n\x0finterim_results\x18\x02 \x01(\x08\x12.\n\x0b\x65ndpointing\x18\x03 \x01(\x0b\x32\x19.asr.v1.EndpointingConfig\"\x89\x01\n\x19StreamingRecognizeRequest\x12>\n\x10streaming_config\x18\x01 \x01(\x0b\x32\".asr.v1.StreamingRecognitionConfigH\x00\x12\x17\n\raudio_content\x18\x02 \x01(\x0cH\x00\x42\x13\n\x11streaming_request\"r\n\x1aStreamingRecognizeResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".asr.v1.StreamingRecognitionResult\x12\x1f\n\x05model\x18\x02 \x01(\x0b\x32\x10.asr.v1.ModelRef\"\xab\x01\n\x1aStreamingRecognitionResult\x12:\n\x0c\x61lternatives\x18\x01 \x03(\x0b\x32$.asr.v1.SpeechRecognitionAlternative\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x11\n\tstability\x18\x03 \x01(\x02\x12\x17\n\x0f\x61udio_processed\x18\x04 \x01(\x02\x12\x13\n\x0b\x63hannel_tag\x18\x05 \x01(\x05\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"N\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.asr.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"\xd3\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x19\n\x11sample_rate_hertz\x18\x03 \x01(\x05\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x0e\n\x06loaded\x18\x05 \x01(\x08\x12\x35\n\nparameters\x18\x06 \x03(\x0b\x32!.asr.v1.ModelInfo.ParametersEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*e\n\rAudioEncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x0e\n\nLINEAR_PCM\x10\x01\x12\x08\n\x04\x46LAC\x10\x02\x12\x0e\n\nOGG_VORBIS\x10\x03\x12\x07\n\x03MP3\x10\x04\x12\x07\n\x03WAV\x10\x05\x32\xfb\x01\n\x11SpeechRecognition\x12@\n\tRecognize\x12\x18.asr.v1.RecognizeRequest\x1a\x19.asr.v1.RecognizeResponse\x12_\n\x12StreamingRecognize\x12!.asr.v1.StreamingRecognizeRequest\x1a\".asr.v1.StreamingRecognizeResponse(\x01\x30\x01\x12\x43\n\nListModels\x12\x19.asr.v1.ListModelsRequest\x1a\x1a.asr.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x61sr/v1/asr.proto\x12\x06\x61sr.v1\x1a\x1egoogle/protobuf/duration.proto\"\x9e\x02\n\x11RecognitionConfig\x12\'\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x15.asr.v1.AudioEncoding\x12\x19\n\x11sample_rate_hertz\x18\x02 \x01(\x05\x12\x1b\n\x13\x61udio_channel_count\x18\x03 \x01(\x05\x12\r\n\x05model\x18\x04 \x01(\t\x12 \n\x18\x65nable_word_time_offsets\x18\x05 \x01(\x08\x12\x18\n\x10max_alternatives\x18\x06 \x01(\x05\x12.\n\x0fspeech_contexts\x18\x07 \x03(\x0b\x32\x15.asr.v1.SpeechContext\x12-\n\x0e\x64\x65\x63oder_config\x18\x08 \x01(\x0b\x32\x15.asr.v1.DecoderConfig\"/\n\rSpeechContext\x12\x0f\n\x07phrases\x18\x01 \x03(\t\x12\r\n\x05\x62oost\x18\x02 \x01(\x02\"\x86\x01\n\rDecoderConfig\x12\x0f\n\x07\x64\x65\x63oder\x18\x01 \x01(\t\x12\x12\n\nbeam_width\x18\x02 \x01(\x05\x12\x15\n\x08lm_alpha\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x14\n\x07lm_beta\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\n\n\x02lm\x18\x05 \x01(\tB\x0b\n\t_lm_alphaB\n\n\x08_lm_beta\"`\n\x10RecognizeRequest\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.asr.v1.RecognitionConfig\x12\r\n\x05\x61udio\x18\x02 \x01(\x0c\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x9c\x01\n\x11RecognizeResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.asr.v1.SpeechRecognitionResult\x12\x1f\n\x05model\x18\x02 \x01(\x0b\x32\x10.asr.v1.ModelRef\x12 \n\x07timings\x18\x03 \x01(\x0b\x32\x0f.asr.v1.Timings\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x83\x01\n\x17SpeechRecognitionResult\x12:\n\x0c\x61lternatives\x18\x01 \x03(\x0b\x32$.asr.v1.SpeechRecognitionAlternative\x12\x13\n\x0b\x63hannel_tag\x18\x02 \x01(\x05\x12\x17\n\x0f\x61udio_processed\x18\x03 \x01(\x02\"g\n\x1cSpeechRecognitionAlternative\x12\x12\n\ntranscript\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x1f\n\x05words\x18\x03 \x03(\x0b\x32\x10.asr.v1.WordInfo\"\x88\x01\n\x08WordInfo\x12\x0c\n\x04word\x18\x01 \x01(\t\x12-\n\nstart_time\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nconfidence\x18\x04 \x01(\x02\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"e\n\x07Timings\x12\x0f\n\x07queue_s\x18\x01 \x01(\x01\x12\x13\n\x0binference_s\x18\x02 \x01(\x01\x12\x10\n\x08\x64\x65\x63ode_s\x18\x03 \x01(\x01\x12\x0f\n\x07total_s\x18\x04 \x01(\x01\x12\x11\n\tprecision\x18\x05 \x01(\t\"9\n\x11\x45ndpointingConfig\x12\x12\n\nsilence_ms\x18\x01 \x01(\x05\x12\x10\n\x08\x64isabled\x18\x02 \x01(\x08\"\x90\x01\n\x1aStreamingRecognitionConfig\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.asr.v1.RecognitionConfig\x12\x17\n\x0finterim_results\x18\x02 \x01(\x08\x12.\n\x0b\x65ndpointing\x18\x03 \x01(\x0b\x32\x19.asr.v1.EndpointingConfig\"\x89\x01\n\x19StreamingRecognizeRequest\x12>\n\x10streaming_config\x18\x01 \x01(\x0b\x32\".asr.v1.StreamingRecognitionConfigH\x00\x12\x17\n\raudio_content\x18\x02 \x01(\x0cH\x00\x42\x13\n\x11streaming_request\"r\n\x1aStreamingRecognizeResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".asr.v1.StreamingRecognitionResult\x12\x1f\n\x05model\x18\x02 \x01(\x0b\x32\x10.asr.v1.ModelRef\"\xab\x01\n\x1aStreamingRecognitionResult\x12:\n\x0c\x61lternatives\x18\x01 \x03(\x0b\x32$.asr.v1.SpeechRecognitionAlternative\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x11\n\tstability\x18\x03 \x01(\x02\x12\x17\n\x0f\x61udio_processed\x18\x04 \x01(\x02\x12\x13\n\x0b\x63hannel_tag\x18\x05 \x01(\x05\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"N\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.asr.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"\xd3\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x19\n\x11sample_rate_hertz\x18\x03 \x01(\x05\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x0e\n\x06loaded\x18\x05 \x01(\x08\x12\x35\n\nparameters\x18\x06 \x03(\x0b\x32!.asr.v1.ModelInfo.ParametersEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*e\n\rAudioEncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x0e\n\nLINEAR_PCM\x10\x01\x12\x08\n\x04\x46LAC\x10\x02\x12\x0e\n\nOGG_VORBIS\x10\x03\x12\x07\n\x03MP3\x10\x04\x12\x07\n\x03WAV\x10\x05\x32\xfb\x01\n\x11SpeechRecognition\x12@\n\tRecognize\x12\x18.asr.v1.RecognizeRequest\x1a\x19.asr.v1.RecognizeResponse\x12_\n\x12StreamingRecognize\x12!.asr.v1.StreamingRecognizeRequest\x1a\".asr.v1.StreamingRecognizeResponse(\x01\x30\x01\x12\x43\n\nListModels\x12\x19.asr.v1.ListModelsRequest\x1a\x1a.asr.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELINFO_PARAMETERSENTRY']._loaded_options = None
   _globals['_MODELINFO_PARAMETERSENTRY']._serialized_options = b'8\001'
-  _globals['_AUDIOENCODING']._serialized_start=2262
-  _globals['_AUDIOENCODING']._serialized_end=2363
+  _globals['_AUDIOENCODING']._serialized_start=2281
+  _globals['_AUDIOENCODING']._serialized_end=2382
   _globals['_RECOGNITIONCONFIG']._serialized_start=61
   _globals['_RECOGNITIONCONFIG']._serialized_end=347
   _globals['_SPEECHCONTEXT']._serialized_start=349
@@ -55,25 +55,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELREF']._serialized_start=1170
   _globals['_MODELREF']._serialized_end=1211
   _globals['_TIMINGS']._serialized_start=1213
-  _globals['_TIMINGS']._serialized_end=1295
-  _globals['_ENDPOINTINGCONFIG']._serialized_start=1297
-  _globals['_ENDPOINTINGCONFIG']._serialized_end=1354
-  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_start=1357
-  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_end=1501
-  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_start=1504
-  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_end=1641
-  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_start=1643
-  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_end=1757
-  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_start=1760
-  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_end=1931
-  _globals['_LISTMODELSREQUEST']._serialized_start=1933
-  _globals['_LISTMODELSREQUEST']._serialized_end=1966
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1968
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2046
-  _globals['_MODELINFO']._serialized_start=2049
-  _globals['_MODELINFO']._serialized_end=2260
-  _globals['_MODELINFO_PARAMETERSENTRY']._serialized_start=2211
-  _globals['_MODELINFO_PARAMETERSENTRY']._serialized_end=2260
-  _globals['_SPEECHRECOGNITION']._serialized_start=2366
-  _globals['_SPEECHRECOGNITION']._serialized_end=2617
+  _globals['_TIMINGS']._serialized_end=1314
+  _globals['_ENDPOINTINGCONFIG']._serialized_start=1316
+  _globals['_ENDPOINTINGCONFIG']._serialized_end=1373
+  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_start=1376
+  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_end=1520
+  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_start=1523
+  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_end=1660
+  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_start=1662
+  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_end=1776
+  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_start=1779
+  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_end=1950
+  _globals['_LISTMODELSREQUEST']._serialized_start=1952
+  _globals['_LISTMODELSREQUEST']._serialized_end=1985
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1987
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2065
+  _globals['_MODELINFO']._serialized_start=2068
+  _globals['_MODELINFO']._serialized_end=2279
+  _globals['_MODELINFO_PARAMETERSENTRY']._serialized_start=2230
+  _globals['_MODELINFO_PARAMETERSENTRY']._serialized_end=2279
+  _globals['_SPEECHRECOGNITION']._serialized_start=2385
+  _globals['_SPEECHRECOGNITION']._serialized_end=2636
 # @@protoc_insertion_point(module_scope)

@@ -130,16 +130,18 @@ class ModelRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("queue_s", "inference_s", "decode_s", "total_s")
+    __slots__ = ("queue_s", "inference_s", "decode_s", "total_s", "precision")
     QUEUE_S_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_S_FIELD_NUMBER: _ClassVar[int]
     DECODE_S_FIELD_NUMBER: _ClassVar[int]
     TOTAL_S_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     queue_s: float
     inference_s: float
     decode_s: float
     total_s: float
-    def __init__(self, queue_s: _Optional[float] = ..., inference_s: _Optional[float] = ..., decode_s: _Optional[float] = ..., total_s: _Optional[float] = ...) -> None: ...
+    precision: str
+    def __init__(self, queue_s: _Optional[float] = ..., inference_s: _Optional[float] = ..., decode_s: _Optional[float] = ..., total_s: _Optional[float] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class EndpointingConfig(_message.Message):
     __slots__ = ("silence_ms", "disabled")

@@ -63,8 +63,10 @@ def an4_audio(an4_paths) -> list[np.ndarray]:
 
 
 def make_config(registry_root: Path, **overrides) -> ServiceConfig:
+    # fp32: these tests compare the service with offline fp32 decodes of random-weight models, whose
+    # near-tied labels bf16 would flip; test_rest_transcribe covers the default precision.
     settings = dict(registry=registry_root, default_model="tiny@1", device="cpu", grpc_port=0,
-                    max_queue_delay_ms=2.0, drain_timeout_s=5.0)
+                    max_queue_delay_ms=2.0, drain_timeout_s=5.0, precision="fp32")
     settings.update(overrides)
     return ServiceConfig(**settings)
 

@@ -54,6 +54,7 @@ def test_recognize_matches_offline_for_container_and_pcm(tiny_registry):
             if offline.words:
                 assert best.words[0].start_time.ToNanoseconds() == round(offline.words[0].start_s * 1e9)
             assert flac.model.name == "tiny" and flac.model.version == 1 and flac.request_id == "r1"
+            assert flac.timings.precision == engine.precision and flac.timings.total_s > 0
             assert raw.results[0].alternatives[0].transcript == offline.text
             assert not raw.results[0].alternatives[0].words  # word offsets were not asked for
     _call(tiny_registry, body)

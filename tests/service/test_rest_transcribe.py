@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from model import Registry, greedy_decode, load_model
+from service.config import ServiceConfig
 from tests.service.conftest import make_config, running_app
 
 pytestmark = pytest.mark.anyio
@@ -16,7 +17,7 @@ def offline_text(registry_root, spec, audio) -> str:
 
 
 async def test_rest_and_openai_match_offline_greedy(registry_root, an4_paths, an4_audio) -> None:
-    async with running_app(make_config(registry_root)) as (client, _):
+    async with running_app(make_config(registry_root)) as (client, engine):
         for path, audio in list(zip(an4_paths, an4_audio))[:3]:
             expected = offline_text(registry_root, "tiny@1", audio)
             data = path.read_bytes()
@@ -26,7 +27,9 @@ async def test_rest_and_openai_match_offline_greedy(registry_root, an4_paths, an
             assert body["text"] == expected
             assert body["model"] == {"name": "tiny", "version": 1}
             assert r.headers["x-asr-model"] == "tiny@1"
-            assert body["decoder"] == "greedy" and set(body["timings"]) == {"queue_s", "inference_s", "decode_s", "total_s"}
+            assert body["decoder"] == "greedy"
+            assert set(body["timings"]) == {"queue_s", "inference_s", "decode_s", "total_s", "precision"}
+            assert body["timings"]["precision"] == engine.precision
             assert " ".join(w["word"] for w in body["words"]) == expected
             assert abs(body["duration"] - len(audio) / 16000) < 1e-3
             raw = await client.post("/transcribe", content=data, headers={"Content-Type": "audio/flac"})
@@ -106,3 +109,21 @@ async def test_an_ensemble_serves_like_its_offline_decode(tmp_path, an4_paths, a
         texts = [alt["text"] for alt in body["alternatives"]]
         assert texts[0] == body["text"] and len(set(texts)) == len(texts)
         assert all(0 <= w["confidence"] <= 1 and w["start"] <= w["end"] for w in body["words"])
+
+
+async def test_the_default_precision_serves_and_is_reported(registry_root, an4_paths, an4_audio) -> None:
+    """ASR_PRECISION=auto (the default): bf16 where the CPU has it, and the response says which."""
+    from model.inference import for_inference
+    from model.precision import resolve_precision
+
+    config = make_config(registry_root, precision=ServiceConfig.model_fields["precision"].default)
+    expected_precision = resolve_precision("auto", "cpu")
+    fast = for_inference(load_model(Registry(registry_root), "tiny@1")[0], expected_precision)
+    async with running_app(config) as (client, engine):
+        assert engine.precision == expected_precision
+        for path, audio in list(zip(an4_paths, an4_audio))[:2]:
+            r = await client.post("/transcribe", files={"file": (path.name, path.read_bytes())})
+            assert r.status_code == 200, r.text
+            assert r.json()["timings"]["precision"] == expected_precision
+            want = greedy_decode(fast.log_probs_batch([audio])[0], fast.vocabulary.labels, fast.frame_duration_s)
+            assert r.json()["text"] == want.text
