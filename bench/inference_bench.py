@@ -21,6 +21,7 @@ Writes bench/results/inference_<date>.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -106,17 +107,30 @@ def our_rows(model, onnx_path: Path, batches: dict, runs: int) -> dict:
 
 
 def parity(forms: dict, session, nemo_npy: Path) -> dict:
+    """Each form's distance from NeMo's log-probs on a real clip: the largest absolute difference, the
+    largest where NeMo's log-prob is above -20 (what decoders look at), and the largest relative one;
+    and every float32 run's distance (NeMo's included) from float64 arithmetic on the same weights,
+    which says how far float32 can pin these log-probs down at all."""
     from model.audio import decode_audio
 
     want = np.load(nemo_npy)
     clip = decode_audio(PARITY_CLIP, 16_000).samples
-    out = {}
-    for name in ("eager", "fp32"):
-        out[name] = float(np.abs(forms[name].log_probs_batch([clip])[0] - want).max())
+    outputs = {name: forms[name].log_probs_batch([clip])[0] for name in ("eager", "fp32")}
     with torch.inference_mode():
         features, lengths = forms["fp32"].featurizer(torch.from_numpy(clip)[None], torch.tensor([len(clip)]))
     got, got_lengths = session.run(None, {"audio_signal": features.numpy(), "length": lengths.numpy()})
-    out["onnxruntime"] = float(np.abs(got[0, :int(got_lengths[0])] - want).max())
+    outputs["onnxruntime"] = got[0, :int(got_lengths[0])]
+    with torch.inference_mode():
+        exact, exact_lengths = copy.deepcopy(forms["eager"].network).double()(features.double(), lengths)
+    exact = exact[0, :int(exact_lengths[0])].numpy()
+    likely = want > -20
+    out = {"nemo_min_logprob": float(want.min()),
+           "nemo_vs_float64_max_abs": float(np.abs(want - exact).max())}
+    for name, lp in outputs.items():
+        diff = np.abs(lp - want)
+        out[name] = {"max_abs": float(diff.max()), "max_abs_where_above_-20": float(diff[likely].max()),
+                     "max_rel": float((diff / np.maximum(np.abs(want), 1e-6)).max()),
+                     "vs_float64_max_abs": float(np.abs(lp - exact).max())}
     return out
 
 

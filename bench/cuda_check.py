@@ -1,0 +1,196 @@
+"""The CUDA paths in one short run, for a lent GPU machine: inference precisions, AMP training, SyncBN, batching.
+
+Nothing here runs in the test suite (our machines have no GPU). On a machine with CUDA:
+
+    .venv/bin/python bench/cuda_check.py --out "$OUT/cuda_check.json"     # about 3 minutes on one GPU
+
+It records, for QuartzNet 15x5 (random weights), the eager model and the inference form at fp32,
+fp16 and bf16 for 1, 8 and 32 clips of 10 s (median x real time), the fp16 and bf16 forms'
+log-prob distance from fp32, a 5x3 training step with and without AMP (fp16 autocast +
+GradScaler), a forward/backward through torch's SyncBatchNorm in a one-rank NCCL group, and the
+service engine's throughput with 32 concurrent requests on CUDA. Each part that fails is
+recorded with its error instead of stopping the run. ``--device cpu`` runs the same script on
+the CPU, as a check that it works before a GPU is lent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from cli.bench import synthetic_batch  # noqa: E402
+from model.features import MelFeaturizerConfig  # noqa: E402
+from model.inference import for_inference  # noqa: E402
+from model.quartznet import preset_config  # noqa: E402
+from model.recognizer import RecognizerConfig, SpeechRecognizer  # noqa: E402
+from model.vocabulary import Vocabulary  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_s(fn, device: torch.device, runs: int = 5) -> float:
+    for _ in range(2):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _model(preset: str) -> SpeechRecognizer:
+    torch.manual_seed(0)
+    return SpeechRecognizer(RecognizerConfig(MelFeaturizerConfig(), preset_config(preset), Vocabulary())).eval()
+
+
+def inference(device: torch.device, batches: tuple[int, ...]) -> dict:
+    model = _model("quartznet_15x5")
+    forms = {"eager_fp32": model.to(device)}
+    for precision in ("fp32", "fp16", "bf16"):
+        try:
+            forms[precision] = for_inference(model, precision, device)
+        except ValueError as exc:  # a precision this device cannot run
+            forms[precision] = str(exc)
+    out = {}
+    for batch in batches:
+        audio = torch.from_numpy(np.stack(synthetic_batch(batch, 10.0, 16_000))).to(device)
+        lengths = torch.full((batch,), audio.shape[1], device=device)
+        row = {}
+        with torch.inference_mode():
+            reference = forms["fp32"](audio, lengths)[0] if not isinstance(forms["fp32"], str) else None
+            for name, form in forms.items():
+                if isinstance(form, str):
+                    row[name] = {"error": form}
+                    continue
+                seconds = _median_s(lambda: form(audio, lengths), device)
+                row[name] = {"x_realtime": round(batch * 10.0 / seconds, 1), "ms": round(seconds * 1e3, 2)}
+                if reference is not None and name in ("fp16", "bf16"):
+                    got = form(audio, lengths)[0]
+                    row[name]["argmax_agreement"] = float((got.argmax(-1) == reference.argmax(-1)).float().mean())
+        out[f"{batch}x10s"] = row
+    return out
+
+
+def training_step(device: torch.device, amp: bool) -> dict:
+    from training.loop import _TrainStep, ctc_loss
+    from training.novograd import NovoGrad
+
+    torch.manual_seed(0)
+    recognizer = SpeechRecognizer(RecognizerConfig(MelFeaturizerConfig(), preset_config("quartznet_5x3"),
+                                                   Vocabulary())).to(device).train()
+    step = _TrainStep(recognizer, None, 0).to(device).train()
+    optimizer = NovoGrad(step.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    audio = torch.from_numpy(np.stack(synthetic_batch(32, 4.0, 16_000))).to(device)
+    lengths = torch.full((32,), audio.shape[1], device=device)
+    targets = torch.randint(0, 28, (32, 30), device=device)
+    target_lengths = torch.full((32,), 30, device=device)
+
+    def once() -> None:
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            (log_probs, out_lengths), = step(audio, lengths)
+        loss = ctc_loss(log_probs, out_lengths, targets, target_lengths, recognizer.vocabulary.blank_id)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    seconds = _median_s(once, device, runs=3)
+    return {"audio_s_per_s": round(32 * 4.0 / seconds, 1), "step_ms": round(seconds * 1e3, 1)}
+
+
+def sync_bn(device: torch.device) -> dict:
+    import torch.distributed as dist
+
+    from training.sync_bn import convert_sync_batchnorm
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29517")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    try:
+        model = convert_sync_batchnorm(_model("quartznet_5x3").network, use_cuda=device.type == "cuda").to(device)
+        model.train()
+        feats = torch.randn(4, 64, 200, device=device)
+        log_probs, _ = model(feats, torch.full((4,), 200, device=device))
+        log_probs.sum().backward()
+        kinds = sorted({type(m).__name__ for m in model.modules() if "BatchNorm" in type(m).__name__})
+        return {"ok": True, "batchnorm_types": kinds}
+    finally:
+        dist.destroy_process_group()
+
+
+def batching(device: torch.device) -> dict:
+    import tempfile
+
+    from model.checkpoint import publish_model
+    from model.registry import Registry
+    from service.config import ServiceConfig
+    from service.domain import TranscriptionRequest
+    from service.engine import Engine
+
+    with tempfile.TemporaryDirectory() as tmp:
+        publish_model(Registry(tmp), "qn", _model("quartznet_5x3"), source="trained")
+        config = ServiceConfig(registry=tmp, default_model="qn", device=device.type, grpc_port=0,
+                               max_batch_size=32, max_queue_delay_ms=5.0)
+        clips = synthetic_batch(64, 5.0, 16_000)
+
+        async def run() -> dict:
+            engine = await Engine.start(config)
+            try:
+                started = time.perf_counter()
+                await asyncio.gather(*(engine.transcribe(TranscriptionRequest(audio=c)) for c in clips))
+                elapsed = time.perf_counter() - started
+            finally:
+                await engine.drain_and_stop(5.0)
+            return {"audio_s_per_s": round(64 * 5.0 / elapsed, 1), "precision": engine.precision}
+
+        return asyncio.run(run())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    report = {"device": args.device, "torch": torch.__version__,
+              "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "parts": {}}
+    parts = {"inference": lambda: inference(device, tuple(args.batches)),
+             "training_fp32": lambda: training_step(device, amp=False),
+             "training_amp_fp16": lambda: training_step(device, amp=device.type == "cuda"),
+             "sync_bn": lambda: sync_bn(device), "batching_32_requests": lambda: batching(device)}
+    for name, part in parts.items():
+        started = time.perf_counter()
+        try:
+            report["parts"][name] = part()
+        except Exception as exc:  # noqa: BLE001 - record and go on: one broken path must not hide the others
+            report["parts"][name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
+        report["parts"][name]["seconds"] = round(time.perf_counter() - started, 1)
+        print(name, json.dumps(report["parts"][name])[:400], flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
