@@ -67,12 +67,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args, port: int, max_batch_size: int, code: Path = REPO) -> subprocess.Popen:
+def start_server(args, port: int, max_batch_size: int, code: Path = REPO, max_queue_size: int = 4096
+                 ) -> subprocess.Popen:
     """``python -m service.server`` from the checkout ``code`` (another commit's, for before/after runs)."""
     cmd = [sys.executable, "-m", "service.server", "--host", "127.0.0.1", "--port", str(port), "--grpc-port", "0",
            "--registry", str(Path(args.registry).resolve()), "--model", args.model, "--device", args.device,
            "--max-batch-size", str(max_batch_size), "--max-queue-delay-ms", str(args.max_queue_delay_ms)]
-    env = {**os.environ, "PYTHONPATH": str(code), "ASR_MAX_QUEUE_SIZE": "4096"}
+    env = {**os.environ, "PYTHONPATH": str(code), "ASR_MAX_QUEUE_SIZE": str(max_queue_size)}
     proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

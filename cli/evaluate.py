@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cli.inference import BatchDecoder
-from model.audio import AudioError, decode_audio
+from cli.inference import BatchDecoder, decode_clip
+from model.audio import AudioError
 from model.recognizer import SpeechRecognizer
 from training.metrics import word_char_error_rates
 
@@ -40,7 +40,7 @@ def evaluate_manifest(model: SpeechRecognizer, manifest: Path, args, registry, m
     clips, refs, names = [], [], []
     for audio_path, text in items:
         try:
-            clips.append(decode_audio(audio_path, model.sample_rate).samples)
+            clips.append(decode_clip(audio_path, model.sample_rate).samples)
         except AudioError as exc:
             problems.append(str(exc))
             continue

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from dataclasses import asdict
 
 import numpy as np
@@ -35,10 +38,34 @@ class BatchDecoder:
         return hypothesis_to_transcript(hyp, log_probs, frame_s)
 
 
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Mutes what C libraries print straight to file descriptor 2 (libmpg123's notes on a bad MP3).
+
+    The CLI's contract is one line per error, and its own line comes from the AudioError after
+    this block; Python's ``sys.stderr`` is flushed first and restored after.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def decode_clip(path: str, sample_rate: int):
+    """decode_audio for the CLI: C libraries' own stderr notes muted."""
+    with native_stderr_silenced():
+        return decode_audio(path, sample_rate)
+
+
 def decode_files(model: SpeechRecognizer, paths: list[str], args, registry, model_path, *,
                  batch_size: int = 8) -> list[dict]:
     """Transcribes files; any undecodable file aborts with its AudioError before any compute."""
-    audio = [decode_audio(path, model.sample_rate) for path in paths]
+    audio = [decode_clip(path, model.sample_rate) for path in paths]
     decoder = BatchDecoder(model, args, registry, model_path)
     results = []
     for path, clip, lp in zip(paths, audio, model.log_probs_sorted([a.samples for a in audio], batch_size)):

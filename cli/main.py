@@ -165,10 +165,19 @@ def _check_audio_args(paths: list[str]) -> None:
             raise UsageError(f"{path}: file not found")
 
 
+def _check_decoder_args(args) -> None:
+    """Options argparse cannot range-check, refused before any model loads."""
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.decoder == "beam" and args.beam_width < 1:
+        raise UsageError(f"--beam-width must be at least 1, got {args.beam_width}")
+
+
 def cmd_transcribe(args) -> int:
     from cli.inference import decode_files
 
     _check_audio_args(args.audio)
+    _check_decoder_args(args)
     model, ref = _load(args)
     results = decode_files(model, args.audio, args, _registry(args), ref.path, batch_size=args.batch_size)
     if args.json:
@@ -182,6 +191,7 @@ def cmd_transcribe(args) -> int:
 def cmd_eval(args) -> int:
     from cli.evaluate import evaluate_manifest
 
+    _check_decoder_args(args)
     model, ref = _load(args)
     report = evaluate_manifest(model, Path(args.manifest), args, _registry(args), ref.path)
     report["model"] = str(ref)
@@ -197,11 +207,11 @@ def cmd_eval(args) -> int:
 def cmd_logprobs(args) -> int:
     import numpy as np
 
-    from model.audio import decode_audio
+    from cli.inference import decode_clip
 
     _check_audio_args([args.audio])
     model, _ = _load(args)
-    audio = decode_audio(args.audio, model.sample_rate)
+    audio = decode_clip(args.audio, model.sample_rate)
     log_probs = model.log_probs_batch([audio.samples])[0].astype(np.float32)
     np.save(args.out, log_probs)
     views = f"{log_probs.shape[1]} views x " if log_probs.ndim == 3 else ""  # an ensemble

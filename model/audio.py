@@ -65,12 +65,21 @@ def _read(source: str | os.PathLike | bytes, name: str) -> tuple[np.ndarray, int
         handle = path
     try:
         data, rate = sf.read(handle, dtype="float32", always_2d=True)
-    except sf.LibsndfileError as exc:
-        detail = str(exc).split(":")[-1].strip() or "unknown format"
-        raise AudioError(f"{name}: not a readable audio file ({detail})") from None
-    except (RuntimeError, ValueError, TypeError, EOFError) as exc:
-        raise AudioError(f"{name}: not a readable audio file ({exc})") from None
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as exc:
+        raise unreadable(name, exc) from None
     return data, int(rate)
+
+
+def unreadable(name: str, exc: BaseException) -> AudioError:
+    """The one-line AudioError for what libsndfile could not read."""
+    import soundfile as sf
+
+    detail = (str(exc).split(":")[-1].strip() if isinstance(exc, sf.LibsndfileError) else str(exc)) or "unknown format"
+    # libsndfile says "File does not exist or is not a regular file" for any content it does not
+    # recognise, which misleads for a file that is there.
+    if "does not exist" in detail:
+        detail = "unrecognised or corrupt data"
+    return AudioError(f"{name}: not a readable audio file ({detail})")
 
 
 def decode_audio(

@@ -62,13 +62,16 @@ class DynamicBatcher(Generic[T, R]):
         max_queue_delay_ms: longest the oldest item waits for its batch to fill.
         max_queue_size: queued items beyond which ``submit`` raises ``QueueFullError``.
         max_concurrent_batches: batches running at once (usually the worker count).
+        max_batch_padded_size: most ``items x largest size_key`` per batch (the padded size a batch of
+            clips takes in memory); None for no bound. The oldest item always goes, even alone.
         hooks: metric callbacks.
         name: used in log lines and errors.
     """
 
     def __init__(self, batch_fn: BatchFn, executor: Executor, *, max_batch_size: int = 16,
                  max_queue_delay_ms: float = 10.0, max_queue_size: int = 256, max_concurrent_batches: int = 1,
-                 hooks: BatcherHooks | None = None, name: str = "batcher") -> None:
+                 max_batch_padded_size: float | None = None, hooks: BatcherHooks | None = None,
+                 name: str = "batcher") -> None:
         if max_batch_size < 1 or max_queue_size < 1 or max_concurrent_batches < 1:
             raise ValueError("max_batch_size, max_queue_size and max_concurrent_batches must be >= 1")
         self._batch_fn = batch_fn
@@ -77,6 +80,7 @@ class DynamicBatcher(Generic[T, R]):
         self.max_queue_delay_s = max_queue_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
         self.max_concurrent_batches = max_concurrent_batches
+        self.max_batch_padded_size = max_batch_padded_size
         self.hooks = hooks or BatcherHooks()
         self.name = name
         self._queue: list[_Pending] = []
@@ -169,10 +173,16 @@ class DynamicBatcher(Generic[T, R]):
             self._queue = kept
 
     def _take_batch(self) -> list[_Pending]:
-        """The oldest item plus the queued items nearest to it in size (ties: older first)."""
+        """The oldest item plus the queued items nearest to it in size (ties: older first), within the bounds."""
         oldest = self._queue[0]
         rest = sorted(range(1, len(self._queue)), key=lambda i: (abs(self._queue[i].size_key - oldest.size_key), i))
-        chosen = {0, *rest[: self.max_batch_size - 1]}
+        chosen, largest = {0}, oldest.size_key
+        for i in rest[: self.max_batch_size - 1]:
+            padded = max(largest, self._queue[i].size_key) * (len(chosen) + 1)
+            if self.max_batch_padded_size is not None and padded > self.max_batch_padded_size:
+                break  # items further away in size would pad even more
+            chosen.add(i)
+            largest = max(largest, self._queue[i].size_key)
         batch = [self._queue[i] for i in sorted(chosen)]
         self._queue = [p for i, p in enumerate(self._queue) if i not in chosen]
         self.hooks.on_depth_change(-len(batch))

@@ -90,6 +90,9 @@ class ServiceConfig(BaseSettings):
     # --- batching -----------------------------------------------------------------------
     max_batch_size: int = Field(16, ge=1)
     """Most audio windows in one forward pass; 1 disables dynamic batching."""
+    max_batch_audio_s: float = Field(120.0, gt=0)
+    """Most padded audio in one forward pass (windows x the longest), so that batches of long
+    windows stay small in memory; a single longer window still runs alone."""
     max_queue_delay_ms: float = Field(10.0, ge=0)
     """How long the oldest queued window may wait for a batch to fill."""
     max_queue_size: int = Field(256, ge=1)
@@ -110,12 +113,26 @@ class ServiceConfig(BaseSettings):
     """Audio longer than this is cut into overlapping windows so memory stays bounded."""
     long_audio_overlap_s: float = Field(2.0, ge=0)
     """Overlap between consecutive windows; the seam sits at its midpoint."""
+    long_audio_windows_in_flight: int = Field(4, ge=1)
+    """Windows of one long recording decoded and queued at once; its memory follows this, not its length."""
+    max_buffered_audio_s: float = Field(1800.0, gt=0)
+    """Decoded audio all requests together may hold (seconds at the model's rate, ~64 kB each at 16 kHz);
+    a request that would go over it gets 429 / RESOURCE_EXHAUSTED."""
 
     # --- decoding -----------------------------------------------------------------------
     beam: BeamConfig = Field(default_factory=BeamConfig)
     """Beam-search defaults and request limits (``ASR_BEAM__*``)."""
     beam_pool_workers: int = Field(2, ge=1)
     """Threads for beam search, kept apart from the inference workers."""
+
+    # --- security -----------------------------------------------------------------------
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    """Bearer tokens the transcription APIs accept (REST, OpenAI, gRPC metadata ``authorization``);
+    empty (the default) leaves them open. JSON list: ``ASR_API_KEYS='["key1","key2"]'``."""
+    tls_cert_file: Path | None = None
+    """PEM certificate (chain) for HTTPS and gRPC over TLS; with ``tls_key_file``."""
+    tls_key_file: Path | None = None
+    """PEM private key of ``tls_cert_file``."""
 
     # --- operations ---------------------------------------------------------------------
     admin_token: SecretStr | None = None
@@ -125,6 +142,13 @@ class ServiceConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "ServiceConfig":
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both tls_cert_file and tls_key_file, or neither")
+        for path in (self.tls_cert_file, self.tls_key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file not found: {path}")
+        if any(not key.get_secret_value() for key in self.api_keys):
+            raise ValueError("api_keys must not contain empty keys")
         if self.long_audio_overlap_s * 2 >= self.long_audio_window_s:
             raise ValueError(f"long_audio_overlap_s ({self.long_audio_overlap_s}) must be under half of "
                              f"long_audio_window_s ({self.long_audio_window_s})")

@@ -8,12 +8,13 @@ import numpy as np
 
 from model.decoding import WordTiming
 from service.errors import (DeadlineExceededError, PayloadTooLargeError, QueueFullError, RequestError,
-                            ServiceUnavailableError, UnknownModelError)
+                            ServiceUnavailableError, UnauthenticatedError, UnknownModelError, WrongModelKindError)
 
 __all__ = [
     "TranscriptionRequest", "Alternative", "TranscriptionResult", "LogProbsResult",
     "RequestError", "UnknownModelError", "QueueFullError", "DeadlineExceededError",
-    "PayloadTooLargeError", "ServiceUnavailableError", "error_reason", "WordTiming",
+    "PayloadTooLargeError", "ServiceUnavailableError", "UnauthenticatedError", "WrongModelKindError",
+    "error_reason", "WordTiming",
 ]
 
 

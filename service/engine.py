@@ -8,7 +8,9 @@ the batch -> stitch the windows' log-probs -> decode in the decode pool -> resul
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
@@ -16,13 +18,15 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from model.audio_stream import AudioStream
 from model.checkpoint import load_model, read_config
 from model.precision import resolve_precision
 from model.registry import RegistryError, Registry
 from service.batcher import BatcherHooks, DynamicBatcher
 from service.config import ServiceConfig
 from service.decoding import CTCDecoding, DecodingPlan, plan_decoding
-from service.domain import (Alternative, DeadlineExceededError, LogProbsResult, PayloadTooLargeError, RequestError,
+from service.domain import (Alternative, DeadlineExceededError, LogProbsResult, PayloadTooLargeError, QueueFullError,
+                            RequestError, WrongModelKindError,
                             ServiceUnavailableError, TranscriptionRequest, TranscriptionResult)
 from service.long_audio import plan_windows, stitch_log_probs
 from service.metrics import Metrics
@@ -30,6 +34,14 @@ from service.model_slot import LoadedModel, ModelLoadError, ModelSlot
 from service.worker import InferenceWorker, WindowOutput, pick_devices
 
 log = logging.getLogger(__name__)
+
+
+_PATH = re.compile(r"(?<![\w.])/[^\s:'\"()]+")
+
+
+def without_paths(message: str) -> str:
+    """A message with the server's file paths taken out: clients learn what failed, not where files live."""
+    return " ".join(_PATH.sub("<path>", message).split())
 
 
 class Engine:
@@ -58,6 +70,7 @@ class Engine:
         self.startup_error: str | None = None
         self._draining = False
         self._in_flight = 0
+        self._buffered_s = 0.0
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -108,9 +121,16 @@ class Engine:
             if model.key == (name, version):
                 return name, version, model.sample_rate
         try:
-            config = read_config(self.registry.resolve(f"{name}@{version}").path)
+            ref = self.registry.resolve(f"{name}@{version}")
+            kind = self.registry.metadata(ref).get("kind", "model")
+            if kind != "model":
+                raise WrongModelKindError(
+                    f"{name}@{version} is a {'language model' if kind == 'lm' else repr(kind)}, not an acoustic "
+                    "model" + (": pass it as lm, with the beam decoder" if kind == "lm" else ""))
+            config = read_config(ref.path)
         except RegistryError as e:
-            raise ModelLoadError(f"{name}@{version}: {e}") from None
+            log.warning("cannot read %s@%s: %s", name, version, e)
+            raise ModelLoadError(f"cannot read model {name}@{version}: {without_paths(str(e))}") from None
         return name, version, int(config["sample_rate"])
 
     def list_models(self) -> list[dict]:
@@ -144,22 +164,24 @@ class Engine:
     async def transcribe(self, req: TranscriptionRequest) -> TranscriptionResult:
         """Transcribes one clip end to end.
 
+        Transports call it inside ``admit()``, which is what counts a request as in flight.
+
         Raises:
             RequestError and subclasses (bad parameters, unknown model, queue full, deadline,
             too long, unavailable); any other exception is an internal error.
         """
         started = time.monotonic()
         deadline = self._deadline(req.deadline_s, started)
-        with self._track():
-            async with self.slot.lease(req.model) as model:
-                plan = plan_decoding(req, self.config.beam, model.default_lm)
-                if plan.use_lm:
-                    self.decoding.check_lm(plan.lm_spec)
-                duration_s = self._check_audio(req.audio, model.sample_rate)
+        async with self.slot.lease(req.model) as model:
+            plan = plan_decoding(req, self.config.beam, model.default_lm)
+            if plan.use_lm:
+                self.decoding.check_lm(plan.lm_spec)
+            duration_s = self._check_audio(req.audio, model.sample_rate)
+            with self._buffered_audio(self._window_budget_s(duration_s)):
                 log_probs, queue_s, inference_s = await self._acoustic(model, req.audio, deadline)
-                decode_started = time.monotonic()
-                alternatives = await self._decode_in_pool(log_probs, model, plan)
-                decode_s = time.monotonic() - decode_started
+            decode_started = time.monotonic()
+            alternatives = await self._decode_in_pool(log_probs, model, plan)
+            decode_s = time.monotonic() - decode_started
         self.metrics.audio_seconds.inc(duration_s)
         if duration_s > 0:
             self.metrics.real_time_factor.observe((inference_s + decode_s) / duration_s)
@@ -180,10 +202,9 @@ class Engine:
             api: transport label (kept for symmetry with TranscriptionRequest).
         """
         started = time.monotonic()
-        with self._track():
-            async with self.slot.lease(model) as loaded:
-                self._check_audio(audio, loaded.sample_rate)
-                log_probs, _, _ = await self._acoustic(loaded, audio, self._deadline(deadline_s, started))
+        async with self.slot.lease(model) as loaded:
+            self._check_audio(audio, loaded.sample_rate)
+            log_probs, _, _ = await self._acoustic(loaded, audio, self._deadline(deadline_s, started))
         return LogProbsResult(log_probs, loaded.frame_duration_s, loaded.labels, loaded.name, loaded.version)
 
     async def decode(self, lp: LogProbsResult, req: TranscriptionRequest) -> TranscriptionResult:
@@ -220,51 +241,86 @@ class Engine:
                                    lp.model_version, req.decoder, {"decode_s": round(decode_s, 6)})
 
     def _deadline(self, deadline_s: float | None, now: float) -> float:
-        if self._draining:
-            raise ServiceUnavailableError("server is shutting down; retry on another instance")
         budget = now + self.config.request_timeout_s
         return budget if deadline_s is None else min(deadline_s, budget)
 
-    def _check_audio(self, audio: np.ndarray, sample_rate: int) -> float:
-        if not isinstance(audio, np.ndarray) or audio.ndim != 1:
-            raise RequestError("audio must be a 1-D array of mono samples")
-        if audio.size == 0:
+    def _check_audio(self, audio: np.ndarray | AudioStream, sample_rate: int) -> float:
+        if isinstance(audio, AudioStream):
+            if audio.sample_rate != sample_rate:
+                raise RequestError(f"audio was opened at {audio.sample_rate} Hz for a {sample_rate} Hz model")
+            samples = audio.num_samples
+        else:
+            if not isinstance(audio, np.ndarray) or audio.ndim != 1:
+                raise RequestError("audio must be a 1-D array of mono samples")
+            samples = audio.size
+        if samples == 0:
             raise RequestError("audio is empty (0 samples)")
-        duration_s = audio.size / sample_rate
+        duration_s = samples / sample_rate
+        self.check_duration(duration_s)
+        return duration_s
+
+    def check_duration(self, duration_s: float) -> None:
+        """Refuses audio over ``max_audio_duration_s`` (413); transports call it on a file's header."""
         if duration_s > self.config.max_audio_duration_s:
             raise PayloadTooLargeError(f"audio is {duration_s:.1f} s long; the limit is "
                                        f"{self.config.max_audio_duration_s:.0f} s")
-        return duration_s
 
-    class _Tracker:
-        def __init__(self, engine: "Engine") -> None:
-            self.engine = engine
+    @contextlib.asynccontextmanager
+    async def admit(self):
+        """A request's whole life, from its first byte: refused while draining, counted in flight until it ends.
 
-        def __enter__(self) -> None:
-            self.engine._in_flight += 1
-            self.engine._idle.clear()
+        Raises:
+            ServiceUnavailableError: the server is draining (503 / UNAVAILABLE).
+        """
+        if self._draining:
+            raise ServiceUnavailableError("server is shutting down; retry on another instance")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
 
-        def __exit__(self, *exc) -> None:
-            self.engine._in_flight -= 1
-            if self.engine._in_flight == 0:
-                self.engine._idle.set()
+    def _window_budget_s(self, duration_s: float) -> float:
+        """Decoded audio a request holds at once: all of it, or its windows in flight for long audio."""
+        cfg = self.config
+        return min(duration_s, cfg.long_audio_windows_in_flight * (cfg.long_audio_window_s + cfg.long_audio_overlap_s))
 
-    def _track(self) -> "Engine._Tracker":
-        return Engine._Tracker(self)
+    @contextlib.contextmanager
+    def _buffered_audio(self, seconds: float):
+        """Reserves ``seconds`` of the server-wide decoded-audio budget, or refuses with 429."""
+        limit = self.config.max_buffered_audio_s
+        if self._buffered_s + seconds > limit and self._buffered_s > 0:
+            raise QueueFullError(f"the server holds {self._buffered_s:.0f} s of decoded audio; the limit is "
+                                 f"{limit:.0f} s, so retry shortly")
+        self._buffered_s += seconds
+        try:
+            yield
+        finally:
+            self._buffered_s -= seconds
 
     async def _acoustic(self, model: LoadedModel, audio: np.ndarray, deadline: float
                         ) -> tuple[np.ndarray, float, float]:
         """Runs every window through the batcher; returns (stitched log-probs, queue_s, inference_s)."""
-        audio = np.ascontiguousarray(audio, dtype=np.float32)
-        windows = plan_windows(len(audio), model.sample_rate, model.frame_duration_s,
+        if isinstance(audio, AudioStream):
+            num_samples = audio.num_samples
+        else:
+            audio = np.ascontiguousarray(audio, dtype=np.float32)
+            num_samples = len(audio)
+        windows = plan_windows(num_samples, model.sample_rate, model.frame_duration_s,
                                window_s=self.config.long_audio_window_s, overlap_s=self.config.long_audio_overlap_s)
-        # One long file must not fill the whole queue: cap its windows in flight at one batch.
-        gate = asyncio.Semaphore(self.config.max_batch_size)
+        # One long file must neither fill the whole queue nor hold all its audio: a few windows at a time.
+        gate = asyncio.Semaphore(max(1, min(self.config.max_batch_size, self.config.long_audio_windows_in_flight)))
 
         async def run(window) -> tuple[WindowOutput, float]:
             async with gate:
+                if isinstance(audio, AudioStream):  # decoded now, from the file, and dropped after its batch
+                    clip = await asyncio.to_thread(audio.read, window.start_sample, window.end_sample)
+                else:
+                    clip = audio[window.start_sample:window.end_sample]
                 submitted = time.monotonic()
-                clip = audio[window.start_sample:window.end_sample]
                 out = await model.batcher.submit(clip, size_key=len(clip), deadline=deadline)
                 return out, max(0.0, out.started_at - submitted)
 
@@ -306,7 +362,8 @@ class Engine:
             recognizer, worker, default_lm = await asyncio.to_thread(load)
         except Exception as e:  # noqa: BLE001 - any failure here must leave the old version serving
             detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ModelLoadError(f"cannot load model {spec}: {detail}") from e
+            log.warning("cannot load model %s: %s", spec, detail)
+            raise ModelLoadError(f"cannot load model {spec}: {without_paths(detail)}") from e
         log.info("loaded and warmed %s in %.2f s", spec, time.monotonic() - started)
         cfg = self.config
         metrics = self.metrics
@@ -314,6 +371,7 @@ class Engine:
                              on_depth_change=metrics.queue_depth.inc)
         batcher = DynamicBatcher(worker, self._inference_pool, max_batch_size=cfg.max_batch_size,
                                  max_queue_delay_ms=cfg.max_queue_delay_ms, max_queue_size=cfg.max_queue_size,
+                                 max_batch_padded_size=cfg.max_batch_audio_s * recognizer.sample_rate,
                                  max_concurrent_batches=len(self.devices), hooks=hooks, name=f"batcher[{spec}]")
         return LoadedModel(name, version, recognizer.sample_rate, recognizer.frame_duration_s,
                            tuple(recognizer.vocabulary.labels), default_lm, batcher, worker,

@@ -15,8 +15,20 @@ class UnknownModelError(RequestError):
     reason = "unknown_model"
 
 
+class WrongModelKindError(RequestError):
+    """A registry version that exists but is not an acoustic model, e.g. an LM (REST 400 / gRPC FAILED_PRECONDITION)."""
+
+    reason = "wrong_model_kind"
+
+
+class UnauthenticatedError(RequestError):
+    """No or a wrong API key (REST 401 / gRPC UNAUTHENTICATED)."""
+
+    reason = "unauthenticated"
+
+
 class QueueFullError(RequestError):
-    """The batch queue is full (REST 429 / gRPC RESOURCE_EXHAUSTED); retry later."""
+    """The batch queue or the decoded-audio budget is full (REST 429 / gRPC RESOURCE_EXHAUSTED); retry later."""
 
     reason = "queue_full"
 

@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import grpc
 import numpy as np
 from google.protobuf import duration_pb2
 
-from model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError, decode_audio, resample
+from model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError, resample
+from model.audio_stream import AudioStream
 from service.asr_pb import asr_pb2, asr_pb2_grpc
 from service.domain import (DeadlineExceededError, PayloadTooLargeError, QueueFullError, RequestError,
-                            ServiceUnavailableError, TranscriptionRequest, TranscriptionResult, UnknownModelError,
-                            WordTiming, error_reason)
+                            ServiceUnavailableError, TranscriptionRequest, TranscriptionResult, UnauthenticatedError,
+                            UnknownModelError, WordTiming, WrongModelKindError, error_reason)
 from service.model_slot import ModelLoadError
 from service.streaming import StreamingOptions, StreamingSession, StreamResult, pcm16_to_float32
 
@@ -34,7 +37,9 @@ SERVICE_NAME = asr_pb2.DESCRIPTOR.services_by_name["SpeechRecognition"].full_nam
 
 # Most specific class first: every domain error is a RequestError.
 _STATUS_BY_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
     (UnknownModelError, grpc.StatusCode.NOT_FOUND),
+    (WrongModelKindError, grpc.StatusCode.FAILED_PRECONDITION),
     (QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (ServiceUnavailableError, grpc.StatusCode.UNAVAILABLE),
@@ -44,6 +49,8 @@ _STATUS_BY_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ModelLoadError, grpc.StatusCode.UNAVAILABLE),
 )
 _CONTAINER_HINT = " (raw PCM needs encoding=LINEAR_PCM and sample_rate_hertz)"
+# Interleaved channels a LINEAR_PCM request may declare (0 means 1); files may have any number.
+MAX_PCM_CHANNELS = 8
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -67,34 +74,38 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
 
     async def Recognize(self, request: asr_pb2.RecognizeRequest, context: grpc.aio.ServicerContext
                         ) -> asr_pb2.RecognizeResponse:
-        async with self._rpc_status(context, "grpc"):
+        async with self._rpc_status(context, "grpc"), self.engine.admit():
             config = request.config
             name, version, model_rate = self.engine.resolve_model(config.model or None)
             if len(request.audio) > self.config.max_audio_bytes:
                 raise PayloadTooLargeError(f"audio is {len(request.audio)} bytes; the limit is "
                                            f"{self.config.max_audio_bytes}")
-            audio = await asyncio.to_thread(_decode_request_audio, request.audio, config, model_rate)
-            result = await self.engine.transcribe(self._transcription_request(
-                audio, f"{name}@{version}", config, _deadline(context)))
+            transcription = self._transcription_request(None, f"{name}@{version}", config, _deadline(context))
+            audio = await asyncio.to_thread(self._request_audio, request.audio, config, model_rate)
+            try:
+                result = await self.engine.transcribe(replace(transcription, audio=audio))
+            finally:
+                if isinstance(audio, AudioStream):
+                    audio.close()
             return _recognize_response(result, request.request_id)
 
     async def StreamingRecognize(self, request_iterator: AsyncIterator[asr_pb2.StreamingRecognizeRequest],
                                  context: grpc.aio.ServicerContext
                                  ) -> AsyncIterator[asr_pb2.StreamingRecognizeResponse]:
-        async with self._rpc_status(context, "grpc_stream"):
+        async with self._rpc_status(context, "grpc_stream"), self.engine.admit():
             first = await anext(aiter(request_iterator), None)
             if first is None or first.WhichOneof("streaming_request") != "streaming_config":
                 got = "an empty stream" if first is None else "audio_content"
                 raise RequestError(f"the first message must carry streaming_config, got {got}")
             stream_config = first.streaming_config
             name, version, model_rate = self.engine.resolve_model(stream_config.config.model or None)
-            session = StreamingSession(self.engine, f"{name}@{version}", model_rate,
-                                       _stream_sample_rate(stream_config.config), _streaming_options(stream_config),
-                                       deadline_s=_deadline(context))
+            rate, channels = _stream_format(stream_config.config)
+            session = StreamingSession(self.engine, f"{name}@{version}", model_rate, rate,
+                                       _streaming_options(stream_config), deadline_s=_deadline(context))
             model_ref = asr_pb2.ModelRef(name=name, version=version)
             self.metrics.active_streams.inc()
-            reader = _AudioReader(request_iterator, session, max(1, stream_config.config.audio_channel_count),
-                                  self.config.max_audio_bytes, self.config.max_audio_duration_s)
+            reader = _AudioReader(request_iterator, session, channels, self.config.max_audio_bytes,
+                                  self.config.max_audio_duration_s)
             try:
                 async for results in reader.drive():
                     yield _streaming_response(results, model_ref)
@@ -145,7 +156,33 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
         finally:
             self.metrics.observe_request(api, code.name, time.monotonic() - started)
 
-    def _transcription_request(self, audio: np.ndarray, model: str, config: asr_pb2.RecognitionConfig,
+    def _request_audio(self, data: bytes, config: asr_pb2.RecognitionConfig, model_rate: int
+                       ) -> np.ndarray | AudioStream:
+        """Recognize's audio at ``model_rate``: PCM converted, a container opened a window at a time.
+
+        Either way its duration is checked first, from the byte count or the file's header, so
+        audio over the limit is refused before it is decoded (runs in a worker thread).
+        """
+        if not data:
+            raise RequestError("audio is empty (0 bytes)")
+        if config.encoding == asr_pb2.LINEAR_PCM:
+            rate, channels = _pcm_format(config)
+            self.engine.check_duration(len(data) / (2 * channels * rate))
+            return resample(pcm16_to_float32(data, channels), rate, model_rate)
+        _pcm_format(config)  # the same field checks for every encoding
+        try:
+            audio = AudioStream(io.BytesIO(data), model_rate, "audio")
+        except AudioError as e:
+            hint = _CONTAINER_HINT if config.encoding == asr_pb2.ENCODING_UNSPECIFIED else ""
+            raise AudioError(f"{e}{hint}") from None
+        try:
+            self.engine.check_duration(audio.duration_s)
+        except BaseException:
+            audio.close()
+            raise
+        return audio
+
+    def _transcription_request(self, audio: np.ndarray | None, model: str, config: asr_pb2.RecognitionConfig,
                                deadline_s: float | None) -> TranscriptionRequest:
         decoder = config.decoder_config
         default_boost = self.config.beam.hotword_boost
@@ -157,7 +194,8 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
             beam_width=decoder.beam_width or None,
             lm_alpha=decoder.lm_alpha if decoder.HasField("lm_alpha") else None,
             lm_beta=decoder.lm_beta if decoder.HasField("lm_beta") else None,
-            lm=decoder.lm or None, num_alternatives=max(1, config.max_alternatives),
+            # 0 is proto3's "unset"; a negative count reaches plan_decoding's range check, as on REST.
+            lm=decoder.lm or None, num_alternatives=config.max_alternatives or 1,
             deadline_s=deadline_s, api="grpc")
 
 
@@ -245,30 +283,34 @@ def _check_rate(rate: int) -> int:
     return rate
 
 
-def _decode_request_audio(data: bytes, config: asr_pb2.RecognitionConfig, model_rate: int) -> np.ndarray:
-    """Recognize's audio bytes to (L,) float32 mono at ``model_rate`` (runs in a worker thread)."""
-    if not data:
-        raise RequestError("audio is empty (0 bytes)")
-    if config.encoding == asr_pb2.LINEAR_PCM:
-        rate = _check_rate(config.sample_rate_hertz)
-        if config.audio_channel_count < 0:
-            raise RequestError(f"audio_channel_count must not be negative, got {config.audio_channel_count}")
-        samples = pcm16_to_float32(data, max(1, config.audio_channel_count))
-        return resample(samples, rate, model_rate)
-    try:
-        return decode_audio(data, model_rate, name="audio").samples
-    except AudioError as e:
-        hint = _CONTAINER_HINT if config.encoding == asr_pb2.ENCODING_UNSPECIFIED else ""
-        raise AudioError(f"{e}{hint}") from None
+def _pcm_format(config: asr_pb2.RecognitionConfig) -> tuple[int, int]:
+    """The one check of a RecognitionConfig's audio fields, for Recognize and StreamingRecognize alike.
+
+    Returns (sample rate, channels) for LINEAR_PCM; the rate is 0 for container encodings, whose
+    header says it.
+    """
+    if config.encoding not in asr_pb2.AudioEncoding.values():
+        raise RequestError(f"encoding {config.encoding} is not an AudioEncoding value "
+                           f"({', '.join(asr_pb2.AudioEncoding.keys())})")
+    if not 0 <= config.audio_channel_count <= MAX_PCM_CHANNELS:
+        raise RequestError(f"audio_channel_count must be between 0 and {MAX_PCM_CHANNELS}, "
+                           f"got {config.audio_channel_count}")
+    channels = max(1, config.audio_channel_count)
+    if config.encoding != asr_pb2.LINEAR_PCM:
+        return 0, channels
+    return _check_rate(config.sample_rate_hertz), channels
 
 
-def _stream_sample_rate(config: asr_pb2.RecognitionConfig) -> int:
-    if config.encoding not in (asr_pb2.ENCODING_UNSPECIFIED, asr_pb2.LINEAR_PCM):
+def _stream_format(config: asr_pb2.RecognitionConfig) -> tuple[int, int]:
+    if config.encoding not in (asr_pb2.ENCODING_UNSPECIFIED, asr_pb2.LINEAR_PCM) \
+            and config.encoding in asr_pb2.AudioEncoding.values():
         raise RequestError(f"StreamingRecognize accepts LINEAR_PCM audio only, got "
                            f"{asr_pb2.AudioEncoding.Name(config.encoding)}")
-    if config.audio_channel_count < 0:
-        raise RequestError(f"audio_channel_count must not be negative, got {config.audio_channel_count}")
-    return _check_rate(config.sample_rate_hertz)
+    linear = asr_pb2.RecognitionConfig()
+    linear.CopyFrom(config)
+    if config.encoding == asr_pb2.ENCODING_UNSPECIFIED:
+        linear.encoding = asr_pb2.LINEAR_PCM  # a stream is raw PCM either way
+    return _pcm_format(linear)
 
 
 def _streaming_options(stream_config: asr_pb2.StreamingRecognitionConfig) -> StreamingOptions:

@@ -12,6 +12,8 @@ draining), so ``engine.begin_drain()`` alone already turns it NOT_SERVING.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import weakref
 
@@ -20,7 +22,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.asr_pb import asr_pb2_grpc
+from service.auth import check_api_key
 from service.config import ServiceConfig
+from service.errors import UnauthenticatedError
 from service.grpc_api import SERVICE_NAME, SpeechRecognitionServicer
 
 log = logging.getLogger(__name__)
@@ -63,6 +67,45 @@ class _EngineHealth(health.aio.HealthServicer):
         return await super().Watch(request, context)
 
 
+# How long a refused stream may go on sending before it gets its UNAUTHENTICATED status.
+_DENY_DRAIN_S = 1.0
+
+
+class _ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses asr.v1 calls without a valid API key (service.auth) with UNAUTHENTICATED; health and reflection stay open."""
+
+    def __init__(self, keys) -> None:
+        self.keys = keys
+
+    async def intercept_service(self, continuation, handler_call_details):
+        if not handler_call_details.method.startswith(f"/{SERVICE_NAME}/"):
+            return await continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        try:
+            check_api_key(self.keys, metadata.get("authorization"))
+        except UnauthenticatedError as exc:
+            message = str(exc)
+            handler = await continuation(handler_call_details)
+
+            async def deny(request, context):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+            async def deny_stream(request_iterator, context):
+                # A client still sending its stream would see its next write fail (INTERNAL) instead
+                # of this status: let it finish, for at most a second, then answer.
+                with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
+                    async with asyncio.timeout(_DENY_DRAIN_S):
+                        async for _ in request_iterator:
+                            pass
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+                yield  # an async generator, as streaming handlers are
+
+            if handler is not None and handler.request_streaming:
+                return grpc.stream_stream_rpc_method_handler(deny_stream)
+            return grpc.unary_unary_rpc_method_handler(deny)
+        return await continuation(handler_call_details)
+
+
 _health_by_server: "weakref.WeakKeyDictionary[grpc.aio.Server, _EngineHealth]" = weakref.WeakKeyDictionary()
 
 
@@ -85,7 +128,9 @@ async def start_grpc(engine, config: ServiceConfig) -> grpc.aio.Server:
         RuntimeError: the port could not be bound.
     """
     limit = max_message_bytes(config)
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+    interceptors = [_ApiKeyInterceptor(config.api_keys)] if config.api_keys else []
+    server = grpc.aio.server(interceptors=interceptors,
+                             options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", limit), *_KEEPALIVE_OPTIONS])
     asr_pb2_grpc.add_SpeechRecognitionServicer_to_server(SpeechRecognitionServicer(engine), server)
     health_servicer = _EngineHealth(engine)
@@ -93,7 +138,12 @@ async def start_grpc(engine, config: ServiceConfig) -> grpc.aio.Server:
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{getattr(config, 'grpc_host', config.http_host)}:{config.grpc_port}"
     try:
-        server.add_insecure_port(address)
+        if config.tls_cert_file is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(config.tls_key_file.read_bytes(), config.tls_cert_file.read_bytes())])
+            server.add_secure_port(address, credentials)
+        else:
+            server.add_insecure_port(address)
     except RuntimeError as e:
         raise RuntimeError(f"cannot bind gRPC to {address}: {e}") from None
     await server.start()

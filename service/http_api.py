@@ -13,13 +13,15 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from model.audio import decode_audio
-from service.domain import PayloadTooLargeError, RequestError, TranscriptionRequest, TranscriptionResult
+from model.audio_stream import AudioStream
+from service.auth import check_api_key
+from service.domain import RequestError, TranscriptionRequest, TranscriptionResult, UnauthenticatedError
 from service.engine import Engine
 from service.http_errors import count_failure, error_response, status_for
 from service.metrics import CONTENT_TYPE_LATEST
@@ -41,11 +43,18 @@ def engine_of(request: Request) -> Engine:
 
 
 async def serve(request: Request, api: str, handler: Callable[[], Awaitable[Response]]) -> Response:
-    """Runs a route body, converting errors to JSON and counting the request once, when it ends."""
-    metrics = engine_of(request).metrics
+    """Runs a route body, converting errors to JSON and counting the request once, when it ends.
+
+    The request is in flight (``Engine.admit``) from here, before its body is read: a drain
+    waits for uploads still arriving, and a draining server refuses new requests with 503.
+    """
+    engine = engine_of(request)
+    metrics = engine.metrics
     started = time.monotonic()
     try:
-        response = await handler()
+        check_api_key(engine.config.api_keys, request.headers.get("authorization"))
+        async with engine.admit():
+            response = await handler()
     except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error, never a traceback
         count_failure(metrics, exc)
         response = error_response(exc)
@@ -98,18 +107,29 @@ def parse_hotwords(value: str | None, default_boost: float) -> tuple[tuple[str, 
     return tuple(hotwords)
 
 
-async def decode_upload(engine: Engine, upload: Upload, model: str | None) -> np.ndarray:
-    """Decodes the uploaded file to the target model's rate, off the event loop.
+async def open_audio(engine: Engine, upload: Upload, sample_rate: int) -> AudioStream:
+    """The uploaded file, opened for reading a window at a time at the model's rate (model.audio_stream).
+
+    Only the header is read here, so audio over the duration limit is refused before any of it
+    is decoded.
 
     Raises:
-        AudioError (400), UnknownModelError (404), PayloadTooLargeError (413, too long).
+        AudioError (400), PayloadTooLargeError (413, too long).
     """
-    _, _, sample_rate = engine.resolve_model(model)
-    decoded = await asyncio.to_thread(decode_audio, upload.data, sample_rate, name=upload.filename)
-    limit_s = engine.config.max_audio_duration_s
-    if decoded.duration_s > limit_s:
-        raise PayloadTooLargeError(f"audio is {decoded.duration_s:.1f} s long; the limit is {limit_s:.0f} s")
-    return decoded.samples
+    audio = await asyncio.to_thread(AudioStream, upload.file, sample_rate, upload.filename)
+    try:
+        engine.check_duration(audio.duration_s)
+    except BaseException:
+        audio.close()
+        raise
+    return audio
+
+
+async def transcribe_upload(engine: Engine, upload: Upload, request: TranscriptionRequest) -> TranscriptionResult:
+    """Transcribes an upload with the model version pinned when it is resolved, for the whole request."""
+    name, version, sample_rate = engine.resolve_model(request.model)
+    with await open_audio(engine, upload, sample_rate) as audio:
+        return await engine.transcribe(replace(request, audio=audio, model=f"{name}@{version}"))
 
 
 def words_json(words) -> list[dict]:
@@ -145,27 +165,33 @@ async def transcribe(request: Request) -> Response:
     engine = engine_of(request)
 
     async def handle() -> Response:
-        upload = await read_upload(request, max_bytes=engine.config.max_audio_bytes)
-        get = lambda name: param(request, upload, name)  # noqa: E731
-        model = get("model") or None
-        alternatives = parse_number("alternatives", get("alternatives"), int)
-        req_fields = dict(
-            model=model, decoder=(get("decoder") or "greedy").lower(),
-            word_timestamps=parse_bool("word_timestamps", get("word_timestamps"), True),
-            hotwords=parse_hotwords(get("hotwords"), engine.config.beam.hotword_boost),
-            beam_width=parse_number("beam_width", get("beam_width"), int),
-            lm_alpha=parse_number("lm_alpha", get("lm_alpha")), lm_beta=parse_number("lm_beta", get("lm_beta")),
-            lm=get("lm") or None, num_alternatives=1 if alternatives is None else alternatives, api="rest")
-        audio = await decode_upload(engine, upload, model)
-        result = await engine.transcribe(TranscriptionRequest(audio=audio, **req_fields))
-        return JSONResponse(result_json(result), headers=model_header(result))
+        with await read_upload(request, max_bytes=engine.config.max_audio_bytes) as upload:
+            return await _transcribe(request, engine, upload)
 
     return await serve(request, "rest", handle)
 
 
+async def _transcribe(request: Request, engine: Engine, upload: Upload) -> Response:
+    get = lambda name: param(request, upload, name)  # noqa: E731
+    alternatives = parse_number("alternatives", get("alternatives"), int)
+    req = TranscriptionRequest(
+        audio=None, model=get("model") or None, decoder=(get("decoder") or "greedy").lower(),
+        word_timestamps=parse_bool("word_timestamps", get("word_timestamps"), True),
+        hotwords=parse_hotwords(get("hotwords"), engine.config.beam.hotword_boost),
+        beam_width=parse_number("beam_width", get("beam_width"), int),
+        lm_alpha=parse_number("lm_alpha", get("lm_alpha")), lm_beta=parse_number("lm_beta", get("lm_beta")),
+        lm=get("lm") or None, num_alternatives=1 if alternatives is None else alternatives, api="rest")
+    result = await transcribe_upload(engine, upload, req)
+    return JSONResponse(result_json(result), headers=model_header(result))
+
+
 @router.get("/v1/models", tags=["models"], summary="Loaded models (OpenAI list shape)")
-async def list_models(request: Request) -> dict:
+async def list_models(request: Request) -> Response:
     engine = engine_of(request)
+    try:
+        check_api_key(engine.config.api_keys, request.headers.get("authorization"))
+    except UnauthenticatedError as exc:
+        return error_response(exc)
     data = []
     for m in engine.list_models():
         entry = {"id": f"{m['name']}@{m['version']}", "object": "model", "created": 0, "owned_by": "quartznet-asr",
@@ -174,7 +200,7 @@ async def list_models(request: Request) -> dict:
         data.append(entry)
         if m["state"] == "active":
             data.append(entry | {"id": m["name"]})
-    return {"object": "list", "data": data}
+    return JSONResponse({"object": "list", "data": data})
 
 
 @router.get("/health/live", tags=["health"], summary="The process is up and its event loop answers")

@@ -11,7 +11,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.audio import AudioError
 from service.domain import (DeadlineExceededError, PayloadTooLargeError, QueueFullError, RequestError,
-                            ServiceUnavailableError, UnknownModelError, error_reason)
+                            ServiceUnavailableError, UnauthenticatedError, UnknownModelError, WrongModelKindError,
+                            error_reason)
 from service.model_slot import ModelLoadError
 from service.upload import UnsupportedMediaTypeError
 
@@ -19,8 +20,10 @@ log = logging.getLogger(__name__)
 
 # Most specific first: every one of these is a RequestError subclass.
 _STATUS = (
+    (UnauthenticatedError, 401, "invalid_request_error", "invalid_api_key"),
     (UnsupportedMediaTypeError, 415, "invalid_request_error", "unsupported_media_type"),
     (UnknownModelError, 404, "invalid_request_error", "model_not_found"),
+    (WrongModelKindError, 400, "invalid_request_error", "wrong_model_kind"),
     (QueueFullError, 429, "server_busy", "queue_full"),
     (DeadlineExceededError, 504, "timeout", "deadline_exceeded"),
     (PayloadTooLargeError, 413, "invalid_request_error", "too_large"),
@@ -48,6 +51,8 @@ def error_response(exc: BaseException, param: str | None = None) -> JSONResponse
     for cls, status, type_, code in _STATUS:
         if isinstance(exc, cls):
             headers = {"Retry-After": "1"} if status in (429, 503) else None
+            if status == 401:
+                headers = {"WWW-Authenticate": "Bearer"}
             return JSONResponse(error_body(str(exc), type_, code, getattr(exc, "param", param)), status, headers=headers)
     log.exception("internal error while serving a request", exc_info=exc)
     return JSONResponse(error_body("internal server error", "server_error", "internal"), 500)

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from model.decoding import WordTiming
 from service.domain import RequestError, TranscriptionRequest, TranscriptionResult
-from service.http_api import decode_upload, engine_of, model_header, parse_number, serve
+from service.http_api import engine_of, model_header, parse_number, serve, transcribe_upload
 from service.upload import read_upload
 
 router = APIRouter()
@@ -53,30 +53,33 @@ async def create_transcription(request: Request) -> Response:
     engine = engine_of(request)
 
     async def handle() -> Response:
-        upload = await read_upload(request, max_bytes=engine.config.max_audio_bytes)
-        model = (upload.field("model") or "").strip()
-        model = None if model in ("", "default", *OPENAI_MODEL_IDS) else model
-        response_format = (upload.field("response_format") or "json").strip().lower()
-        if response_format not in RESPONSE_FORMATS:
-            raise _ParamError(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, "
-                              f"got {response_format!r}", "response_format")
-        language = (upload.field("language") or "").strip()
-        if language.lower() not in _ENGLISH:
-            raise _ParamError(f"language {language!r} is not supported: this model transcribes English only "
-                              "(use 'en' or leave it empty)", "language")
-        temperature = parse_number("temperature", upload.field("temperature"))
-        if temperature is not None and not 0.0 <= temperature <= 1.0:
-            raise _ParamError(f"temperature must be between 0 and 1, got {temperature}", "temperature")
-        granularities = {g.strip().lower() for key in ("timestamp_granularities[]", "timestamp_granularities")
-                         for value in upload.fields.get(key, []) for g in value.split(",") if g.strip()}
-        if granularities - {"word", "segment"}:
-            raise _ParamError(f"timestamp_granularities must be 'word' and/or 'segment', got {sorted(granularities)}",
-                              "timestamp_granularities[]")
-        audio = await decode_upload(engine, upload, model)
-        result = await engine.transcribe(TranscriptionRequest(audio=audio, model=model, api="openai"))
-        return format_result(result, response_format, "word" in granularities)
+        with await read_upload(request, max_bytes=engine.config.max_audio_bytes) as upload:
+            return await _create_transcription(engine, upload)
 
     return await serve(request, "openai", handle)
+
+
+async def _create_transcription(engine, upload) -> Response:
+    model = (upload.field("model") or "").strip()
+    model = None if model in ("", "default", *OPENAI_MODEL_IDS) else model
+    response_format = (upload.field("response_format") or "json").strip().lower()
+    if response_format not in RESPONSE_FORMATS:
+        raise _ParamError(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, "
+                          f"got {response_format!r}", "response_format")
+    language = (upload.field("language") or "").strip()
+    if language.lower() not in _ENGLISH:
+        raise _ParamError(f"language {language!r} is not supported: this model transcribes English only "
+                          "(use 'en' or leave it empty)", "language")
+    temperature = parse_number("temperature", upload.field("temperature"))
+    if temperature is not None and not 0.0 <= temperature <= 1.0:
+        raise _ParamError(f"temperature must be between 0 and 1, got {temperature}", "temperature")
+    granularities = {g.strip().lower() for key in ("timestamp_granularities[]", "timestamp_granularities")
+                     for value in upload.fields.get(key, []) for g in value.split(",") if g.strip()}
+    if granularities - {"word", "segment"}:
+        raise _ParamError(f"timestamp_granularities must be 'word' and/or 'segment', got {sorted(granularities)}",
+                          "timestamp_granularities[]")
+    result = await transcribe_upload(engine, upload, TranscriptionRequest(audio=None, model=model, api="openai"))
+    return format_result(result, response_format, "word" in granularities)
 
 
 def format_result(result: TranscriptionResult, response_format: str, with_words: bool) -> Response:

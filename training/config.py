@@ -216,6 +216,35 @@ class LossConfig(_Section):
         return tuple(self.inter_ctc_blocks) or (block_count // 2,)
 
 
+class DistillConfig(_Section):
+    """Knowledge distillation from a registry model run on the fly (training.distill).
+
+    The loss is ``ctc_weight * CTC(transcript) + kl_weight * KL + pseudo_label_weight * CTC(teacher's
+    transcript)``; the first term uses the teacher's transcript for manifest lines without text.
+    """
+
+    # Registry NAME[@VERSION] of the teacher: one network, or an ensemble (with speed views).
+    teacher: str
+    kl_weight: Annotated[float, Field(ge=0.0)] = 1.0
+    ctc_weight: Annotated[float, Field(ge=0.0)] = 1.0
+    pseudo_label_weight: Annotated[float, Field(ge=0.0)] = 0.0
+    temperature: Annotated[float, Field(gt=0.0)] = 1.0
+    # How an ensemble teacher's views become the KL target: per_view | mean | best_view.
+    targets: Literal["per_view", "mean", "best_view"] = "per_view"
+    # The teacher's inference precision (model.precision); auto is bf16 where the CPU has it.
+    teacher_precision: Literal["fp32", "bf16", "int8", "auto"] = "auto"
+    # Clean utterances whose targets each worker keeps (about 8 kB each for 3 s of AN4 audio).
+    cache_items: Annotated[int, Field(ge=0)] = 50_000
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> DistillConfig:
+        if self.kl_weight == 0 and self.pseudo_label_weight == 0:
+            raise ValueError("distill needs kl_weight > 0 or pseudo_label_weight > 0 (else the teacher is unused)")
+        if self.kl_weight == 0 and self.ctc_weight == 0 and self.pseudo_label_weight == 0:
+            raise ValueError("every distill loss weight is 0")
+        return self
+
+
 class RunConfig(_Section):
     """Where results go, seeding, logging cadence and fine-tuning."""
 
@@ -280,6 +309,8 @@ class TrainConfig(_Section):
     sync_bn: bool = False
     loss: LossConfig = Field(default_factory=LossConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    # Distillation from a teacher in the registry; None trains on the transcripts alone.
+    distill: DistillConfig | None = None
 
     @field_validator("amp")
     @classmethod

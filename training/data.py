@@ -19,7 +19,7 @@ from training.augment import AugmentConfig, add_dither, band_limit, choose_speed
 # Silence between an utterance and the one concatenated to it (augment.concat_prob), in seconds.
 _CONCAT_GAP_S = (0.05, 0.3)
 
-_REQUIRED_KEYS = ("audio_filepath", "duration", "text")
+_REQUIRED_KEYS = ("audio_filepath", "duration")
 
 
 @dataclass(frozen=True)
@@ -29,12 +29,17 @@ class ManifestEntry:
     Attributes:
         audio_filepath: absolute path (relative manifest paths resolved against the manifest's folder).
         duration_s: length of the audio in seconds, as the manifest states it.
-        text: the transcript, unnormalised.
+        text: the transcript, unnormalised; None for a line without one (unlabelled audio, which
+            only distillation can use: its teacher provides the transcript).
     """
 
     audio_filepath: str
     duration_s: float
-    text: str
+    text: str | None
+
+    @property
+    def labelled(self) -> bool:
+        return self.text is not None
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ class DurationFilterReport:
 
 
 def read_manifest(path: str | os.PathLike) -> tuple[list[ManifestEntry], list[ManifestProblem]]:
-    """Reads a NeMo manifest: one JSON object per line with audio_filepath, duration, text.
+    """Reads a NeMo manifest: one JSON object per line with audio_filepath, duration and (optionally) text.
 
     Bad lines (invalid JSON, not an object, missing or mistyped keys, non-positive
     duration, audio file not found) are skipped and reported; blank lines are ignored.
@@ -103,14 +108,14 @@ def _parse_line(line: str, base_dir: str) -> ManifestEntry | str:
     missing = [key for key in _REQUIRED_KEYS if key not in record]
     if missing:
         return f"missing key(s): {', '.join(missing)}"
-    audio, duration, text = record["audio_filepath"], record["duration"], record["text"]
+    audio, duration, text = record["audio_filepath"], record["duration"], record.get("text")
     if not isinstance(audio, str) or not audio:
         return "audio_filepath must be a non-empty string"
     if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration):
         return f"duration must be a number, got {duration!r}"
     if duration <= 0:
         return f"duration must be positive, got {duration}"
-    if not isinstance(text, str):
+    if text is not None and not isinstance(text, str):
         return f"text must be a string, got {type(text).__name__}"
     audio_path = audio if os.path.isabs(audio) else os.path.join(base_dir, audio)
     if not os.path.isfile(audio_path):
@@ -181,15 +186,20 @@ class Utterance(NamedTuple):
 
     Attributes:
         audio: samples at the dataset's rate, shape (L,), float32.
-        target_ids: encoded transcript, shape (U,), int64.
+        target_ids: encoded transcript, shape (U,), int64 (empty for unlabelled audio).
+        clean: the same utterance before band limiting and dither (what a distillation teacher
+            hears; same length as ``audio``), or None when the dataset does not keep it.
+        labelled: False for a manifest line without text.
     """
 
     audio: np.ndarray
     target_ids: np.ndarray
+    clean: np.ndarray | None = None
+    labelled: bool = True
 
 
 class Batch(NamedTuple):
-    """A padded batch; unpacks as (audio, audio_lengths, targets, target_lengths, num_dropped).
+    """A padded batch: (audio, audio_lengths, targets, target_lengths, num_dropped, clean, labelled).
 
     Attributes:
         audio: zero-padded samples, shape (B, Lmax), float32.
@@ -198,6 +208,8 @@ class Batch(NamedTuple):
             ``target_lengths``).
         target_lengths: labels per item, shape (B,), int64.
         num_dropped: items whose audio could not be decoded and were left out.
+        clean: the items' clean versions as numpy arrays (distillation), or None.
+        labelled: (B,) bool, False where the manifest line had no text.
     """
 
     audio: torch.Tensor
@@ -205,6 +217,8 @@ class Batch(NamedTuple):
     targets: torch.Tensor
     target_lengths: torch.Tensor
     num_dropped: int
+    clean: list[np.ndarray] | None = None
+    labelled: torch.Tensor | None = None
 
 
 class ManifestDataset(Dataset):
@@ -225,11 +239,14 @@ class ManifestDataset(Dataset):
         sample_rate: rate the audio is decoded to, in Hz. (Default: 16000)
         augment: waveform augmentation; None means none (use None for evaluation).
         seed: base seed of the per-item generators. (Default: 0)
+        keep_clean: also return each utterance before band limiting and dither (distillation).
     """
 
     def __init__(self, entries: Sequence[ManifestEntry], *, encode: Callable[[str], list[int]],
-                 sample_rate: int = 16_000, augment: AugmentConfig | None = None, seed: int = 0) -> None:
+                 sample_rate: int = 16_000, augment: AugmentConfig | None = None, seed: int = 0,
+                 keep_clean: bool = False) -> None:
         self.entries = list(entries)
+        self.keep_clean = keep_clean
         self.encode = encode
         self.sample_rate = sample_rate
         self.augment = augment
@@ -256,21 +273,24 @@ class ManifestDataset(Dataset):
         samples = self._decode(index)
         if samples is None:
             return None
-        text = entry.text
+        text, clean = entry.text, samples
         if self.augment is not None:
             rng = np.random.default_rng((self.seed, self.epoch, index))
-            samples = self._perturb(samples, rng)
-            # Drawn only when enabled, so runs without it keep their random streams.
-            if self.augment.concat_prob > 0 and rng.random() < self.augment.concat_prob:
+            clean, samples = self._perturb(samples, rng)
+            # Drawn only when enabled, so runs without it keep their random streams. Unlabelled
+            # audio is never concatenated: the pair would have half a transcript.
+            if (self.augment.concat_prob > 0 and entry.labelled and rng.random() < self.augment.concat_prob):
                 partner_index = self._concat_partner(index, rng)
                 partner = None if partner_index is None else self._decode(partner_index)
-                if partner is not None:  # no partner, or an unreadable one: the utterance stays alone
+                if partner is not None and self.entries[partner_index].labelled:
                     gap = np.zeros(int(rng.uniform(*_CONCAT_GAP_S) * self.sample_rate), dtype=np.float32)
-                    samples = np.concatenate([samples, gap, self._perturb(partner, rng)])
+                    partner_clean, partner_samples = self._perturb(partner, rng)
+                    clean = np.concatenate([clean, gap, partner_clean])
+                    samples = np.concatenate([samples, gap, partner_samples])
                     text = f"{text} {self.entries[partner_index].text}"
             samples = add_dither(samples, self.augment.dither, rng)
-        target_ids = np.asarray(self.encode(text), dtype=np.int64)
-        return Utterance(samples, target_ids)
+        target_ids = np.asarray(self.encode(text) if text is not None else [], dtype=np.int64)
+        return Utterance(samples, target_ids, clean if self.keep_clean else None, entry.labelled)
 
     def _concat_partner(self, index: int, rng: np.random.Generator) -> int | None:
         """A uniformly random other entry no longer than ``index``'s; None if there is none."""
@@ -288,14 +308,16 @@ class ManifestDataset(Dataset):
         except AudioError:
             return None
 
-    def _perturb(self, samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _perturb(self, samples: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(clean, corrupted): speed-perturbed, then (the second only) band-limited."""
         rate = choose_speed_rate(self.augment, rng)
         if rate != 1.0:
             samples = speed_perturb(samples, rate, self.sample_rate)
+        clean = samples
         # Drawn only when enabled, so runs without it keep their random streams.
         if self.augment.narrowband_prob > 0 and rng.random() < self.augment.narrowband_prob:
             samples = band_limit(samples, self.sample_rate, self.augment.narrowband_rate_hz)
-        return samples
+        return clean, samples
 
 
 def collate(batch: Sequence[Utterance | None]) -> Batch:
@@ -319,7 +341,10 @@ def collate(batch: Sequence[Utterance | None]) -> Batch:
     for row, item in enumerate(items):
         audio[row, :len(item.audio)] = torch.from_numpy(np.asarray(item.audio, dtype=np.float32))
         targets[row, :len(item.target_ids)] = torch.from_numpy(item.target_ids)
-    return Batch(audio, audio_lengths, targets, target_lengths, num_dropped)
+    keep_clean = bool(items) and all(item.clean is not None for item in items)
+    clean = [np.asarray(item.clean, dtype=np.float32) for item in items] if keep_clean else None
+    labelled = torch.tensor([item.labelled for item in items], dtype=torch.bool)
+    return Batch(audio, audio_lengths, targets, target_lengths, num_dropped, clean, labelled)
 
 
 class DurationBucketSampler(Sampler[list[int]]):

@@ -44,12 +44,17 @@ def load_splits(cfg: TrainConfig, vocabulary: Vocabulary, *, log: bool = True) -
     train, report = filter_by_duration(train, max_duration_s=cfg.data.max_duration_s,
                                        min_duration_s=cfg.data.min_duration_s)
     # Utterances whose transcript has no character of the vocabulary cannot be CTC targets.
-    no_text = [e for e in train if not vocabulary.encode(e.text)]
-    train = [e for e in train if vocabulary.encode(e.text)]
-    say(f"[data] train: {len(train)} utterances ({sum(e.duration_s for e in train) / 60:.1f} min); "
-        f"val: {len(val)}; skipped {len(problems)} bad manifest lines, {report.num_skipped} outside "
-        f"[{cfg.data.min_duration_s}, {cfg.data.max_duration_s}] s, {len(no_text)} with empty transcripts",
-        flush=True)
+    no_text = [e for e in train if e.labelled and not vocabulary.encode(e.text)]
+    train = [e for e in train if not e.labelled or vocabulary.encode(e.text)]
+    unlabelled = sum(not e.labelled for e in train)
+    if unlabelled and cfg.distill is None:
+        raise DataError(f"{unlabelled} training lines have no text: unlabelled audio is only used for "
+                        "distillation, where the teacher transcribes it (add a distill: section)")
+    val = [e for e in val if e.labelled]  # validation scores against transcripts
+    say(f"[data] train: {len(train)} utterances ({sum(e.duration_s for e in train) / 60:.1f} min, "
+        f"{unlabelled} unlabelled); val: {len(val)}; skipped {len(problems)} bad manifest lines, "
+        f"{report.num_skipped} outside [{cfg.data.min_duration_s}, {cfg.data.max_duration_s}] s, "
+        f"{len(no_text)} with empty transcripts", flush=True)
     if not train:
         raise DataError("no usable training utterances after filtering (check the manifests and max_duration_s)")
     return Splits(train, val)

@@ -37,6 +37,7 @@ from training.state import TrainState, load_resume_state, save_resume_state
 from training.weight_average import WeightAverage
 from training.sync_bn import convert_sync_batchnorm
 from training.datasets import load_splits
+from training.distill import Teacher, kl_to_teacher, teacher_token_batch
 
 
 @dataclass
@@ -148,6 +149,50 @@ def ctc_loss(log_probs: torch.Tensor, output_lengths: torch.Tensor, targets: tor
     return losses.mean()
 
 
+def batch_loss(cfg: TrainConfig, heads: list[tuple[torch.Tensor, torch.Tensor]], batch, blank_id: int,
+               device: torch.device, teacher: Teacher | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss to minimise and the model's own head's CTC loss, for one batch.
+
+    CTC on every head (intermediate ones mixed in by ``loss.inter_ctc_weight``) against the
+    transcripts; with a teacher, lines without text take its transcript instead, and the
+    distillation terms (training.distill) are added with their ``distill`` weights.
+    """
+    targets, target_lengths = batch.targets.to(device), batch.target_lengths.to(device)
+    taught = None
+    if teacher is not None:
+        taught = teacher.targets(batch.clean)
+        teacher_ids, teacher_lengths = teacher_token_batch(taught, device)
+        targets, target_lengths = _fill_unlabelled(targets, target_lengths, batch.labelled.to(device),
+                                                   teacher_ids, teacher_lengths)
+    losses = [ctc_loss(log_probs, out_lengths, targets, target_lengths, blank_id) for log_probs, out_lengths in heads]
+    loss = mixed_ctc_loss(losses, cfg.loss.inter_ctc_weight)
+    if taught is None:
+        return loss, losses[0]
+    distill = cfg.distill
+    (log_probs, out_lengths), total = heads[0], distill.ctc_weight * loss
+    if distill.kl_weight:
+        total = total + distill.kl_weight * kl_to_teacher(log_probs, out_lengths, taught, kind=distill.targets,
+                                                          temperature=distill.temperature)
+    if distill.pseudo_label_weight:
+        total = total + distill.pseudo_label_weight * ctc_loss(log_probs, out_lengths, teacher_ids, teacher_lengths,
+                                                               blank_id)
+    return total, losses[0]
+
+
+def _fill_unlabelled(targets: torch.Tensor, target_lengths: torch.Tensor, labelled: torch.Tensor,
+                     teacher_ids: torch.Tensor, teacher_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets where rows without a transcript hold the teacher's instead."""
+    if bool(labelled.all()):
+        return targets, target_lengths
+    width = max(targets.shape[1], teacher_ids.shape[1])
+    filled = torch.zeros(targets.shape[0], width, dtype=targets.dtype, device=targets.device)
+    filled[:, :targets.shape[1]] = targets
+    unlabelled = ~labelled
+    filled[unlabelled] = 0
+    filled[unlabelled, :teacher_ids.shape[1]] = teacher_ids[unlabelled]
+    return filled, torch.where(labelled, target_lengths, teacher_lengths)
+
+
 def evaluate(recognizer: SpeechRecognizer, loader: DataLoader, device: torch.device) -> dict[str, float]:
     """Greedy WER/CER over a loader, with the same decoder the service uses."""
     recognizer.eval()
@@ -189,7 +234,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     train_ds = ManifestDataset(splits.train, encode=recognizer.vocabulary.encode,
                                sample_rate=recognizer.sample_rate, augment=cfg.augment.to_augment_config(),
-                               seed=cfg.run.seed)
+                               seed=cfg.run.seed, keep_clean=cfg.distill is not None)
+    teacher = None
+    if cfg.distill is not None:
+        teacher = Teacher.load(config["_teacher_dir"], precision=cfg.distill.teacher_precision,
+                               device=ctx.device, cache_items=cfg.distill.cache_items)
     sampler = DurationBucketSampler([e.duration_s for e in splits.train], batch_size=cfg.data.batch_size,
                                     max_batch_audio_s=cfg.data.max_batch_audio_s, num_buckets=cfg.data.num_buckets,
                                     seed=cfg.run.seed, rank=ctx.rank, world_size=ctx.world_size)
@@ -257,10 +306,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     loss = sum(log_probs.sum() for log_probs, _ in step_module(audio, audio_lengths)) * 0.0
                 else:
                     heads = step_module(audio, audio_lengths)
-                    targets, target_lengths = batch.targets.to(ctx.device), batch.target_lengths.to(ctx.device)
-                    losses = [ctc_loss(log_probs, out_lengths, targets, target_lengths, recognizer.vocabulary.blank_id)
-                              for log_probs, out_lengths in heads]
-                    loss, final_loss = mixed_ctc_loss(losses, cfg.loss.inter_ctc_weight), losses[0]
+                    loss, final_loss = batch_loss(cfg, heads, batch, recognizer.vocabulary.blank_id, ctx.device,
+                                                  teacher)
             scaler.scale(loss / cfg.optim.grad_accum_steps).backward()
             if batch_index % cfg.optim.grad_accum_steps == 0 or batch_index == last_batch:
                 _optimizer_step(cfg, optimizer, scaler, scheduler)

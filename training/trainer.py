@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from model.checkpoint import artifact_files, read_config
+from model.ensemble import EnsembleConfig
+from model.features import MelFeaturizerConfig
 from model.recognizer import RecognizerConfig, SpeechRecognizer
-from model.registry import ModelRef, Registry
+from model.registry import ModelRef, Registry, RegistryError
 from training.config import TrainConfig
-from training.init_model import fine_tuned_network
+from training.data import read_manifest
+from training.init_model import fine_tuned_network, fresh_recognizer_config
 from training.loop import inter_ctc_blocks, train_loop_per_worker
 from training.state import load_best_weights, read_checkpoint_summary
 
@@ -64,6 +67,56 @@ def check_manifests(cfg: TrainConfig) -> None:
                 raise TrainingError(f"data.{key}.{index}.path: manifest not found: {item.path}")
 
 
+def check_labelled(cfg: TrainConfig) -> None:
+    """Fails fast, before Ray starts, when plain training is given manifest lines without text."""
+    if cfg.distill is not None:
+        return
+    for index, item in enumerate(cfg.data.train_manifests):
+        entries, _ = read_manifest(item.path)
+        unlabelled = sum(not e.labelled for e in entries)
+        if unlabelled:
+            raise TrainingError(f"data.train_manifests.{index}.path: {unlabelled} lines of {item.path} have no "
+                                "text; unlabelled audio is only used for distillation, where a teacher transcribes "
+                                "it (add a distill: section)")
+
+
+def resolve_teacher(cfg: TrainConfig, registry: Registry, init_dir: str | None) -> tuple[str | None, str | None]:
+    """The teacher's artifact folder (absolute) and ref, after checking it can teach this student.
+
+    Raises:
+        TrainingError: unknown teacher, not an acoustic model, or another vocabulary, sample rate
+            or (with the KL term) frame rate than the student.
+    """
+    if cfg.distill is None:
+        return None, None
+    try:
+        ref, metadata = registry.open(cfg.distill.teacher)
+    except RegistryError as exc:
+        raise TrainingError(f"distill.teacher: {exc}") from None
+    if metadata.get("kind", "model") != "model":
+        raise TrainingError(f"distill.teacher: {ref} is a {metadata.get('kind')!r}, not an acoustic model")
+    raw = read_config(ref.path)
+    teacher = EnsembleConfig.from_dict(raw).members[0] if "ensemble" in raw else RecognizerConfig.from_dict(raw)
+    if init_dir is not None:
+        network = fine_tuned_network(cfg, RecognizerConfig.from_dict(read_config(Path(init_dir))).network)
+    else:
+        network = fresh_recognizer_config(cfg).network
+    features = MelFeaturizerConfig(sample_rate=cfg.data.sample_rate)
+    student_frame_s = features.hop_length * network.subsampling / features.sample_rate
+    if tuple(teacher.vocabulary.labels) != tuple(cfg.model.labels):
+        raise TrainingError(f"distill.teacher: {ref} has another vocabulary ({len(teacher.vocabulary.labels)} "
+                            f"labels) than the student's model.labels ({len(cfg.model.labels)}); distil between "
+                            "models with the same labels")
+    if teacher.features.sample_rate != cfg.data.sample_rate:
+        raise TrainingError(f"distill.teacher: {ref} expects {teacher.features.sample_rate} Hz audio, the student "
+                            f"{cfg.data.sample_rate} Hz")
+    if cfg.distill.kl_weight > 0 and abs(teacher.frame_duration_s - student_frame_s) > 1e-9:
+        raise TrainingError(f"distill.teacher: {ref} emits a frame every {teacher.frame_duration_s * 1e3:g} ms, the "
+                            f"student every {student_frame_s * 1e3:g} ms; the frame-level KL needs the same frame "
+                            "rate (set distill.kl_weight: 0 to learn from the teacher's transcripts only)")
+    return str(Path(ref.path).resolve()), str(ref)
+
+
 def check_heads_fit_source(cfg: TrainConfig, init_dir: str) -> None:
     """Fails fast, before Ray starts, when the intermediate CTC heads do not fit the fine-tuning source."""
     config = read_config(Path(init_dir))
@@ -93,6 +146,7 @@ def run_training(cfg: TrainConfig, *, run_name: str | None = None) -> tuple[Mode
     from ray.train.torch import TorchConfig, TorchTrainer
 
     check_manifests(cfg)
+    check_labelled(cfg)
     output_dir = Path(cfg.run.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     registry = Registry(cfg.run.registry)
@@ -102,6 +156,7 @@ def run_training(cfg: TrainConfig, *, run_name: str | None = None) -> tuple[Mode
         init_dir, parent_version = _resolve_init(cfg, registry, Path(scratch))
         if init_dir is not None:
             check_heads_fit_source(cfg, init_dir)
+        teacher_dir, teacher_ref = resolve_teacher(cfg, registry, init_dir)
         if not ray.is_initialized():
             # No address means a new local instance ("local"), never a `ray start` cluster that
             # ray.init(address=None) would otherwise join; RAY_ADDRESS=local is local too.
@@ -110,7 +165,8 @@ def run_training(cfg: TrainConfig, *, run_name: str | None = None) -> tuple[Mode
             ray.init(address=address, include_dashboard=False, log_to_driver=True,
                      **(local if address == "local" else {}))
         threads = max(1, int(cfg.scaling.cpus_per_worker))
-        loop_config = {**cfg.model_dump(mode="json"), "_init_dir": init_dir, "_threads_per_worker": threads}
+        loop_config = {**cfg.model_dump(mode="json"), "_init_dir": init_dir, "_threads_per_worker": threads,
+                       "_teacher_dir": teacher_dir}
         loop_config["run"]["output_dir"] = str(output_dir)
         # Ray workers run in their own working directory: hand them absolute paths.
         for key in ("train_manifests", "val_manifests"):
@@ -146,6 +202,8 @@ def run_training(cfg: TrainConfig, *, run_name: str | None = None) -> tuple[Mode
              "holdout_speakers": list(cfg.data.holdout_speakers), "epochs": state["epoch"],
              "global_steps": state["global_step"], "wall_time_s": round(state["wall_time_s"], 1),
              "git_commit": _git_commit(), "history": state["history"]}
+    if teacher_ref is not None:
+        extra["distilled_from"] = teacher_ref
     ref = registry.publish(cfg.run.publish_name, artifact_files(model), kind="model", source="trained",
                            parent_version=parent_version, metrics=metrics, extra=extra)
     summary_out = {**metrics, "epochs": state["epoch"], "wall_time_s": state["wall_time_s"],

@@ -220,3 +220,29 @@ def test_models_list_json(registry, tmp_path):
     empty = asr_in_process("--registry", tmp_path / "empty", "models", "list", "--json")
     assert empty.returncode == 0 and json.loads(empty.stdout) == []
     assert "is empty" in asr_in_process("--registry", tmp_path / "empty", "models", "list").stdout
+
+
+# ---- options argparse cannot range-check ----
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--decoder", "beam", "--beam-width", "0"], "--beam-width must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--device", "cuda"], "no usable CUDA GPU"),
+])
+def test_bad_options_exit_2_in_one_line(args, fragment, registry, good_wav):
+    import torch
+
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    for command in (["transcribe", good_wav], ["eval", "--manifest", _one_line_manifest(good_wav, good_wav.parent)]):
+        asr_in_process("--registry", registry, *command, "--model", "tiny", *args).assert_one_line_error(fragment)
+
+
+def test_a_garbage_mp3_gets_one_line_naming_the_problem(registry, tmp_path):
+    """The real process: libmpg123 prints its own notes straight to file descriptor 2 unless muted."""
+    path = tmp_path / "garbage.mp3"
+    path.write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + np.random.default_rng(3).bytes(20_000))
+    result = asr_console("--registry", registry, "transcribe", path, "--model", "tiny")
+    line = result.assert_one_line_error("garbage.mp3", "not a readable audio file (unrecognised or corrupt data)")
+    assert "does not exist" not in line and result.stdout == ""

@@ -43,20 +43,21 @@ def manifest(tmp_path):
 
 def test_bad_lines_are_skipped_and_counted(manifest, tmp_path):
     entries, problems = read_manifest(manifest)
-    assert [e.text for e in entries] == ["abc", "de"]
+    # A line without text is unlabelled audio (distillation uses it; plain training refuses it).
+    assert [e.text for e in entries] == ["abc", None, "de"]
+    assert [e.labelled for e in entries] == [True, False, True]
     assert entries[0].audio_filepath == str(tmp_path / "audio" / "a.wav")
-    assert [p.line_number for p in problems] == [2, 3, 5, 7]
+    assert [p.line_number for p in problems] == [2, 5, 7]
     assert "invalid JSON" in problems[0].reason
-    assert "text" in problems[1].reason
-    assert "not found" in problems[2].reason
-    assert "duration" in problems[3].reason
+    assert "not found" in problems[1].reason
+    assert "duration" in problems[2].reason
 
 
 def test_mix_weights_repeat_and_subsample(manifest):
     twice, _ = mix_manifests([(manifest, 2.0)])
-    assert len(twice) == 4
+    assert len(twice) == 6
     half, _ = mix_manifests([(manifest, 1.5)], seed=3)
-    assert len(half) == 3
+    assert len(half) == 5  # 3 entries, plus round(0.5 * 3) = 2 of them again
     assert mix_manifests([(manifest, 0.5)], seed=3)[0] == mix_manifests([(manifest, 0.5)], seed=3)[0]
 
 
@@ -69,16 +70,18 @@ def test_filter_by_duration_reports_skips():
 
 def test_unreadable_audio_is_dropped_not_fatal(manifest, tmp_path):
     entries, _ = read_manifest(manifest)
+    entries = [e for e in entries if e.labelled]
     (tmp_path / "audio" / "broken.wav").write_bytes(b"RIFF garbage")
     entries.append(ManifestEntry(str(tmp_path / "audio" / "broken.wav"), 1.0, "zz"))
     dataset = ManifestDataset(entries, encode=_encode)
     batch = collate([dataset[i] for i in range(len(dataset))])
-    audio, audio_lengths, targets, target_lengths, num_dropped = batch
+    audio, audio_lengths, targets, target_lengths, num_dropped = batch[:5]
     assert num_dropped == 1
     assert audio.shape == (2, 8000) and audio.dtype == torch.float32
     assert audio_lengths.tolist() == [8000, 4000] and audio_lengths.dtype == torch.int64
     assert (audio[1, 4000:] == 0).all()
     assert targets.tolist() == [[0, 1, 2], [3, 4, 0]] and target_lengths.tolist() == [3, 2]
+    assert batch.clean is None and batch.labelled.tolist() == [True, True]
     assert collate([None]).audio.shape == (0, 0)
 
 
