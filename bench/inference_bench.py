@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,21 +42,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from cli.bench import cpu_model, synthetic_batch  # noqa: E402
+from timing import timed  # noqa: E402 - bench/timing.py
 from interop.nemo import import_nemo, nemo_jasper_blocks  # noqa: E402
 from model.inference import for_inference  # noqa: E402
 from model.precision import cpu_has_native_bf16  # noqa: E402
 from model.quartznet import preset_config  # noqa: E402
-
-
-def timed(fn, runs: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return times
 
 
 def nemo_side(python: str, preset: str, audio_npz: Path, out: Path, threads: int, runs: int) -> dict:

@@ -14,25 +14,16 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from nemo_model import build_nemo_model  # noqa: E402 - bench/, the script's own folder
+from timing import timed  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
-from make_nemo_fixtures import calibrate_bn, model_cfg, randomise  # noqa: E402
-
-
-def timed(fn, runs: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return times
+from make_nemo_fixtures import calibrate_bn, randomise  # noqa: E402
 
 
 def main() -> int:
@@ -49,15 +40,9 @@ def main() -> int:
     args = parser.parse_args()
 
     import nemo
-    from nemo.collections.asr.models import EncDecCTCModel
-    from omegaconf import OmegaConf
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    blocks = json.loads(Path(args.blocks).read_text())
-    config = model_cfg(blocks)
-    config["decoder"]["feat_in"] = blocks[-1]["filters"]
-    model = EncDecCTCModel(cfg=OmegaConf.create(config), trainer=None)
+    model = build_nemo_model(args.blocks, args.seed)
     calibrate_bn(model, _read_abs(args.calibration_clip))
     randomise(model, torch.Generator().manual_seed(args.seed + 100))
     model = model.float().cpu().eval()

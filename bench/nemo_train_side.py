@@ -12,14 +12,13 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
-from make_nemo_fixtures import model_cfg  # noqa: E402
+from nemo_model import build_nemo_model  # noqa: E402 - bench/, the script's own folder
+from timing import timed  # noqa: E402
 
 
 def main() -> int:
@@ -32,16 +31,10 @@ def main() -> int:
     args = parser.parse_args()
 
     import nemo
-    from nemo.collections.asr.models import EncDecCTCModel
     from nemo.core.optim.novograd import Novograd
-    from omegaconf import OmegaConf
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    blocks = json.loads(Path(args.blocks).read_text())
-    config = model_cfg(blocks)
-    config["decoder"]["feat_in"] = blocks[-1]["filters"]
-    model = EncDecCTCModel(cfg=OmegaConf.create(config), trainer=None).float().cpu().train()
+    model = build_nemo_model(args.blocks, args.seed).train()
     optimizer = Novograd(model.parameters(), lr=0.01, betas=(0.8, 0.5), weight_decay=0.001)
     data = np.load(args.batch)
     audio, audio_lengths = torch.from_numpy(data["audio"]), torch.from_numpy(data["audio_lengths"])
@@ -56,12 +49,9 @@ def main() -> int:
         optimizer.step()
         return float(loss)
 
-    step()  # warm-up
-    times, losses = [], []
-    for _ in range(args.steps):
-        started = time.perf_counter()
-        losses.append(step())
-        times.append(time.perf_counter() - started)
+    losses = []
+    times = timed(lambda: losses.append(step()), args.steps, warmup=1)
+    losses = losses[1:]  # the warm-up step's loss
     print(json.dumps({"nemo_version": nemo.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "median_s": statistics.median(times), "times_s": times, "losses": losses}))
     return 0

@@ -27,7 +27,19 @@ class _ClientError(Exception):
 def add_client_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Registers `client transcribe ...` on the top-level CLI's subparsers; handlers set ``func``."""
     client = subparsers.add_parser("client", help="talk to a running ASR server")
-    commands = client.add_subparsers(dest="client_cmd", required=True)
+    _add_transcribe(client.add_subparsers(dest="client_cmd", required=True))
+    return client
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`asr-client transcribe FILE ...`: the command of the standalone client distribution (client/pyproject.toml)."""
+    parser = argparse.ArgumentParser(prog="asr-client", description="Talk to a running QuartzNet ASR server.")
+    _add_transcribe(parser.add_subparsers(dest="client_cmd", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def _add_transcribe(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("transcribe", help="transcribe one audio file on a server",
                             description="Transcribe FILE on a running server (REST by default).")
     p.add_argument("file", metavar="FILE", help="audio file (wav, flac, ogg, mp3)")
@@ -40,7 +52,6 @@ def add_client_arguments(subparsers: argparse._SubParsersAction) -> argparse.Arg
                                                        "response when streaming)")
     p.add_argument("--timeout", type=float, default=300.0, help="request timeout in seconds (default: %(default)s)")
     p.set_defaults(func=main_client)
-    return client
 
 
 def main_client(args: argparse.Namespace) -> int:
@@ -57,6 +68,10 @@ def main_client(args: argparse.Namespace) -> int:
         return e.code
     except KeyboardInterrupt:
         return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
 
 
 def _check_file(name: str) -> Path:
@@ -111,19 +126,10 @@ def _run_grpc(path: Path, args: argparse.Namespace) -> int:
 def _stream(client, path: Path, args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
-    from model.audio import AudioError, decode_audio
-
-    try:
-        rate = client.sample_rate(args.model)
-    except LookupError as e:
-        raise _ClientError(EXIT_BAD_INPUT, str(e)) from None
-    try:
-        audio = decode_audio(path, rate)
-    except AudioError as e:
-        raise _ClientError(EXIT_BAD_INPUT, str(e)) from None
+    samples, rate = _read_mono(path)  # sent at the file's own rate: the server resamples a stream
     finals = []
     interim_shown = False
-    for response in client.stream(audio.samples, rate, model=args.model):
+    for response in client.stream(samples, rate, model=args.model):
         if args.json:
             print(json.dumps(MessageToDict(response)), flush=True)
             finals += [r.alternatives[0].transcript for r in response.results if r.is_final and r.alternatives]
@@ -144,6 +150,19 @@ def _stream(client, path: Path, args: argparse.Namespace) -> int:
                 print(f"... {text}", file=sys.stderr, flush=True)
             interim_shown = True
     return EXIT_OK
+
+
+def _read_mono(path: Path):
+    """The file's samples, down-mixed to mono float32, and its rate (soundfile: wav, flac, ogg, mp3)."""
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        raise _ClientError(EXIT_BAD_INPUT, f"{path}: not a readable audio file ({e})") from None
+    if not len(data):
+        raise _ClientError(EXIT_BAD_INPUT, f"{path}: audio has zero length")
+    return data.mean(axis=1), int(rate)
 
 
 def _grpc_error(error, target: str) -> _ClientError:

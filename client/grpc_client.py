@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 
-from service.asr_pb import asr_pb2, asr_pb2_grpc
+from client.asr_pb import asr_pb2, asr_pb2_grpc
 
 # Recognize sends a whole file in one message; raise gRPC's 4 MiB default like Riva's client.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024

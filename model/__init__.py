@@ -1,25 +1,40 @@
-"""QuartzNet/Jasper CTC models, the NeMo-compatible front end, decoding, and the artifact/registry format."""
+"""QuartzNet/Jasper CTC models, the NeMo-compatible front end, decoding, and the artifact/registry format.
 
-from model.audio import AudioError, DecodedAudio, decode_audio, resample
-from model.checkpoint import ArtifactError, artifact_files, load_artifact, load_model, publish_model
-from model.decoding import Transcript, WordTiming, greedy_decode
-from model.ensemble import EnsembleConfig, EnsembleRecognizer
-from model.features import MelFeaturizer, MelFeaturizerConfig
-from model.quartznet import (PRESETS, BlockConfig, QuartzNet, QuartzNetConfig, count_parameters, jasper_10x5dr,
-                             preset_config, quartznet_5x3, quartznet_5x5, quartznet_10x5, quartznet_15x5)
-from model.recognizer import RecognizerConfig, SpeechRecognizer
-from model.registry import ModelRef, Registry, RegistryError, default_registry_root
-from model.vocabulary import ENGLISH_LABELS, Vocabulary
+The names below load on first use (PEP 562), so ``import model.decoding`` or ``import
+model.registry`` stays light: only the submodules that need torch import it.
+"""
 
-__all__ = [
-    "AudioError", "DecodedAudio", "decode_audio", "resample",
-    "ArtifactError", "artifact_files", "load_artifact", "load_model", "publish_model",
-    "Transcript", "WordTiming", "greedy_decode",
-    "EnsembleConfig", "EnsembleRecognizer",
-    "MelFeaturizer", "MelFeaturizerConfig",
-    "PRESETS", "BlockConfig", "QuartzNet", "QuartzNetConfig", "count_parameters", "jasper_10x5dr",
-    "preset_config", "quartznet_5x3", "quartznet_5x5", "quartznet_10x5", "quartznet_15x5",
-    "RecognizerConfig", "SpeechRecognizer",
-    "ModelRef", "Registry", "RegistryError", "default_registry_root",
-    "ENGLISH_LABELS", "Vocabulary",
-]
+from __future__ import annotations
+
+import importlib
+
+_SUBMODULE_OF = {
+    "AudioError": "audio", "DecodedAudio": "audio", "decode_audio": "audio", "resample": "audio",
+    "ArtifactError": "checkpoint", "artifact_files": "checkpoint", "load_artifact": "checkpoint",
+    "load_model": "checkpoint", "publish_model": "checkpoint",
+    "Transcript": "decoding", "WordTiming": "decoding", "greedy_decode": "decoding",
+    "EnsembleConfig": "ensemble", "EnsembleRecognizer": "ensemble",
+    "MelFeaturizer": "features", "MelFeaturizerConfig": "features",
+    "PRESETS": "quartznet", "BlockConfig": "quartznet", "QuartzNet": "quartznet", "QuartzNetConfig": "quartznet",
+    "count_parameters": "quartznet", "jasper_10x5dr": "quartznet", "preset_config": "quartznet",
+    "quartznet_5x3": "quartznet", "quartznet_5x5": "quartznet", "quartznet_10x5": "quartznet",
+    "quartznet_15x5": "quartznet",
+    "RecognizerConfig": "recognizer", "SpeechRecognizer": "recognizer",
+    "ModelRef": "registry", "Registry": "registry", "RegistryError": "registry", "default_registry_root": "registry",
+    "ENGLISH_LABELS": "vocabulary", "Vocabulary": "vocabulary",
+}
+__all__ = sorted(_SUBMODULE_OF)
+
+
+def __getattr__(name: str):
+    try:
+        submodule = _SUBMODULE_OF[name]
+    except KeyError:
+        raise AttributeError(f"module 'model' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f"model.{submodule}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -25,8 +25,7 @@ from model.ensemble import EnsembleConfig, EnsembleRecognizer
 from model.features import MelFeaturizer
 from model.precision import FLOAT_DTYPES, resolve_precision
 from model.quartznet import JasperBlock, QuartzNet, QuartzNetConfig
-from model.recognizer import BatchInference, RecognizerConfig, SpeechRecognizer
-from model.vocabulary import Vocabulary
+from model.recognizer import BatchInference, OneNetwork, RecognizerConfig, SpeechRecognizer
 
 
 Mask = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -246,7 +245,7 @@ def _zero_padding_traceable(x: torch.Tensor, lengths: torch.Tensor) -> torch.Ten
     return x * valid.unsqueeze(-1).to(x.dtype)
 
 
-class InferenceRecognizer(BatchInference, nn.Module):
+class InferenceRecognizer(OneNetwork, BatchInference, nn.Module):
     """The inference form of a SpeechRecognizer: the same front end, then the folded network."""
 
     def __init__(self, recognizer: SpeechRecognizer, precision: str = "fp32") -> None:
@@ -255,18 +254,6 @@ class InferenceRecognizer(BatchInference, nn.Module):
         self.precision = precision
         self.featurizer: MelFeaturizer = copy.deepcopy(recognizer.featurizer)  # moves with this form only
         self.network = InferenceNetwork(recognizer.network, FLOAT_DTYPES[precision])
-
-    @property
-    def vocabulary(self) -> Vocabulary:
-        return self.config.vocabulary
-
-    @property
-    def sample_rate(self) -> int:
-        return self.config.features.sample_rate
-
-    @property
-    def frame_duration_s(self) -> float:
-        return self.config.frame_duration_s
 
     def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) float audio + (B,) lengths -> log_probs (B, T', V+1) float32, output_lengths (B,)."""

@@ -91,14 +91,10 @@ def _device_of(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-class SpeechRecognizer(BatchInference, nn.Module):
-    """Waveform in, CTC log-probabilities out; the unit the registry stores and the service runs."""
+class OneNetwork:
+    """What a model of one network (a ``RecognizerConfig`` in ``self.config``) tells its callers."""
 
-    def __init__(self, config: RecognizerConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.featurizer = MelFeaturizer(config.features)
-        self.network = QuartzNet(config.network)
+    config: RecognizerConfig
 
     @property
     def vocabulary(self) -> Vocabulary:
@@ -111,6 +107,16 @@ class SpeechRecognizer(BatchInference, nn.Module):
     @property
     def frame_duration_s(self) -> float:
         return self.config.frame_duration_s
+
+
+class SpeechRecognizer(OneNetwork, BatchInference, nn.Module):
+    """Waveform in, CTC log-probabilities out; the unit the registry stores and the service runs."""
+
+    def __init__(self, config: RecognizerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.featurizer = MelFeaturizer(config.features)
+        self.network = QuartzNet(config.network)
 
     def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) float audio + (B,) lengths -> log_probs (B, T', V+1) float32, output_lengths (B,)."""

@@ -1,22 +1,30 @@
-"""Admin routes (model listing, hot swap, rollback) behind a bearer token separate from inference.
+"""Admin routes (model listing, hot swap, rollback, .nemo import) behind a bearer token separate from inference.
 
 With ``ASR_ADMIN_TOKEN`` unset every admin route answers 403 "admin API disabled"; a missing
 or wrong token gets 401. Tokens are compared with ``hmac.compare_digest``.
 
     curl -H "Authorization: Bearer $ASR_ADMIN_TOKEN" -d '{"name": "an4-quartznet", "version": 3}' \\
          -H 'Content-Type: application/json' localhost:8000/admin/models/activate
+    curl -H "Authorization: Bearer $ASR_ADMIN_TOKEN" -F file=@model.nemo -F name=english \\
+         localhost:8000/admin/models/import          # publishes english@N; activate it to serve it
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import shutil
+import tempfile
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from service.domain import RequestError
+from service.engine import without_paths
 from service.http_api import engine_of
+from service.upload import read_upload
 from service.http_errors import error_body, error_response
 from service.model_slot import ModelLoadError
 
@@ -82,6 +90,46 @@ async def rollback(request: Request) -> JSONResponse:
     except RequestError as e:
         return JSONResponse(error_body(str(e), "invalid_request_error", "nothing_to_roll_back"), 409)
     return JSONResponse({"active": _describe(model), "previous": _describe(previous) if previous else None})
+
+
+@router.post("/models/import", summary="Import a NeMo .nemo checkpoint (multipart 'file' and 'name') and publish it")
+async def import_model(request: Request) -> JSONResponse:
+    """The same import as ``asr models import-nemo``; nothing is published unless it succeeds."""
+    engine = engine_of(request)
+    try:
+        with await read_upload(request, max_bytes=engine.config.max_import_bytes) as upload:
+            name = (upload.field("name") or "").strip()
+            if not name:
+                raise RequestError("missing form field 'name': the registry name to publish the model as")
+            frontend = upload.field("frontend") or None
+            ref = await asyncio.to_thread(_import_and_publish, engine.registry, upload.file, name, frontend)
+    except Exception as exc:  # noqa: BLE001 - one JSON error shape for every failure
+        return error_response(_as_request_error(exc))
+    return JSONResponse({"published": str(ref), "name": ref.name, "version": ref.version}, 201)
+
+
+def _import_and_publish(registry, source, name: str, frontend: str | None):
+    from interop.nemo import import_nemo
+    from model.checkpoint import publish_model
+    from model.registry import validate_name
+
+    validate_name(name)  # before the (slow) import
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "upload.nemo"
+        with open(archive, "wb") as out:
+            shutil.copyfileobj(source, out)
+        model, info = import_nemo(archive, frontend=frontend)
+    return publish_model(registry, name, model, source="imported", extra={"nemo": info})
+
+
+def _as_request_error(exc: Exception) -> Exception:
+    """Import failures the uploader caused (bad archive, name or front end) as 400s, without server paths."""
+    from interop.nemo import NemoImportError
+    from model.registry import RegistryError
+
+    if isinstance(exc, (NemoImportError, RegistryError, ValueError)) and not isinstance(exc, RequestError):
+        return RequestError(without_paths(str(exc)).replace("<path>: ", "") or type(exc).__name__)
+    return exc
 
 
 def install_admin(app) -> None:

@@ -107,6 +107,8 @@ class ServiceConfig(BaseSettings):
     # --- limits -------------------------------------------------------------------------
     max_audio_bytes: int = Field(50 * 1024 * 1024, ge=1)
     """Largest upload (encoded bytes); counted while streaming, over it -> 413."""
+    max_import_bytes: int = Field(1024 * 1024 * 1024, ge=1)
+    """Largest .nemo file POST /admin/models/import accepts (bytes); over it -> 413."""
     max_audio_duration_s: float = Field(3600.0, gt=0)
     """Longest decoded audio accepted; over it -> 413."""
     long_audio_window_s: float = Field(30.0, gt=0)

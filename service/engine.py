@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from model.audio_stream import AudioStream
+from model.card import model_card
 from model.checkpoint import load_model, read_config
 from model.precision import resolve_precision
 from model.registry import RegistryError, Registry
@@ -138,7 +139,7 @@ class Engine:
         active = self.slot.active
         return [{"name": m.name, "version": m.version, "state": "active" if m is active else "loaded",
                  "sample_rate": m.sample_rate, "frame_duration_s": m.frame_duration_s,
-                 "default_lm": m.default_lm, "in_flight": m.leases} for m in self.slot.loaded()]
+                 "default_lm": m.default_lm, "in_flight": m.leases, "card": m.card} for m in self.slot.loaded()]
 
     def registry_models(self) -> list[dict]:
         """Every acoustic-model version in the registry with its state: active, loaded or available."""
@@ -149,8 +150,15 @@ class Engine:
                 continue
             state = states.get((entry["name"], entry["version"]), "available")
             entries.append({k: entry.get(k) for k in ("name", "version", "created_at", "source", "metrics", "error")}
-                           | {"state": state})
+                           | {"state": state, "card": self._card(entry["name"], entry["version"])})
         return entries
+
+    def _card(self, name: str, version: int) -> dict | None:
+        try:
+            ref = self.registry.resolve(f"{name}@{version}")
+            return model_card(self.registry.metadata(ref), read_config(ref.path))
+        except RegistryError:
+            return None  # a broken version is still listed, with its error
 
     async def activate(self, name: str, version: int | None = None) -> LoadedModel:
         """Hot-swaps the active model (see ModelSlot.activate)."""
@@ -349,17 +357,18 @@ class Engine:
         spec = f"{name}@{version}"
 
         def load() -> tuple:
-            recognizer, ref, _ = load_model(self.registry, spec)
-            default_lm = read_config(ref.path).get("default_lm")
+            recognizer, ref, metadata = load_model(self.registry, spec)
+            config = read_config(ref.path)
+            default_lm, card = config.get("default_lm"), model_card(metadata, config)
             worker = InferenceWorker(recognizer, self.devices, precision=self.precision,
                                      on_batch_done=self.metrics.inference_duration.observe,
                                      batch_hook=self._run_batch_hook)
             worker.warm_up(recognizer.sample_rate)
-            return recognizer, worker, default_lm
+            return recognizer, worker, default_lm, card
 
         started = time.monotonic()
         try:
-            recognizer, worker, default_lm = await asyncio.to_thread(load)
+            recognizer, worker, default_lm, card = await asyncio.to_thread(load)
         except Exception as e:  # noqa: BLE001 - any failure here must leave the old version serving
             detail = str(e).splitlines()[0] if str(e) else type(e).__name__
             log.warning("cannot load model %s: %s", spec, detail)
@@ -375,7 +384,7 @@ class Engine:
                                  max_concurrent_batches=len(self.devices), hooks=hooks, name=f"batcher[{spec}]")
         return LoadedModel(name, version, recognizer.sample_rate, recognizer.frame_duration_s,
                            tuple(recognizer.vocabulary.labels), default_lm, batcher, worker,
-                           precision=worker.precision)
+                           precision=worker.precision, card=card)
 
     def _run_batch_hook(self) -> None:
         if self.batch_hook is not None:

@@ -67,6 +67,8 @@ class _EngineHealth(health.aio.HealthServicer):
         return await super().Watch(request, context)
 
 
+# The services API keys guard: ours and Riva's; health and reflection stay open.
+_GUARDED = (f"/{SERVICE_NAME}/", "/nvidia.riva.asr.RivaSpeechRecognition/")
 # How long a refused stream may go on sending before it gets its UNAUTHENTICATED status.
 _DENY_DRAIN_S = 1.0
 
@@ -78,7 +80,7 @@ class _ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         self.keys = keys
 
     async def intercept_service(self, continuation, handler_call_details):
-        if not handler_call_details.method.startswith(f"/{SERVICE_NAME}/"):
+        if not handler_call_details.method.startswith(_GUARDED):
             return await continuation(handler_call_details)
         metadata = dict(handler_call_details.invocation_metadata or ())
         try:
@@ -109,6 +111,18 @@ class _ApiKeyInterceptor(grpc.aio.ServerInterceptor):
 _health_by_server: "weakref.WeakKeyDictionary[grpc.aio.Server, _EngineHealth]" = weakref.WeakKeyDictionary()
 
 
+def _riva_api():
+    """(service.riva_api, riva_asr_pb2_grpc), or None where nvidia-riva-client is not installed."""
+    try:
+        from riva.client.proto import riva_asr_pb2_grpc
+
+        from service import riva_api
+    except ImportError as exc:
+        log.warning("Riva-compatible gRPC disabled: %s (pip install nvidia-riva-client)", exc)
+        return None
+    return riva_api, riva_asr_pb2_grpc
+
+
 def max_message_bytes(config: ServiceConfig) -> int:
     """The largest request message the server accepts."""
     return max(_MIN_MESSAGE_BYTES, config.max_audio_bytes + _MESSAGE_OVERHEAD_BYTES)
@@ -132,10 +146,17 @@ async def start_grpc(engine, config: ServiceConfig) -> grpc.aio.Server:
     server = grpc.aio.server(interceptors=interceptors,
                              options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", limit), *_KEEPALIVE_OPTIONS])
-    asr_pb2_grpc.add_SpeechRecognitionServicer_to_server(SpeechRecognitionServicer(engine), server)
+    servicer = SpeechRecognitionServicer(engine)
+    asr_pb2_grpc.add_SpeechRecognitionServicer_to_server(servicer, server)
+    riva_modules = _riva_api()
+    services = [SERVICE_NAME]
+    if riva_modules is not None:
+        riva_api, riva_grpc = riva_modules
+        riva_grpc.add_RivaSpeechRecognitionServicer_to_server(riva_api.RivaSpeechRecognitionServicer(servicer), server)
+        services.append(riva_api.SERVICE_NAME)
     health_servicer = _EngineHealth(engine)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{getattr(config, 'grpc_host', config.http_host)}:{config.grpc_port}"
     try:
         if config.tls_cert_file is not None:
@@ -149,7 +170,7 @@ async def start_grpc(engine, config: ServiceConfig) -> grpc.aio.Server:
     await server.start()
     await health_servicer.sync()
     _health_by_server[server] = health_servicer
-    log.info("gRPC serving %s on %s (max message %d bytes)", SERVICE_NAME, address, limit)
+    log.info("gRPC serving %s on %s (max message %d bytes)", ", ".join(services), address, limit)
     return server
 
 

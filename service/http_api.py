@@ -196,7 +196,7 @@ async def list_models(request: Request) -> Response:
     for m in engine.list_models():
         entry = {"id": f"{m['name']}@{m['version']}", "object": "model", "created": 0, "owned_by": "quartznet-asr",
                  "name": m["name"], "version": m["version"], "state": m["state"], "sample_rate": m["sample_rate"],
-                 "language": "en"}
+                 "language": "en", "card": m["card"]}
         data.append(entry)
         if m["state"] == "active":
             data.append(entry | {"id": m["name"]})

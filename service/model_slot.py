@@ -41,6 +41,7 @@ class LoadedModel:
         batcher: the DynamicBatcher feeding this version's worker.
         worker: the InferenceWorker (closed on unload).
         precision: the precision its inference form runs at (model.precision), reported in timings.
+        card: its model card (model.card): training data, vocabulary, measured WERs.
         leases: requests currently using this version.
         retired: unload as soon as ``leases`` reaches 0 (unless it is active again).
     """
@@ -54,6 +55,7 @@ class LoadedModel:
     batcher: Any
     worker: Any
     precision: str = "fp32"
+    card: dict | None = None
     leases: int = 0
     retired: bool = False
     last_used: float = field(default_factory=time.monotonic)

@@ -5,7 +5,11 @@ OpenAI's own ids (``whisper-1``, ``gpt-4o-transcribe``, ``gpt-4o-mini-transcribe
 active model. ``language`` accepts only English ("en", "en-US", "english" or empty);
 ``prompt`` and ``temperature`` are accepted and ignored (CTC has no prompt or sampling).
 ``timestamp_granularities[]=word`` (also without brackets, or repeated) adds ``words`` to
-``verbose_json``; with other formats it is ignored rather than refused.
+``verbose_json``; with other formats it is ignored rather than refused. ``stream=true`` answers
+with server-sent events in OpenAI's shape, ``transcript.text.delta`` ({"delta"}) for each word
+and then ``transcript.text.done`` ({"text"}), so the official client's stream iterator works;
+the deltas come once the file is decoded (live audio belongs to a stream, not a file upload).
+``/v1/audio/translations`` answers 400: the models transcribe English, they do not translate.
 
     curl localhost:8000/v1/audio/transcriptions -F file=@clip.flac -F model=whisper-1 \\
          -F response_format=verbose_json -F 'timestamp_granularities[]=word'
@@ -13,14 +17,15 @@ active model. ``language`` accepts only English ("en", "en-US", "english" or emp
 
 from __future__ import annotations
 
+import json
 import math
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from model.decoding import WordTiming
 from service.domain import RequestError, TranscriptionRequest, TranscriptionResult
-from service.http_api import engine_of, model_header, parse_number, serve, transcribe_upload
+from service.http_api import engine_of, model_header, parse_bool, parse_number, serve, transcribe_upload
 from service.upload import read_upload
 
 router = APIRouter()
@@ -37,7 +42,7 @@ _UPLOAD_DOC = {"requestBody": {"content": {"multipart/form-data": {"schema": {
         "file": {"type": "string", "format": "binary"}, "model": {"type": "string"},
         "language": {"type": "string"}, "prompt": {"type": "string"},
         "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS)},
-        "temperature": {"type": "number"},
+        "temperature": {"type": "number"}, "stream": {"type": "boolean"},
         "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["word", "segment"]}}}}}}}}
 
 
@@ -78,8 +83,35 @@ async def _create_transcription(engine, upload) -> Response:
     if granularities - {"word", "segment"}:
         raise _ParamError(f"timestamp_granularities must be 'word' and/or 'segment', got {sorted(granularities)}",
                           "timestamp_granularities[]")
+    stream = parse_bool("stream", upload.field("stream"), False)
+    if stream and response_format not in ("json", "text"):
+        raise _ParamError(f"stream=true returns text deltas; response_format must be json or text, got "
+                          f"{response_format!r}", "response_format")
     result = await transcribe_upload(engine, upload, TranscriptionRequest(audio=None, model=model, api="openai"))
+    if stream:
+        return StreamingResponse(_events(result), media_type="text/event-stream", headers=model_header(result))
     return format_result(result, response_format, "word" in granularities)
+
+
+def _events(result: TranscriptionResult):
+    """The transcript as OpenAI's transcription stream: one delta per word, then the whole text."""
+    words = result.text.split(" ") if result.text else []
+    for i, word in enumerate(words):
+        yield _event({"type": "transcript.text.delta", "delta": word if i == 0 else f" {word}"})
+    yield _event({"type": "transcript.text.done", "text": result.text})
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+@router.post("/v1/audio/translations", tags=["openai"], summary="Not available: the models transcribe only")
+async def create_translation(request: Request) -> Response:
+    async def handle() -> Response:
+        raise _ParamError("translation is not available: these models transcribe English speech, they do not "
+                          "translate; use /v1/audio/transcriptions", "model")
+
+    return await serve(request, "openai", handle)
 
 
 def format_result(result: TranscriptionResult, response_format: str, with_words: bool) -> Response:

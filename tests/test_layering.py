@@ -5,6 +5,7 @@
 - `training` never imports `service` (nor the `client`, `cli`).
 - `service` never imports `training` (nor `cli`).
 - `lm` is shared by training and serving, so it imports neither.
+- `client` stands alone (client/pyproject.toml): none of the project's other packages.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ FORBIDDEN = {
     "training": {"service", "client", "cli"},
     "service": {"training", "cli"},
     "lm": {"training", "service", "client", "cli"},
+    "client": {"model", "training", "service", "lm", "cli", "interop"},
 }
-PACKAGES = ("model", "training", "service", "lm")
+PACKAGES = ("model", "training", "service", "lm", "client")
 # Generated protobuf code is build output, not ours to lint.
 GENERATED = ("_pb2.py", "_pb2_grpc.py")
 
@@ -105,3 +107,12 @@ def test_the_checker_sees_every_import_form(tmp_path, monkeypatch):
     assert sorted(modules) == sorted(["os", "service", "training", "training.sub.peer", "service.worker",
                                       "service.batcher", "client"])
     assert len(_violations("training", lambda top: top not in FORBIDDEN["training"])) == 4
+
+
+def test_importing_model_decoding_does_not_load_torch():
+    """model/__init__.py is lazy: decoding, the registry and text handling run without torch (the lazy
+    import in model.decoding is only worth something if the package import does not undo it)."""
+    import subprocess
+
+    code = "import sys, model.decoding, model.registry, model.text; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, timeout=120).returncode == 0

@@ -86,6 +86,21 @@
     const active = versions.find((m) => m.state === "active");
     if (previous && versions.some((m) => m.id === previous)) el.model.value = previous;
     else if (active) el.model.value = active.id;
+    cards = Object.fromEntries(versions.map((m) => [m.id, m.card]));
+    showCard();
+  }
+
+  // The model card of the chosen version: what it recognises, what not, and how well.
+  let cards = {};
+  function showCard() {
+    const card = cards[el.model.value];
+    const box = $("model-card");
+    if (!box) return;
+    if (!card) { box.hidden = true; return; }
+    const lines = [card.recognises || card.summary, card.not_for, card.vocabulary && card.vocabulary.description]
+      .filter(Boolean);
+    box.replaceChildren(...lines.map((text) => Object.assign(document.createElement("p"), { textContent: text })));
+    box.hidden = false;
   }
 
   // --- choosing audio ---------------------------------------------------------------------
@@ -105,6 +120,7 @@
   el.dropzone.addEventListener("keydown", (e) => {
     if (e.key === "Enter" || e.key === " ") { e.preventDefault(); el.fileInput.click(); }
   });
+  el.model.addEventListener("change", showCard);
   el.fileInput.addEventListener("change", () => {
     const file = el.fileInput.files && el.fileInput.files[0];
     if (file) setClip(file, file.name);

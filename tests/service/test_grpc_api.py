@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import numpy as np
@@ -76,6 +77,7 @@ def test_health_reflection_and_list_models(tiny_registry):
         [info] = listing.models
         assert (info.name, info.version, info.sample_rate_hertz, info.is_default, info.loaded) == ("tiny", 1, 16_000,
                                                                                                   True, True)
+        assert json.loads(info.parameters["card"])["vocabulary"]["kind"] == "characters"  # the model card
         assert not (await stub.ListModels(asr_pb2.ListModelsRequest(name="other"))).models
         engine.begin_drain()  # what service/server.py does first on SIGTERM
         reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)

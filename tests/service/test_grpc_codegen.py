@@ -1,4 +1,4 @@
-"""The committed service/asr_pb/ is exactly what scripts/gen_protos.sh makes from protos/asr/v1/asr.proto."""
+"""The committed service/asr_pb/ and client/asr_pb/ are exactly what scripts/gen_protos.sh makes from the proto."""
 
 import re
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 from tests.service.test_grpc_support import REPO_ROOT
 
-GENERATED = REPO_ROOT / "service" / "asr_pb"
+GENERATED = [REPO_ROOT / "service" / "asr_pb", REPO_ROOT / "client" / "asr_pb"]
 # Lines that name the grpcio-tools / protobuf version that generated the file, not its content.
 _VERSION_LINE = re.compile(r"GRPC_GENERATED_VERSION = |Protobuf Python Version: |^\s+\d+,\s*$|^\s+'',\s*$")
 
@@ -19,7 +19,8 @@ def test_generated_code_matches_proto(tmp_path):
     subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gen_protos.sh"), str(tmp_path)], check=True,
                    capture_output=True, env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted(p.name for p in GENERATED.iterdir() if p.is_file() and p.suffix in (".py", ".pyi"))
-    for name in names:
-        assert _normalised((tmp_path / name).read_text()) == _normalised((GENERATED / name).read_text()), (
-            f"service/asr_pb/{name} is stale: run scripts/gen_protos.sh")
+    for generated in GENERATED:
+        assert names == sorted(p.name for p in generated.iterdir() if p.is_file() and p.suffix in (".py", ".pyi"))
+        for name in names:
+            assert _normalised((tmp_path / name).read_text()) == _normalised((generated / name).read_text()), (
+                f"{generated.relative_to(REPO_ROOT)}/{name} is stale: run scripts/gen_protos.sh")

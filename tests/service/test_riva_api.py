@@ -1,0 +1,179 @@
+"""nvidia-riva-client, unchanged, against our gRPC port: offline and streaming recognition like `asr transcribe`."""
+
+from __future__ import annotations
+
+import io
+import threading
+import wave
+
+import grpc
+import numpy as np
+import pytest
+
+riva_client = pytest.importorskip("riva.client")
+
+from model.audio import decode_audio  # noqa: E402
+from service.domain import TranscriptionRequest  # noqa: E402
+from tests.conftest import REPO_ROOT  # noqa: E402
+from tests.service.conftest import make_config  # noqa: E402
+
+STARTER = REPO_ROOT / "starter" / "registry"
+from tests.service.test_grpc_support import an4_test_set, free_port, serving  # noqa: E402
+
+
+class RunningServer:
+    """An in-process Engine + gRPC server on its own event loop thread, for Riva's synchronous client."""
+
+    def __init__(self, config) -> None:
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.stop = None
+        self.thread = threading.Thread(target=self._run, args=(config,), daemon=True)
+        self.thread.start()
+        assert self.ready.wait(120), "the server did not start"
+
+    def _run(self, config) -> None:
+        import asyncio
+
+        asyncio.set_event_loop(self.loop)
+
+        async def main() -> None:
+            self.stop = asyncio.Event()
+            async with serving(config) as (engine, target):
+                self.engine, self.target = engine, target
+                self.ready.set()
+                await self.stop.wait()
+
+        self.loop.run_until_complete(main())
+
+    def offline(self, audio: np.ndarray, **request) -> str:
+        import asyncio
+
+        future = asyncio.run_coroutine_threadsafe(self.engine.transcribe(TranscriptionRequest(audio=audio, **request)),
+                                                  self.loop)
+        return future.result(60).text
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def server(registry_root):
+    """The tiny random models: Riva's messages against ours, field by field."""
+    running = RunningServer(make_config(registry_root, grpc_port=free_port(), http_host="127.0.0.1"))
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="module")
+def starter_server():
+    """The shipped starter model, whose transcripts mean something (AN4 words)."""
+    if not (STARTER / "an4-quartznet" / "6").is_dir():
+        pytest.skip("the starter registry is not in this checkout")
+    running = RunningServer(make_config(STARTER, default_model="an4-quartznet@6", grpc_port=free_port(),
+                                        http_host="127.0.0.1"))
+    yield running
+    running.close()
+
+
+def _asr(server) -> "riva_client.ASRService":
+    return riva_client.ASRService(riva_client.Auth(uri=server.target))
+
+
+def _config(**fields) -> "riva_client.RecognitionConfig":
+    return riva_client.RecognitionConfig(language_code="en-US", max_alternatives=1, **fields)
+
+
+def _pcm_wav(audio: np.ndarray, rate: int = 16_000) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes((np.clip(audio, -1, 1) * 32767).round().astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+def test_offline_recognize_gives_our_transcript_for_pcm_and_flac(starter_server):
+    server = starter_server
+    asr = _asr(server)
+    for path, _ in an4_test_set(limit=3):
+        audio = decode_audio(path, 16_000).samples
+        want = server.offline(audio)
+        pcm = (np.clip(audio, -1, 1) * 32767).round().astype("<i2").tobytes()
+        linear = asr.offline_recognize(pcm, _config(encoding=riva_client.AudioEncoding.LINEAR_PCM,
+                                                    sample_rate_hertz=16_000, enable_word_time_offsets=True))
+        flac = asr.offline_recognize(path.read_bytes(), _config(encoding=riva_client.AudioEncoding.FLAC))
+        for response in (linear, flac):
+            assert response.results[0].alternatives[0].transcript == want
+        words = linear.results[0].alternatives[0].words
+        assert [w.word for w in words] == want.split()
+        assert all(isinstance(w.start_time, int) and w.start_time <= w.end_time for w in words)  # milliseconds
+
+
+def test_a_boosted_phrase_changes_the_result(server):
+    asr = _asr(server)
+    path, _ = an4_test_set(limit=1)[0]
+    audio = decode_audio(path, 16_000).samples
+    plain = asr.offline_recognize(path.read_bytes(), _config()).results[0].alternatives[0].transcript
+    config = _config()
+    riva_client.add_word_boosting_to_config(config, ["zyxwv"], 30.0)
+    boosted = asr.offline_recognize(path.read_bytes(), config).results[0].alternatives[0].transcript
+    assert boosted == server.offline(audio, hotwords=(("zyxwv", 30.0),))
+    assert boosted != plain
+
+
+def test_streaming_gives_interims_then_the_offline_text(starter_server):
+    server = starter_server
+    asr = _asr(server)
+    path, reference = an4_test_set(limit=1)[0]  # noqa: RUF059
+    audio = decode_audio(path, 16_000).samples
+    streaming_config = riva_client.StreamingRecognitionConfig(
+        config=_config(encoding=riva_client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=16_000,
+                       enable_word_time_offsets=True), interim_results=True)
+    wav = _pcm_wav(audio)
+    finals, interims = [], 0
+    with riva_client.AudioChunkFileIterator(_write(wav), 1600) as chunk_iterator:
+        for response in asr.streaming_response_generator(audio_chunks=chunk_iterator,
+                                                         streaming_config=streaming_config):
+            for result in response.results:
+                if result.is_final:
+                    finals.append(result.alternatives[0].transcript)
+                else:
+                    interims += 1
+                    assert 0.0 < result.stability < 1.0
+    assert interims > 0
+    assert " ".join(f for f in finals if f) == server.offline(audio)
+    assert reference.split()[0] == finals[0].split()[0]  # a real transcript of the clip, not noise
+
+
+def _write(data: bytes) -> str:
+    import tempfile
+
+    handle = tempfile.NamedTemporaryFile(suffix=".wav", delete=False)
+    handle.write(data)
+    handle.close()
+    return handle.name
+
+
+def test_unsupported_options_are_invalid_arguments(server):
+    asr = _asr(server)
+    path, _ = an4_test_set(limit=1)[0]
+    for config, fragment in ((_config(enable_automatic_punctuation=True), "punctuation"),
+                             (riva_client.RecognitionConfig(language_code="de-DE"), "de-DE"),
+                             (_config(encoding=riva_client.AudioEncoding.MULAW, sample_rate_hertz=8000), "MULAW")):
+        with pytest.raises(grpc.RpcError) as err:
+            asr.offline_recognize(path.read_bytes(), config)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in err.value.details()
+
+
+def test_get_config_lists_the_models(server):
+    from riva.client.proto import riva_asr_pb2
+
+    response = _asr(server).stub.GetRivaSpeechRecognitionConfig(riva_asr_pb2.RivaSpeechRecognitionConfigRequest())
+    assert [c.model_name for c in response.model_config] == ["tiny@1", "tiny@2"]
+    assert response.model_config[0].parameters["sample_rate"] == "16000"
+    assert response.model_config[0].parameters["default"] == "true"
