@@ -79,7 +79,7 @@ class TranscriptionResult:
 
 @dataclass(frozen=True)
 class LogProbsResult:
-    """Acoustic-model output of one clip: (T, V+1) float32 log-probs, blank last."""
+    """Acoustic-model output of one clip: (T, V+1) float32 log-probs (an ensemble's (T, K, V+1)), blank last."""
 
     log_probs: np.ndarray
     frame_duration_s: float

@@ -13,7 +13,6 @@ import logging
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -52,7 +51,6 @@ class Engine:
         config: the ServiceConfig it was started with.
         metrics: Prometheus metrics (the gRPC layer updates ``metrics.active_streams``).
         slot: loaded model versions and the active pointer.
-        batch_hook: if set, called in the worker thread before every batch (tests inject delays).
     """
 
     def __init__(self, config: ServiceConfig, metrics: Metrics | None = None) -> None:
@@ -62,7 +60,6 @@ class Engine:
         self.devices = pick_devices(config.device, config.num_cpu_workers)
         # A precision this hardware cannot run is a configuration error: refuse to start, never fall back.
         self.precision = resolve_precision(config.precision, self.devices[0])
-        self.batch_hook: Callable[[], None] | None = None
         self._inference_pool = ThreadPoolExecutor(len(self.devices), thread_name_prefix="asr-infer")
         self._decode_pool = ThreadPoolExecutor(config.beam_pool_workers, thread_name_prefix="asr-decode")
         self.decoding = CTCDecoding(self.registry, max_cached_lms=config.beam.max_cached_lms)
@@ -223,13 +220,6 @@ class Engine:
             self._decode_pool, self.decoding.decode, lp.log_probs, lp.labels, lp.frame_duration_s, plan)
         return self._result_from(lp, req, alternatives, time.monotonic() - started)
 
-    def decode_sync(self, lp: LogProbsResult, req: TranscriptionRequest) -> TranscriptionResult:
-        """Same as ``decode`` on the calling thread (for callers already off the event loop)."""
-        plan = self._plan_for(lp, req)
-        started = time.monotonic()
-        alternatives = self.decoding.decode(lp.log_probs, lp.labels, lp.frame_duration_s, plan)
-        return self._result_from(lp, req, alternatives, time.monotonic() - started)
-
     # --- internals ----------------------------------------------------------------------
 
     def _plan_for(self, lp: LogProbsResult, req: TranscriptionRequest) -> DecodingPlan:
@@ -361,8 +351,7 @@ class Engine:
             config = read_config(ref.path)
             default_lm, card = config.get("default_lm"), model_card(metadata, config)
             worker = InferenceWorker(recognizer, self.devices, precision=self.precision,
-                                     on_batch_done=self.metrics.inference_duration.observe,
-                                     batch_hook=self._run_batch_hook)
+                                     on_batch_done=self.metrics.inference_duration.observe)
             worker.warm_up(recognizer.sample_rate)
             return recognizer, worker, default_lm, card
 
@@ -385,10 +374,6 @@ class Engine:
         return LoadedModel(name, version, recognizer.sample_rate, recognizer.frame_duration_s,
                            tuple(recognizer.vocabulary.labels), default_lm, batcher, worker,
                            precision=worker.precision, card=card)
-
-    def _run_batch_hook(self) -> None:
-        if self.batch_hook is not None:
-            self.batch_hook()
 
     async def _unload_version(self, model: LoadedModel) -> None:
         await model.batcher.stop()

@@ -79,7 +79,10 @@ def plan_windows(num_samples: int, sample_rate: int, frame_duration_s: float, *,
 
 
 def stitch_log_probs(windows: Sequence[AudioWindow], log_probs: Sequence[np.ndarray]) -> np.ndarray:
-    """Concatenates the kept frames of each window's (T_i, V+1) log-probs into one (T, V+1) array."""
+    """Concatenates the kept frames of each window's (T_i, ...) log-probs into one (T, ...) array.
+
+    ``...`` is (V+1,) for one network and (K, V+1) for an ensemble of K views.
+    """
     if len(windows) != len(log_probs):
         raise ValueError(f"{len(windows)} windows but {len(log_probs)} log-prob arrays")
     if len(windows) == 1:

@@ -53,12 +53,10 @@ class InferenceWorker:
         precision: "fp32", "bf16", "fp16", "int8" or "auto" (model.precision); the resolved one is
             ``self.precision``. A precision a device cannot run raises PrecisionError here.
         on_batch_done: called with each batch's compute seconds (metrics).
-        batch_hook: called before every batch in the worker thread (tests inject delays/faults).
     """
 
     def __init__(self, model: Recognizer, devices: list[torch.device], *, precision: str = "auto",
-                 on_batch_done: Callable[[float], None] = lambda s: None,
-                 batch_hook: Callable[[], None] | None = None) -> None:
+                 on_batch_done: Callable[[float], None] = lambda s: None) -> None:
         self.devices = devices
         distinct = list(dict.fromkeys(devices))
         resolved = {resolve_precision(precision, device) for device in distinct}
@@ -69,7 +67,6 @@ class InferenceWorker:
         self._local = threading.local()
         self._next_index = itertools.count()
         self._on_batch_done = on_batch_done
-        self.batch_hook = batch_hook
 
     def _device(self) -> torch.device:
         # Each pool thread sticks to one device, so N threads on N GPUs never share a replica.
@@ -80,8 +77,6 @@ class InferenceWorker:
 
     def __call__(self, clips: list[np.ndarray]) -> list[WindowOutput]:
         """Args: clips: (L_i,) float32 windows at the model's rate. Returns: one WindowOutput each."""
-        if self.batch_hook is not None:
-            self.batch_hook()
         device = self._device()
         model = self._replicas[device]
         started = time.monotonic()

@@ -104,9 +104,13 @@ def test_config_round_trips_through_dict_and_json(config):
 
 def test_custom_config_builds_the_same_network_after_round_trip():
     torch.manual_seed(0)
-    model = QuartzNet(DENSE_CONFIG)
-    clone = QuartzNet(QuartzNetConfig.from_dict(DENSE_CONFIG.to_dict()))
+    model = QuartzNet(DENSE_CONFIG).eval()
+    clone = QuartzNet(QuartzNetConfig.from_dict(DENSE_CONFIG.to_dict())).eval()
     clone.load_state_dict(model.state_dict(), strict=True)  # identical parameter names and shapes
+    # ... and the same computation: the weights loaded, the outputs are the original's bit for bit.
+    feats, lengths = torch.randn(2, 64, 50), torch.tensor([50, 31])
+    with torch.no_grad():
+        assert torch.equal(clone(feats, lengths)[0], model(feats, lengths)[0])
 
 
 def test_blocks_given_as_a_list_become_a_tuple():

@@ -77,10 +77,27 @@ async def running_app(config: ServiceConfig):
     app = create_app(config)
     async with app.router.lifespan_context(app):
         engine = app.state.engine
-        for _ in range(500):
+        for _ in range(1500):  # 30 s: a cold model load on a busy CI machine
             if engine.ready or engine.startup_error:
                 break
             await asyncio.sleep(0.02)
+        if not engine.ready:
+            raise AssertionError(f"the app never became ready: {engine.startup_error or 'still loading after 30 s'}")
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://asr.test", timeout=60) as client:
             yield client, engine
+
+
+def slow_worker(monkeypatch, seconds: float) -> None:
+    """Makes every inference batch take ``seconds`` longer (a slow or overloaded worker), for queue tests."""
+    import time
+
+    from service.worker import InferenceWorker
+
+    original = InferenceWorker.__call__
+
+    def slowed(self, clips):
+        time.sleep(seconds)
+        return original(self, clips)
+
+    monkeypatch.setattr(InferenceWorker, "__call__", slowed)

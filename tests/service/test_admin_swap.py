@@ -14,6 +14,14 @@ pytestmark = pytest.mark.anyio
 TOKEN = "s3cret-token"
 
 
+async def _until(condition, timeout_s: float = 10.0) -> None:
+    """Polls ``condition`` every 10 ms until it holds; fails with the deadline instead of hanging."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the condition did not hold within the deadline"
+        await asyncio.sleep(0.01)
+
+
 async def test_admin_requires_token(registry_root) -> None:
     async with running_app(make_config(registry_root)) as (client, _):
         disabled = await client.get("/admin/models")
@@ -55,8 +63,9 @@ async def test_hot_swap_under_load_has_no_failures(registry_root, an4_paths) -> 
         assert {v for _, v in seen} == {1, 2}
         after = await client.post("/transcribe", files={"file": ("a.flac", data)})
         assert after.json()["model"]["version"] == 2
-        await asyncio.sleep(0.1)
-        assert [(m["version"], m["state"]) for m in engine.list_models()] == [(2, "active")]  # v1 unloaded
+        # v1's last lease ended with the last request above; its unload runs as a task: wait for it,
+        # with a deadline, rather than for a fixed time.
+        await _until(lambda: [(m["version"], m["state"]) for m in engine.list_models()] == [(2, "active")])
         back = await client.post("/admin/models/rollback", headers=auth)
         assert back.status_code == 200 and back.json()["active"]["version"] == 1
         assert (await client.post("/transcribe", files={"file": ("a.flac", data)})).json()["model"]["version"] == 1

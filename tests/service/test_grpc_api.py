@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from model.audio import decode_audio
 from service.asr_pb import asr_pb2, asr_pb2_grpc
 from service.domain import TranscriptionRequest
+from tests.service.conftest import slow_worker
 from tests.service.test_grpc_support import (AN4_TEST_MANIFEST, an4_test_set, publish_tiny_model, run,
                                              service_config, serving)
 
@@ -111,9 +112,10 @@ def test_recognize_errors(tiny_registry, request_kwargs, code, fragment):
     assert fragment in error.details()
 
 
-def test_queue_full_is_resource_exhausted(tiny_registry):
+def test_queue_full_is_resource_exhausted(tiny_registry, monkeypatch):
+    slow_worker(monkeypatch, 0.3)
+
     async def body(engine, stub, _channel):
-        engine.batch_hook = lambda: __import__("time").sleep(0.3)
         pcm = np.zeros(16_000, dtype="<i2").tobytes()
         request = asr_pb2.RecognizeRequest(config=asr_pb2.RecognitionConfig(
             encoding=asr_pb2.LINEAR_PCM, sample_rate_hertz=16_000), audio=pcm)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.service.conftest import make_config, running_app
+from tests.service.conftest import make_config, running_app, slow_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -31,12 +30,12 @@ async def test_concurrent_requests_are_batched(registry_root, an4_paths) -> None
         assert buckets[1.0] < buckets[float("inf")], f"every batch had size 1: {buckets}"
 
 
-async def test_full_queue_gets_429_and_expired_deadline_504(registry_root, an4_paths) -> None:
+async def test_full_queue_gets_429_and_expired_deadline_504(registry_root, an4_paths, monkeypatch) -> None:
     data = an4_paths[0].read_bytes()
     config = make_config(registry_root, max_batch_size=1, max_queue_size=2, max_queue_delay_ms=0,
                          request_timeout_s=30)
     async with running_app(config) as (client, engine):
-        engine.batch_hook = lambda: time.sleep(0.4)  # a slow worker
+        slow_worker(monkeypatch, 0.4)
         responses = await asyncio.gather(*(client.post("/transcribe", files={"file": ("a.flac", data)})
                                            for _ in range(8)))
         codes = sorted(r.status_code for r in responses)
@@ -45,7 +44,7 @@ async def test_full_queue_gets_429_and_expired_deadline_504(registry_root, an4_p
         assert busy.json()["error"]["code"] == "queue_full" and busy.headers["retry-after"] == "1"
 
     async with running_app(make_config(registry_root, request_timeout_s=0.3, max_batch_size=1)) as (client, engine):
-        engine.batch_hook = lambda: time.sleep(0.6)
+        slow_worker(monkeypatch, 0.6)
         responses = await asyncio.gather(*(client.post("/transcribe", files={"file": ("a.flac", data)})
                                            for _ in range(3)))
         assert 504 in [r.status_code for r in responses]
