@@ -91,13 +91,14 @@ def inference(device: torch.device, batches: tuple[int, ...]) -> dict:
 
 
 def training_step(device: torch.device, amp: bool) -> dict:
-    from training.loop import _TrainStep, ctc_loss
+    from training.losses import ctc_loss
+    from training.train_step import TrainStep
     from training.novograd import NovoGrad
 
     torch.manual_seed(0)
     recognizer = SpeechRecognizer(RecognizerConfig(MelFeaturizerConfig(), preset_config("quartznet_5x3"),
                                                    Vocabulary())).to(device).train()
-    step = _TrainStep(recognizer, None, 0).to(device).train()
+    step = TrainStep(recognizer, None, 0).to(device).train()
     optimizer = NovoGrad(step.parameters(), lr=0.01)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     audio = torch.from_numpy(np.stack(synthetic_batch(32, 4.0, 16_000))).to(device)

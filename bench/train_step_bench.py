@@ -3,7 +3,7 @@
 One batch of real AN4 training utterances (default 32); each side times forward (train mode:
 dither and dropout), CTC loss, backward and a NovoGrad step, after one warm-up step. NeMo runs
 in its own venv (bench/nemo_train_side.py); ours is the trainer's own step module
-(training.loop._TrainStep, with the channels-last depthwise convs the trainer turns on), once
+(training.train_step.TrainStep, with the channels-last depthwise convs the trainer turns on), once
 with those convs and once without, to show where the gain comes from.
 
     python bench/train_step_bench.py [--batch-size 32] [--steps 5] [--nemo-python /work/nemo-venv/bin/python]
@@ -38,7 +38,8 @@ from model.features import MelFeaturizerConfig  # noqa: E402
 from model.quartznet import preset_config, use_fast_cpu_convs  # noqa: E402
 from model.recognizer import RecognizerConfig, SpeechRecognizer  # noqa: E402
 from model.vocabulary import Vocabulary  # noqa: E402
-from training.loop import _TrainStep, ctc_loss  # noqa: E402
+from training.losses import ctc_loss  # noqa: E402
+from training.train_step import TrainStep  # noqa: E402
 from training.novograd import NovoGrad  # noqa: E402
 
 
@@ -63,7 +64,7 @@ def our_step_times(batch: dict, steps: int, channels_last: bool, seed: int = 123
     recognizer = SpeechRecognizer(RecognizerConfig(MelFeaturizerConfig(pad_to=16), preset_config("quartznet_5x3"),
                                                    Vocabulary())).train()
     use_fast_cpu_convs(recognizer.network, channels_last)
-    step_module = _TrainStep(recognizer, None, seed).train()
+    step_module = TrainStep(recognizer, None, seed).train()
     optimizer = NovoGrad(step_module.parameters(), lr=0.01, betas=(0.8, 0.5), weight_decay=0.001)
     audio, audio_lengths = torch.from_numpy(batch["audio"]), torch.from_numpy(batch["audio_lengths"])
     targets, target_lengths = torch.from_numpy(batch["targets"]), torch.from_numpy(batch["target_lengths"])

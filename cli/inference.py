@@ -16,26 +16,25 @@ from model.recognizer import SpeechRecognizer
 
 
 class BatchDecoder:
-    """Turns valid log-probs into Transcripts with the decoder the CLI arguments ask for."""
+    """Turns valid log-probs into Transcripts with the decoder the CLI arguments ask for (lm.model_lm's rule)."""
 
     def __init__(self, model: SpeechRecognizer, args, registry, model_path=None) -> None:
         self.model, self.args = model, args
         self.beam = None
         if args.decoder == "beam":
-            from lm.model_lm import beam_decoder_for
+            from lm.model_lm import BeamDecoders, choose_lm, recorded_lm
 
-            config = read_config(model_path) if model_path is not None else {}
-            self.beam, self.lm_name = beam_decoder_for(registry, model.vocabulary.labels, config, args.lm)
+            recorded = recorded_lm(read_config(model_path)) if model_path is not None else {}
+            self.lm = choose_lm(recorded, lm=args.lm, alpha=args.alpha, beta=args.beta)
+            self.beam = BeamDecoders(registry).get(model.vocabulary.labels, self.lm.spec)
 
     def __call__(self, log_probs: np.ndarray) -> Transcript:
         frame_s = self.model.frame_duration_s
         if self.beam is None:
             return greedy_decode(log_probs, self.model.vocabulary.labels, frame_s)
-        from lm.model_lm import hypothesis_to_transcript
+        from lm.model_lm import beam_transcripts
 
-        hyp = self.beam.decode(log_probs, beam_width=self.args.beam_width, alpha=self.args.alpha,
-                               beta=self.args.beta)[0]
-        return hypothesis_to_transcript(hyp, log_probs, frame_s)
+        return beam_transcripts(self.beam, log_probs, frame_s, self.lm, beam_width=self.args.beam_width)[0]
 
 
 @contextlib.contextmanager

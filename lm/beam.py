@@ -14,8 +14,13 @@ import numpy as np
 
 from model.vocabulary import Vocabulary
 
-__all__ = ["BeamDecoder", "BeamHypothesis"]
+__all__ = ["BeamDecoder", "BeamHypothesis", "DEFAULT_ALPHA", "DEFAULT_BEAM_WIDTH", "DEFAULT_BETA", "DEFAULT_HOTWORD_WEIGHT"]
 
+# Used where neither the request nor the model says otherwise (lm.model_lm has the rule).
+DEFAULT_BEAM_WIDTH = 64
+DEFAULT_ALPHA = 0.5
+DEFAULT_BETA = 1.0
+DEFAULT_HOTWORD_WEIGHT = 10.0
 # Candidates each ensemble member contributes before the ensemble rescoring picks among them.
 ENSEMBLE_CANDIDATES_PER_MEMBER = 4
 
@@ -85,8 +90,8 @@ class BeamDecoder:
         kenlm_path: str | Path | None = None,
         unigrams: Sequence[str] | None = None,
         *,
-        alpha: float = 0.5,
-        beta: float = 1.0,
+        alpha: float = DEFAULT_ALPHA,
+        beta: float = DEFAULT_BETA,
         unk_score_offset: float = -10.0,
         max_cached_weights: int = 16,
     ) -> None:
@@ -167,9 +172,9 @@ class BeamDecoder:
         self,
         log_probs: np.ndarray,
         *,
-        beam_width: int = 64,
+        beam_width: int = DEFAULT_BEAM_WIDTH,
         hotwords: Sequence[str] = (),
-        hotword_weight: float = 10.0,
+        hotword_weight: float = DEFAULT_HOTWORD_WEIGHT,
         num_best: int = 1,
         alpha: float | None = None,
         beta: float | None = None,

@@ -1,16 +1,35 @@
-"""Beam decoding for a loaded acoustic model: picks its recorded LM and weights, returns word timings."""
+"""The one beam-search path for an acoustic model: which LM and weights, cached decoders, and transcripts.
+
+The CLI (``asr transcribe --decoder beam``), the service and training's recipes all decode
+through here, so the same model, audio and settings give the same words and confidences.
+
+Where the LM and its weights come from, first match wins:
+
+1. the request (``lm``, ``lm_alpha``, ``lm_beta``; CLI ``--lm``, ``--alpha``, ``--beta``);
+2. the model's recorded LM (``default_lm`` in its config.json) and, for that LM only, the
+   weights tuned for it (``default_lm_alpha`` / ``default_lm_beta``);
+3. the caller's defaults (the service's ``ASR_BEAM__ALPHA`` / ``__BETA``; the CLI's are
+   ``DEFAULT_ALPHA`` / ``DEFAULT_BETA``).
+
+A word's confidence is the mean top-label probability over the frames of its span where a
+character (not the blank) wins, as greedy decoding defines it; a word the beam found only
+through the LM has no such frame and takes the mean over all of its frames.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from lm.beam import BeamDecoder, BeamHypothesis
+from lm.beam import DEFAULT_ALPHA, DEFAULT_BEAM_WIDTH, DEFAULT_BETA, DEFAULT_HOTWORD_WEIGHT, BeamDecoder
 from lm.store import load_lm_files
 from model.decoding import Transcript, WordTiming
-from model.rescoring import mean_posteriors
 from model.registry import Registry
+from model.rescoring import mean_posteriors
 
 # Config keys of an acoustic model's config.json that name its LM and the weights tuned for it.
 DEFAULT_LM_KEY = "default_lm"
@@ -18,27 +37,105 @@ DEFAULT_ALPHA_KEY = "default_lm_alpha"
 DEFAULT_BETA_KEY = "default_lm_beta"
 
 
-def beam_decoder_for(registry: Registry, labels, model_config: dict, lm_spec: str | None = None,
-                     *, use_lm: bool = True) -> tuple[BeamDecoder, str | None]:
-    """Builds a BeamDecoder with the requested LM, else the model's recorded one, else none."""
-    spec = lm_spec or (model_config.get(DEFAULT_LM_KEY) if use_lm else None)
-    if not spec:
-        return BeamDecoder(labels), None
-    binary, unigrams, metadata = load_lm_files(registry, spec)
-    decoder = BeamDecoder(labels, binary, unigrams, alpha=float(model_config.get(DEFAULT_ALPHA_KEY, 0.5)),
-                          beta=float(model_config.get(DEFAULT_BETA_KEY, 1.0)))
-    return decoder, f"{metadata.get('name', spec)}@{metadata.get('version', '?')}"
+@dataclass(frozen=True)
+class LMChoice:
+    """The LM a beam decode fuses (None: no LM) and its weights."""
+
+    spec: str | None
+    alpha: float
+    beta: float
 
 
-def hypothesis_to_transcript(hyp: BeamHypothesis, log_probs: np.ndarray, frame_duration_s: float,
-                             time_offset_s: float = 0.0) -> Transcript:
-    """Converts a beam hypothesis to a Transcript with word times (s) and confidences from the frames."""
-    probs = np.exp(mean_posteriors(log_probs).max(axis=1)) if len(log_probs) else np.zeros(0)
-    words = []
-    for word, start, end in hyp.words:
-        end = max(end, start + 1)
-        span = probs[start:end]
-        confidence = float(span.mean()) if len(span) else 0.0
-        words.append(WordTiming(word, round(time_offset_s + start * frame_duration_s, 3),
-                                round(time_offset_s + end * frame_duration_s, 3), round(confidence, 4)))
-    return Transcript(text=" ".join(hyp.text.split()), words=tuple(words), score=float(hyp.score))
+def recorded_lm(model_config: Mapping) -> dict:
+    """The LM entries of a model's config.json (its LM and the weights tuned for it), for ``choose_lm``."""
+    return {k: model_config[k] for k in (DEFAULT_LM_KEY, DEFAULT_ALPHA_KEY, DEFAULT_BETA_KEY) if k in model_config}
+
+
+def choose_lm(recorded: Mapping, *, lm: str | None = None, alpha: float | None = None, beta: float | None = None,
+              use_lm: bool = True, default_alpha: float = DEFAULT_ALPHA, default_beta: float = DEFAULT_BETA
+              ) -> LMChoice:
+    """Applies the module's rule: the request, then the model's recorded LM and weights, then the defaults."""
+    model_lm = recorded.get(DEFAULT_LM_KEY)
+    spec = (lm or model_lm) if use_lm else None
+    tuned = spec is not None and spec == model_lm  # the recorded weights were tuned for that LM only
+    if alpha is None:
+        alpha = float(recorded.get(DEFAULT_ALPHA_KEY, default_alpha)) if tuned else default_alpha
+    if beta is None:
+        beta = float(recorded.get(DEFAULT_BETA_KEY, default_beta)) if tuned else default_beta
+    return LMChoice(spec, float(alpha), float(beta))
+
+
+class BeamDecoders:
+    """Beam decoders per (labels, LM spec), the LM files loaded once; an LRU of ``max_cached_lms``. Thread-safe."""
+
+    def __init__(self, registry: Registry, *, max_cached_lms: int = 4) -> None:
+        self.registry = registry
+        self.max_cached_lms = max_cached_lms
+        self._decoders: OrderedDict[tuple, BeamDecoder] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, labels: Sequence[str], lm_spec: str | None) -> BeamDecoder:
+        """The decoder for ``labels`` fusing ``lm_spec`` (None: no LM).
+
+        Raises:
+            model.registry.NotFoundError: no such LM in the registry.
+        """
+        key = (tuple(labels), lm_spec)
+        with self._lock:
+            decoder = self._decoders.get(key)
+            if decoder is not None:
+                self._decoders.move_to_end(key)
+                return decoder
+        if lm_spec is None:
+            decoder = BeamDecoder(labels)
+        else:
+            binary_path, unigrams, _ = load_lm_files(self.registry, lm_spec)
+            decoder = BeamDecoder(labels, binary_path, unigrams)
+        with self._lock:
+            decoder = self._decoders.setdefault(key, decoder)
+            while len(self._decoders) > self.max_cached_lms + 1:  # +1: the LM-free decoder
+                self._decoders.popitem(last=False)
+        return decoder
+
+
+def beam_transcripts(decoder: BeamDecoder, log_probs: np.ndarray, frame_duration_s: float, choice: LMChoice, *,
+                     beam_width: int = DEFAULT_BEAM_WIDTH, hotwords: Sequence[str] = (),
+                     hotword_weight: float = DEFAULT_HOTWORD_WEIGHT, num_best: int = 1,
+                     time_offset_s: float = 0.0) -> list[Transcript]:
+    """Beam search over one utterance: up to ``num_best`` transcripts, best first, with word times (s)
+    and confidences (the module's definition).
+
+    Args:
+        log_probs: (T, V+1) log-probabilities, or (T, K, V+1) for an ensemble of K views.
+    """
+    hyps = decoder.decode(log_probs, beam_width=beam_width, hotwords=hotwords, hotword_weight=hotword_weight,
+                          num_best=num_best, alpha=choice.alpha, beta=choice.beta)
+    frame_probs = _frame_confidences(np.asarray(log_probs))
+    transcripts = []
+    for hyp in hyps:
+        words = tuple(WordTiming(word, round(time_offset_s + start * frame_duration_s, 3),
+                                 round(time_offset_s + end * frame_duration_s, 3),
+                                 _span_confidence(frame_probs, start, end))
+                      for word, start, end in hyp.words)
+        transcripts.append(Transcript(text=" ".join(hyp.text.split()), words=words, score=float(hyp.score)))
+    return transcripts
+
+
+def _frame_confidences(log_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame: the top probability, and whether the top label is a character (not blank).
+
+    An ensemble's (T, K, V+1) log-probs count through the views' mean posteriors.
+    """
+    if not len(log_probs):
+        return np.zeros(0), np.zeros(0, dtype=bool)
+    log_probs = mean_posteriors(log_probs)
+    best = log_probs.argmax(axis=1)
+    return np.exp(log_probs.max(axis=1)), best != log_probs.shape[1] - 1
+
+
+def _span_confidence(frame_probs: tuple[np.ndarray, np.ndarray], start: int, end: int) -> float:
+    probs, emits = frame_probs
+    span, mask = probs[start:max(end, start + 1)], emits[start:max(end, start + 1)]
+    if not len(span):
+        return 0.0
+    return round(float(span[mask].mean() if mask.any() else span.mean()), 4)

@@ -45,6 +45,10 @@ class BlockConfig:
     separable: bool = True
     residual_dense: bool = False
 
+    # Read by pydantic where a training config embeds this class: a misspelt key is an error
+    # there, not a silently kept default. A plain dict, so model/ does not import pydantic.
+    __pydantic_config__ = {"extra": "forbid"}
+
     def __post_init__(self) -> None:
         if min(self.filters, self.repeat, self.kernel, self.stride, self.dilation) < 1:
             raise ValueError(f"block sizes must be positive: {self}")

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lm.beam import DEFAULT_ALPHA, DEFAULT_BEAM_WIDTH, DEFAULT_BETA, DEFAULT_HOTWORD_WEIGHT
+
 
 def _default_registry() -> Path:
     return Path(os.environ.get("ASR_REGISTRY") or "registry")
@@ -21,23 +23,23 @@ def _default_registry() -> Path:
 class BeamConfig(BaseModel):
     """Defaults and per-request limits of the beam-search decoder (``ASR_BEAM__*``)."""
 
-    width: int = Field(32, ge=1)
-    """Beam width used when a request does not set one."""
+    width: int = Field(DEFAULT_BEAM_WIDTH, ge=1)
+    """Beam width used when a request does not set one (the CLI's default too)."""
     width_max: int = Field(256, ge=1)
     """Largest beam width a request may ask for; more is rejected with 400."""
-    alpha: float = 0.5
-    """Default LM weight (shallow fusion); a model's LM metadata does not override it."""
+    alpha: float = DEFAULT_ALPHA
+    """LM weight (shallow fusion) when neither the request nor the model's recorded LM sets one (lm.model_lm)."""
     alpha_min: float = 0.0
     """Smallest LM weight a request may set."""
     alpha_max: float = 5.0
     """Largest LM weight a request may set."""
-    beta: float = 1.0
-    """Default per-word bonus."""
+    beta: float = DEFAULT_BETA
+    """Per-word bonus when neither the request nor the model's recorded LM sets one."""
     beta_min: float = -5.0
     """Smallest per-word bonus a request may set."""
     beta_max: float = 10.0
     """Largest per-word bonus a request may set."""
-    hotword_boost: float = 10.0
+    hotword_boost: float = DEFAULT_HOTWORD_WEIGHT
     """Boost for a hotword given without ``:boost`` (pyctcdecode ``hotword_weight``, log-score units)."""
     hotword_boost_max: float = 100.0
     """Largest hotword boost a request may set (absolute value)."""

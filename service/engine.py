@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from lm.model_lm import recorded_lm
 from model.audio_stream import AudioStream
 from model.card import model_card
 from model.checkpoint import load_model, read_config
@@ -178,9 +179,8 @@ class Engine:
         started = time.monotonic()
         deadline = self._deadline(req.deadline_s, started)
         async with self.slot.lease(req.model) as model:
-            plan = plan_decoding(req, self.config.beam, model.default_lm)
-            if plan.use_lm:
-                self.decoding.check_lm(plan.lm_spec)
+            plan = plan_decoding(req, self.config.beam, model.recorded_lm)
+            self.decoding.check_lm(plan.lm.spec)
             duration_s = self._check_audio(req.audio, model.sample_rate)
             with self._buffered_audio(self._window_budget_s(duration_s)):
                 log_probs, queue_s, inference_s = await self._acoustic(model, req.audio, deadline)
@@ -223,11 +223,10 @@ class Engine:
     # --- internals ----------------------------------------------------------------------
 
     def _plan_for(self, lp: LogProbsResult, req: TranscriptionRequest) -> DecodingPlan:
-        default_lm = next((m.default_lm for m in self.slot.loaded()
-                           if m.key == (lp.model_name, lp.model_version)), None)
-        plan = plan_decoding(req, self.config.beam, default_lm)
-        if plan.use_lm:
-            self.decoding.check_lm(plan.lm_spec)
+        recorded = next((m.recorded_lm for m in self.slot.loaded()
+                         if m.key == (lp.model_name, lp.model_version)), {})
+        plan = plan_decoding(req, self.config.beam, recorded)
+        self.decoding.check_lm(plan.lm.spec)
         return plan
 
     @staticmethod
@@ -349,15 +348,15 @@ class Engine:
         def load() -> tuple:
             recognizer, ref, metadata = load_model(self.registry, spec)
             config = read_config(ref.path)
-            default_lm, card = config.get("default_lm"), model_card(metadata, config)
+            lm, card = recorded_lm(config), model_card(metadata, config)
             worker = InferenceWorker(recognizer, self.devices, precision=self.precision,
                                      on_batch_done=self.metrics.inference_duration.observe)
             worker.warm_up(recognizer.sample_rate)
-            return recognizer, worker, default_lm, card
+            return recognizer, worker, lm, card
 
         started = time.monotonic()
         try:
-            recognizer, worker, default_lm, card = await asyncio.to_thread(load)
+            recognizer, worker, lm, card = await asyncio.to_thread(load)
         except Exception as e:  # noqa: BLE001 - any failure here must leave the old version serving
             detail = str(e).splitlines()[0] if str(e) else type(e).__name__
             log.warning("cannot load model %s: %s", spec, detail)
@@ -372,7 +371,7 @@ class Engine:
                                  max_batch_padded_size=cfg.max_batch_audio_s * recognizer.sample_rate,
                                  max_concurrent_batches=len(self.devices), hooks=hooks, name=f"batcher[{spec}]")
         return LoadedModel(name, version, recognizer.sample_rate, recognizer.frame_duration_s,
-                           tuple(recognizer.vocabulary.labels), default_lm, batcher, worker,
+                           tuple(recognizer.vocabulary.labels), lm, batcher, worker,
                            precision=worker.precision, card=card)
 
     async def _unload_version(self, model: LoadedModel) -> None:

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from lm.model_lm import DEFAULT_LM_KEY
 from model.registry import InvalidNameError, NotFoundError, Registry, RegistryError, parse_spec
 from service.domain import RequestError, ServiceUnavailableError, UnknownModelError
 
@@ -37,7 +38,7 @@ class LoadedModel:
         sample_rate: input rate in Hz.
         frame_duration_s: seconds per output frame.
         labels: output labels (blank is the extra last column).
-        default_lm: LM registry spec from the model's config.json, or None.
+        recorded_lm: the LM its config.json names and the weights tuned for it (lm.model_lm.recorded_lm).
         batcher: the DynamicBatcher feeding this version's worker.
         worker: the InferenceWorker (closed on unload).
         precision: the precision its inference form runs at (model.precision), reported in timings.
@@ -51,7 +52,7 @@ class LoadedModel:
     sample_rate: int
     frame_duration_s: float
     labels: tuple[str, ...]
-    default_lm: str | None
+    recorded_lm: dict
     batcher: Any
     worker: Any
     precision: str = "fp32"
@@ -59,6 +60,11 @@ class LoadedModel:
     leases: int = 0
     retired: bool = False
     last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def default_lm(self) -> str | None:
+        """The LM registry spec its config.json names, or None."""
+        return self.recorded_lm.get(DEFAULT_LM_KEY)
 
     @property
     def key(self) -> tuple[str, int]:

@@ -60,6 +60,9 @@ class AugmentConfig:
     cutout_time: int = 120
     cutout_freq: int = 50
 
+    # Read by pydantic where the training config embeds this class: a misspelt key is an error.
+    __pydantic_config__ = {"extra": "forbid"}
+
     def __post_init__(self) -> None:
         if not self.speed_rates or any(not 0.9 <= r <= 1.1 for r in self.speed_rates):
             raise ValueError(f"speed_rates must be a non-empty tuple within [0.9, 1.1], got {self.speed_rates}")

@@ -10,17 +10,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from model.quartznet import preset_config
-from model.vocabulary import Vocabulary
+from model.quartznet import PRESETS, BlockConfig, preset_config
+from model.vocabulary import ENGLISH_LABELS, Vocabulary
 from training.augment import AugmentConfig
 
-PRESETS = ("quartznet_5x3", "quartznet_5x5", "quartznet_10x5", "quartznet_15x5", "jasper_10x5dr")
-# NeMo's English character set: space, a-z, apostrophe; the CTC blank is appended after them.
-DEFAULT_LABELS = [" ", *"abcdefghijklmnopqrstuvwxyz", "'"]
 _PUBLISH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 PositiveInt = Annotated[int, Field(ge=1)]
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class ConfigError(ValueError):
@@ -32,46 +28,27 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class BlockConfig(_Section):
-    """One Jasper/QuartzNet block: ``repeat`` sub-blocks of (separable) conv + BN + ReLU + dropout."""
-
-    filters: PositiveInt
-    repeat: PositiveInt
-    kernel: PositiveInt
-    stride: PositiveInt = 1
-    dilation: PositiveInt = 1
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    residual: bool = True
-    separable: bool = True
-    residual_dense: bool = False
-
-
 class ModelConfig(_Section):
     """Which network to build: a named preset or an explicit block list (exactly one)."""
 
     preset: str | None = None
+    # model.quartznet.BlockConfig, field for field: its defaults and its checks.
     blocks: list[BlockConfig] | None = None
-    labels: list[str] = Field(default_factory=lambda: list(DEFAULT_LABELS))
+    # The CTC labels, blank excluded (model.vocabulary.Vocabulary checks them).
+    labels: tuple[str, ...] = ENGLISH_LABELS
     frontend: Literal["nemo25", "nemo24"] = "nemo25"
 
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, preset: str | None) -> str | None:
         if preset is not None and preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")  # model's table
         return preset
 
     @field_validator("labels")
     @classmethod
-    def _distinct_labels(cls, labels: list[str]) -> list[str]:
-        if not labels:
-            raise ValueError("labels must not be empty")
-        if any(len(label) == 0 for label in labels):
-            raise ValueError("labels must be non-empty strings")
-        if len(set(labels)) != len(labels):
-            raise ValueError("labels must be distinct")
-        Vocabulary(tuple(labels))  # character or word-piece rules; its ValueError names the problem
-        return labels
+    def _valid_labels(cls, labels: tuple[str, ...]) -> tuple[str, ...]:
+        return Vocabulary(labels).labels  # its ValueError names the problem
 
     @model_validator(mode="after")
     def _preset_xor_blocks(self) -> ModelConfig:
@@ -114,43 +91,6 @@ class DataConfig(_Section):
         return self
 
 
-class AugmentSettings(_Section):
-    """The config-file side of :class:`training.augment.AugmentConfig`; same fields and meaning."""
-
-    speed_rates: tuple[Annotated[float, Field(ge=0.9, le=1.1)], ...] = (0.9, 1.0, 1.1)
-    speed_prob: Probability = 0.0
-    dither: Annotated[float, Field(ge=0.0)] = 0.0
-    narrowband_prob: Probability = 0.0
-    narrowband_rate_hz: PositiveInt = 8000
-    concat_prob: Probability = 0.0
-    freq_warp: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.0
-    freq_masks: Annotated[int, Field(ge=0)] = 0
-    freq_width: Annotated[int, Field(ge=0)] = 10
-    time_masks: Annotated[int, Field(ge=0)] = 0
-    time_width: int | float = 10
-    cutout_rects: Annotated[int, Field(ge=0)] = 5
-    cutout_time: Annotated[int, Field(ge=0)] = 120
-    cutout_freq: Annotated[int, Field(ge=0)] = 50
-
-    @field_validator("speed_rates")
-    @classmethod
-    def _some_rates(cls, rates: tuple[float, ...]) -> tuple[float, ...]:
-        if not rates:
-            raise ValueError("speed_rates must list at least one rate")
-        return rates
-
-    @field_validator("time_width")
-    @classmethod
-    def _frames_or_fraction(cls, width: int | float) -> int | float:
-        if (isinstance(width, int) and width < 0) or (isinstance(width, float) and not 0.0 < width <= 1.0):
-            raise ValueError(f"an int is frames (>= 0), a float a fraction of the length in (0, 1]; got {width}")
-        return width
-
-    def to_augment_config(self) -> AugmentConfig:
-        """The frozen dataclass the data pipeline and spec_augment take."""
-        return AugmentConfig(**self.model_dump())
-
-
 class OptimConfig(_Section):
     """Optimiser and schedule; defaults are NeMo's current QuartzNet YAML (NovoGrad)."""
 
@@ -163,6 +103,8 @@ class OptimConfig(_Section):
     epochs: PositiveInt = 100
     grad_clip_norm: Annotated[float, Field(gt=0.0)] | None = None
     grad_accum_steps: PositiveInt = 1
+    # Peak lr of the decoder's own param group; None uses lr for everything.
+    decoder_lr: Annotated[float, Field(gt=0.0)] | None = None
 
     @model_validator(mode="after")
     def _floor_below_peak(self) -> OptimConfig:
@@ -271,8 +213,6 @@ class RunConfig(_Section):
     # is validated too and published if it beats every single epoch. Pair it with a learning
     # rate that stays well above zero in those epochs, or the snapshots barely differ.
     average_last_epochs: PositiveInt | None = None
-    # Peak lr of the decoder's own param group; None uses optim.lr for everything.
-    decoder_lr: Annotated[float, Field(gt=0.0)] | None = None
 
     @field_validator("publish_name")
     @classmethod
@@ -301,7 +241,8 @@ class TrainConfig(_Section):
 
     model: ModelConfig
     data: DataConfig
-    augment: AugmentSettings = Field(default_factory=AugmentSettings)
+    # training.augment.AugmentConfig, field for field: its defaults and its checks.
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     # fp16 needs a GradScaler and CUDA kernels; bf16 autocast also runs on CPU.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from model.vocabulary import Vocabulary
 from training.config import TrainConfig
-from training.data import ManifestEntry, filter_by_duration, mix_manifests
+from training.manifest import ManifestEntry, filter_by_duration, mix_manifests
 
 
 class DataError(ValueError):

@@ -6,11 +6,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from model.checkpoint import load_artifact
 from model.features import MelFeaturizerConfig
-from model.quartznet import BlockConfig, QuartzNetConfig, preset_config
+from model.quartznet import QuartzNetConfig, preset_config
 from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.vocabulary import Vocabulary
 from training.config import TrainConfig
@@ -22,8 +20,7 @@ def fresh_recognizer_config(cfg: TrainConfig) -> RecognizerConfig:
     if cfg.model.preset is not None:
         network = preset_config(cfg.model.preset, len(labels))
     else:
-        blocks = tuple(BlockConfig(**b.model_dump()) for b in cfg.model.blocks or [])
-        network = QuartzNetConfig(blocks, num_labels=len(labels), name="custom")
+        network = QuartzNetConfig(tuple(cfg.model.blocks or ()), num_labels=len(labels), name="custom")
     if cfg.loss.self_conditioning:
         network = replace(network, self_conditioning=cfg.loss.blocks_for(len(network.blocks)))
     features = MelFeaturizerConfig(sample_rate=cfg.data.sample_rate, frontend=cfg.model.frontend)
@@ -80,6 +77,3 @@ def build_recognizer(cfg: TrainConfig, init_dir: str | None) -> tuple[SpeechReco
             model.network.conditioners.requires_grad_(False)
     return model.train(), info
 
-
-def count_trainable(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

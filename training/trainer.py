@@ -20,11 +20,13 @@ from model.ensemble import EnsembleConfig
 from model.features import MelFeaturizerConfig
 from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.registry import ModelRef, Registry, RegistryError
-from training.config import TrainConfig
-from training.data import read_manifest
+from training.config import TrainConfig, config_from_dict
+from training.manifest import read_manifest
 from training.init_model import fine_tuned_network, fresh_recognizer_config
-from training.loop import inter_ctc_blocks, train_loop_per_worker
+from training.loop import train_loop_per_worker
+from training.run import WorkerConfig
 from training.state import load_best_weights, read_checkpoint_summary
+from training.train_step import inter_ctc_blocks
 
 
 def _git_commit() -> str | None:
@@ -141,55 +143,73 @@ def run_training(cfg: TrainConfig, *, run_name: str | None = None) -> tuple[Mode
     Returns:
         The published version (None if no epoch finished) and the final summary.
     """
-    import ray
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     check_manifests(cfg)
     check_labelled(cfg)
     output_dir = Path(cfg.run.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     registry = Registry(cfg.run.registry)
-    run_name = run_name or cfg.run.publish_name
     started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=output_dir) as scratch:
         init_dir, parent_version = _resolve_init(cfg, registry, Path(scratch))
         if init_dir is not None:
             check_heads_fit_source(cfg, init_dir)
         teacher_dir, teacher_ref = resolve_teacher(cfg, registry, init_dir)
-        if not ray.is_initialized():
-            # No address means a new local instance ("local"), never a `ray start` cluster that
-            # ray.init(address=None) would otherwise join; RAY_ADDRESS=local is local too.
-            address = cfg.scaling.ray_address or "local"
-            local = {"num_cpus": max(os.cpu_count() or 1, int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker))}
-            ray.init(address=address, include_dashboard=False, log_to_driver=True,
-                     **(local if address == "local" else {}))
-        threads = max(1, int(cfg.scaling.cpus_per_worker))
-        loop_config = {**cfg.model_dump(mode="json"), "_init_dir": init_dir, "_threads_per_worker": threads,
-                       "_teacher_dir": teacher_dir}
-        loop_config["run"]["output_dir"] = str(output_dir)
-        # Ray workers run in their own working directory: hand them absolute paths.
-        for key in ("train_manifests", "val_manifests"):
-            for item in loop_config["data"][key]:
-                item["path"] = str(Path(item["path"]).resolve())
-        resources = {"CPU": cfg.scaling.cpus_per_worker}
-        if cfg.scaling.use_gpu:
-            resources["GPU"] = cfg.scaling.gpus_per_worker
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config=loop_config,
-            torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
-            scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                                   resources_per_worker=resources),
-            run_config=ray.train.RunConfig(name=run_name, storage_path=str(output_dir / "ray"),
-                                           # Ray Train both copies and re-logs worker prints; once is enough.
-                                           worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
-                                           checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
-        )
-        result = trainer.fit()
+        worker = WorkerConfig(_with_absolute_paths(cfg, output_dir), init_dir=init_dir, teacher_dir=teacher_dir,
+                              threads_per_worker=max(1, int(cfg.scaling.cpus_per_worker)))
+        result = _fit(worker, run_name or cfg.run.publish_name, output_dir)
     if result.checkpoint is None:
         return None, {"error": "no checkpoint was reported"}
-    with result.checkpoint.as_directory() as folder:
+    ref, metrics, state = _publish(cfg, registry, result.checkpoint, parent_version, teacher_ref)
+    summary_out = {**metrics, "epochs": state["epoch"], "wall_time_s": state["wall_time_s"],
+                   "driver_time_s": time.monotonic() - started, "published": str(ref)}
+    return ref, summary_out
+
+
+def _with_absolute_paths(cfg: TrainConfig, output_dir: Path) -> TrainConfig:
+    """``cfg`` with absolute manifest and output paths: Ray workers run in their own working directory."""
+    raw = cfg.model_dump(mode="json")
+    raw["run"]["output_dir"] = str(output_dir)
+    for key in ("train_manifests", "val_manifests"):
+        for item in raw["data"][key]:
+            item["path"] = str(Path(item["path"]).resolve())
+    return config_from_dict(raw)
+
+
+def _fit(worker: WorkerConfig, run_name: str, output_dir: Path):
+    """Runs the workers under Ray Train (starting a local Ray when none is running); Ray's result."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    scaling = worker.train.scaling
+    if not ray.is_initialized():
+        # No address means a new local instance ("local"), never a `ray start` cluster that
+        # ray.init(address=None) would otherwise join; RAY_ADDRESS=local is local too.
+        address = scaling.ray_address or "local"
+        local = {"num_cpus": max(os.cpu_count() or 1, int(scaling.num_workers * scaling.cpus_per_worker))}
+        ray.init(address=address, include_dashboard=False, log_to_driver=True,
+                 **(local if address == "local" else {}))
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=worker.loop_config(),
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(name=run_name, storage_path=str(output_dir / "ray"),
+                                       # Ray Train both copies and re-logs worker prints; once is enough.
+                                       worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+    )
+    return trainer.fit()
+
+
+def _publish(cfg: TrainConfig, registry: Registry, checkpoint, parent_version: int | None, teacher_ref: str | None
+             ) -> tuple[ModelRef, dict[str, Any], dict[str, Any]]:
+    """Publishes the checkpoint's best weights with the run's record; the ref, metrics and final state."""
+    with checkpoint.as_directory() as folder:
         summary = read_checkpoint_summary(Path(folder))
         weights = load_best_weights(Path(folder))
     model = SpeechRecognizer(RecognizerConfig.from_dict(summary["recognizer"]))
@@ -206,6 +226,4 @@ def run_training(cfg: TrainConfig, *, run_name: str | None = None) -> tuple[Mode
         extra["distilled_from"] = teacher_ref
     ref = registry.publish(cfg.run.publish_name, artifact_files(model), kind="model", source="trained",
                            parent_version=parent_version, metrics=metrics, extra=extra)
-    summary_out = {**metrics, "epochs": state["epoch"], "wall_time_s": state["wall_time_s"],
-                   "driver_time_s": time.monotonic() - started, "published": str(ref)}
-    return ref, summary_out
+    return ref, metrics, state

@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from model import (BlockConfig, MelFeaturizerConfig, QuartzNetConfig, RecognizerConfig, Registry, SpeechRecognizer,
@@ -37,6 +38,14 @@ def publish_tiny_model(root: Path, name: str = "tiny", seed: int = 0) -> Registr
     registry = Registry(root)
     publish_model(registry, name, SpeechRecognizer(cfg).eval(), source="trained")
     return registry
+
+
+@pytest.fixture(scope="module")
+def tiny_registry(tmp_path_factory) -> Path:
+    """A registry holding publish_tiny_model's "tiny"@1 (for the gRPC test modules)."""
+    root = tmp_path_factory.mktemp("registry")
+    publish_tiny_model(root)
+    return root
 
 
 def free_port() -> int:

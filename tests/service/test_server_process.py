@@ -96,7 +96,9 @@ class Server:
 
 @pytest.fixture()
 def server(registry_root, tmp_path):
-    running = Server(registry_root, tmp_path)
+    # These tests measure memory and drains, not latency: four hour-long decodes at once on a busy
+    # 2-core machine can outlast the default 60 s deadline (seen as 504s), so allow ten minutes.
+    running = Server(registry_root, tmp_path, env={"ASR_REQUEST_TIMEOUT_S": "600"})
     yield running
     if running.proc.poll() is None:
         running.proc.kill()

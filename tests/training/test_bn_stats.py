@@ -76,6 +76,7 @@ def _tracked_after_training(tmp_path, rows, freeze_last: int | None) -> set[int]
     from tests.training.conftest import write_config, write_manifest
     from training.config import load_config
     from training.loop import train_loop_per_worker
+    from training.run import WorkerConfig
 
     folder = tmp_path / f"freeze-{freeze_last}"
     train = write_manifest(folder / "train.json", rows)
@@ -84,7 +85,7 @@ def _tracked_after_training(tmp_path, rows, freeze_last: int | None) -> set[int]
     data = {"train_manifests": [{"path": str(train)}], "batch_size": 2, "num_buckets": 1, "num_loader_workers": 0}
     optim = {"name": "adamw", "lr": 0.001, "epochs": 2, "warmup_steps": 0}
     cfg = load_config(write_config(folder, train, data=data, optim=optim, run=run), [])
-    train_loop_per_worker(cfg.model_dump())
+    train_loop_per_worker(WorkerConfig(cfg).loop_config())
     last = sorted((folder / "out" / "checkpoints").iterdir())[-1]
     weights = load_file(last / "model.safetensors")
     return {int(v) for k, v in weights.items() if k.endswith("num_batches_tracked")}

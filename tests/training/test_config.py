@@ -49,15 +49,15 @@ def test_valid_yaml_loads(config_file, monkeypatch):
     assert cfg.data.train_manifests[1].weight == 0.5 and cfg.data.batch_size == 16
     assert cfg.optim.name == "novograd" and cfg.optim.betas == (0.8, 0.5)
     assert cfg.scaling.ray_address == "ray://head:10001"
-    assert cfg.augment.to_augment_config() == AugmentConfig(speed_prob=0.5)
+    assert cfg.augment == AugmentConfig(speed_prob=0.5)
 
 
 def test_overrides_parse_yaml_values(config_file):
     cfg = load_config(config_file, ["optim.lr=0.05", "data.train_manifests.0.weight=2",
-                                    "augment.speed_rates=[0.95, 1.05]", "run.decoder_lr=1e-3",
+                                    "augment.speed_rates=[0.95, 1.05]", "optim.decoder_lr=1e-3",
                                     "scaling.use_gpu=true", "amp=fp16"])
     assert cfg.optim.lr == 0.05 and cfg.data.train_manifests[0].weight == 2.0
-    assert cfg.augment.speed_rates == (0.95, 1.05) and cfg.run.decoder_lr == 1e-3 and cfg.amp == "fp16"
+    assert cfg.augment.speed_rates == (0.95, 1.05) and cfg.optim.decoder_lr == 1e-3 and cfg.amp == "fp16"
 
 
 def test_explicit_blocks_replace_preset(config_file):
@@ -76,7 +76,7 @@ def test_explicit_blocks_replace_preset(config_file):
     (["optim.betas=[0.9, 1.0]"], "optim.betas.1: Input should be less than 1"),
     (["amp=fp16"], "amp: fp16 needs scaling.use_gpu"),
     (["run.publish_name=../evil"], "run.publish_name:"),
-    (["augment.time_width=2.5"], "augment.time_width:"),
+    (["augment.time_width=2.5"], "augment: time_width as a fraction must lie in (0, 1]"),
     (["model.labels=[a, bc]"], "model.labels: labels must be single characters"),
     (["model.labels=['\u2581a', 'b c']"], "model.labels: word-piece labels must be"),
 ])
@@ -86,7 +86,7 @@ def test_errors_name_the_field(config_file, overrides, expected):
 
 def test_word_piece_labels_are_accepted(config_file):
     cfg = load_config(config_file, ["model.labels=['\u2581yes', '\u2581a', b]"])
-    assert cfg.model.labels == ["\u2581yes", "\u2581a", "b"]
+    assert cfg.model.labels == ("\u2581yes", "\u2581a", "b")
 
 
 def test_missing_manifests_and_sections(tmp_path):

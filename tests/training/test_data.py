@@ -8,8 +8,9 @@ import soundfile as sf
 import torch
 
 from training.augment import AugmentConfig
-from training.data import (DurationBucketSampler, ManifestDataset, ManifestEntry, collate,
-                           filter_by_duration, mix_manifests, read_manifest)
+from training.data import ManifestDataset, collate
+from training.manifest import ManifestEntry, filter_by_duration, mix_manifests, read_manifest
+from training.sampler import DurationBucketSampler
 
 SAMPLE_RATE = 16_000
 

@@ -19,9 +19,9 @@ from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.registry import Registry
 from model.vocabulary import Vocabulary
 from tests.training.conftest import TINY_BLOCKS, write_config, write_manifest
-from training.config import DEFAULT_LABELS
+from model.vocabulary import ENGLISH_LABELS as DEFAULT_LABELS
 from training.distill import Teacher, TeacherTargets, kl_to_teacher, teacher_token_batch
-from training.loop import _fill_unlabelled
+from training.losses import fill_unlabelled
 
 
 def _targets(log_probs: np.ndarray, ids=(), best_view: int = 0) -> TeacherTargets:
@@ -91,7 +91,7 @@ def test_pseudo_labels_replace_only_the_unlabelled_rows():
     lengths = torch.tensor([3, 0])
     teacher_ids, teacher_lengths = teacher_token_batch([_targets(np.zeros((2, 3)), ids=(7,)),
                                                         _targets(np.zeros((2, 3)), ids=(1, 2, 1, 2))], torch.device("cpu"))
-    filled, filled_lengths = _fill_unlabelled(targets, lengths, torch.tensor([True, False]), teacher_ids,
+    filled, filled_lengths = fill_unlabelled(targets, lengths, torch.tensor([True, False]), teacher_ids,
                                               teacher_lengths)
     assert filled.tolist() == [[3, 4, 5, 0], [1, 2, 1, 2]] and filled_lengths.tolist() == [3, 4]
 
@@ -99,7 +99,7 @@ def test_pseudo_labels_replace_only_the_unlabelled_rows():
 def test_pseudo_label_ctc_equals_ctc_on_the_teachers_transcript_by_hand():
     # Two frames, labels {a, blank}: the transcript "a" has the alignments (a, a), (a, blank),
     # (blank, a): P = .6*.7 + .6*.3 + .4*.7 = 0.88, so the CTC loss is -ln 0.88 = 0.127833.
-    from training.loop import ctc_loss
+    from training.losses import ctc_loss
 
     log_probs = torch.log(torch.tensor([[[0.6, 0.4], [0.7, 0.3]]]))
     ids, lengths = teacher_token_batch([_targets(np.zeros((2, 2)), ids=(0,))], torch.device("cpu"))

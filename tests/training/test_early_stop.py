@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from training.config import config_from_dict
-from training.loop import _Context, _patience_exhausted
+from training.run import Context
+from training.selection import patience_exhausted
 from training.state import TrainState
 
-CPU = _Context(rank=0, world_size=1, device=torch.device("cpu"), under_ray=False)
+CPU = Context(rank=0, world_size=1, device=torch.device("cpu"), under_ray=False)
 
 
 def _cfg(patience):
@@ -27,7 +28,7 @@ def _cfg(patience):
 ])
 def test_patience_counts_epochs_since_the_best(epoch, best_epoch, patience, stop):
     state = TrainState(epoch=epoch, best_epoch=best_epoch, best_wer=0.5)
-    assert _patience_exhausted(_cfg(patience), CPU, state) is stop
+    assert patience_exhausted(_cfg(patience), CPU, state) is stop
 
 
 def test_patience_must_be_positive():

@@ -12,7 +12,8 @@ from model.checkpoint import artifact_files, load_model, publish_model
 from model.recognizer import SpeechRecognizer
 from model.registry import Registry
 from tests.training.conftest import TINY_BLOCKS, write_config, write_manifest
-from training.config import DEFAULT_LABELS, config_from_dict, load_config
+from model.vocabulary import ENGLISH_LABELS as DEFAULT_LABELS
+from training.config import config_from_dict, load_config
 from training.init_model import build_recognizer, fresh_recognizer_config
 from training.trainer import _resolve_init, run_training
 

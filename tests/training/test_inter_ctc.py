@@ -12,7 +12,10 @@ from model.recognizer import SpeechRecognizer
 from tests.training.conftest import TINY_BLOCKS, write_config, write_manifest
 from training.config import ConfigError, config_from_dict, load_config
 from training.init_model import fresh_recognizer_config
-from training.loop import _TrainStep, ctc_loss, inter_ctc_blocks, mixed_ctc_loss, train_loop_per_worker
+from training.loop import train_loop_per_worker
+from training.losses import ctc_loss, mixed_ctc_loss
+from training.run import WorkerConfig
+from training.train_step import TrainStep, inter_ctc_blocks
 
 
 def _cfg(**loss):
@@ -56,7 +59,7 @@ def test_preset_block_count_is_checked_too():
 def test_step_returns_every_head_and_all_get_gradients():
     cfg = _cfg(inter_ctc_weight=0.5)
     recognizer = SpeechRecognizer(fresh_recognizer_config(cfg)).train()
-    step = _TrainStep(recognizer, None, seed=0, inter_ctc_blocks=(1, 0))
+    step = TrainStep(recognizer, None, seed=0, inter_ctc_blocks=(1, 0))
     audio, audio_lengths = torch.randn(2, 16000) * 0.1, torch.tensor([16000, 12000])
     (final, final_lengths), (first, _), (inner, inner_lengths) = step(audio, audio_lengths)
     assert final.shape == inner.shape and torch.equal(final_lengths, inner_lengths)  # no stride after block 1
@@ -78,7 +81,7 @@ def test_loop_checkpoints_the_head_apart_from_the_model(an4_pick, tmp_path):
     train = write_manifest(tmp_path / "train.json", rows[:4])
     val = write_manifest(tmp_path / "val.json", rows[4:])
     cfg = load_config(write_config(tmp_path, train, val, loss={"inter_ctc_weight": 0.3}, optim={"epochs": 2}), [])
-    train_loop_per_worker(cfg.model_dump())
+    train_loop_per_worker(WorkerConfig(cfg).loop_config())
 
     first, last = sorted((tmp_path / "out" / "checkpoints").iterdir())
     model_keys = set(load_file(last / "model.safetensors"))
@@ -100,7 +103,7 @@ def test_resume_state_restores_the_head(tmp_path, monkeypatch):
 
     def parts():
         recognizer = SpeechRecognizer(fresh_recognizer_config(cfg))
-        step = _TrainStep(recognizer, None, seed=0, inter_ctc_blocks=(1,))
+        step = TrainStep(recognizer, None, seed=0, inter_ctc_blocks=(1,))
         optimizer = torch.optim.AdamW(step.parameters(), lr=1e-3)
         scheduler = build_warmup_cosine_scheduler(optimizer, warmup_steps=0, max_steps=10, min_lr=0.0)
         return step, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False)

@@ -21,7 +21,7 @@ import pytest
 from model.registry import Registry
 from tests.training.conftest import (isolated_env, kill_run, shared_env, wait_for_free_cpus, write_config,
                                      write_manifest)
-from training.data import DurationBucketSampler
+from training.sampler import DurationBucketSampler
 
 EPOCHS = 4
 RUN_NAME = "resume"

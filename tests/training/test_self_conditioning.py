@@ -9,9 +9,12 @@ from safetensors.torch import load_file
 from model.checkpoint import artifact_files, load_artifact
 from model.recognizer import SpeechRecognizer
 from tests.training.conftest import TINY_BLOCKS, write_config, write_manifest
-from training.config import DEFAULT_LABELS, ConfigError, config_from_dict, load_config
+from model.vocabulary import ENGLISH_LABELS as DEFAULT_LABELS
+from training.config import ConfigError, config_from_dict, load_config
 from training.init_model import build_recognizer, fresh_recognizer_config
-from training.loop import _TrainStep, inter_ctc_blocks, train_loop_per_worker
+from training.loop import train_loop_per_worker
+from training.run import WorkerConfig
+from training.train_step import TrainStep, inter_ctc_blocks
 from training.trainer import TrainingError, check_heads_fit_source
 
 
@@ -30,7 +33,7 @@ def test_the_heads_belong_to_the_model_and_replace_the_training_only_ones():
     recognizer = SpeechRecognizer(fresh_recognizer_config(cfg)).train()
     assert recognizer.network.config.self_conditioning == (1,)  # the middle block, as for intermediate CTC
     assert inter_ctc_blocks(cfg, recognizer.network.config) == ()
-    step = _TrainStep(recognizer, None, seed=0, inter_ctc_blocks=inter_ctc_blocks(cfg, recognizer.network.config))
+    step = TrainStep(recognizer, None, seed=0, inter_ctc_blocks=inter_ctc_blocks(cfg, recognizer.network.config))
     assert step.has_intermediate_heads and len(step.inter_ctc_heads) == 0
     audio, audio_lengths = torch.randn(2, 16000) * 0.1, torch.tensor([16000, 12000])
     (final, final_lengths), (inner, inner_lengths) = step(audio, audio_lengths)
@@ -48,7 +51,7 @@ def test_run_publishes_the_heads_and_they_load_back(an4_pick, tmp_path):
     val = write_manifest(tmp_path / "val.json", rows[4:])
     cfg = load_config(write_config(tmp_path, train, val, optim={"epochs": 2},
                                    loss={"inter_ctc_weight": 0.3, "self_conditioning": True}), [])
-    train_loop_per_worker(cfg.model_dump())
+    train_loop_per_worker(WorkerConfig(cfg).loop_config())
 
     last = sorted((tmp_path / "out" / "checkpoints").iterdir())[-1]
     assert not (last / "aux_heads.safetensors").exists()  # nothing lives outside the model

@@ -16,7 +16,7 @@ from model.registry import Registry
 from model.vocabulary import Vocabulary
 from tests.training.conftest import HOLDOUT_SPEAKER, write_config, write_manifest
 from training.config import load_config
-from training.data import DurationBucketSampler
+from training.sampler import DurationBucketSampler
 from training.datasets import load_splits
 
 

@@ -59,7 +59,7 @@ def test_config_needs_the_window_inside_the_fixed_bn_epochs() -> None:
 def test_average_replaces_the_best_only_when_it_validates_better(monkeypatch) -> None:
     from torch import nn
 
-    import training.loop as loop
+    import training.selection as loop
 
     def state_after_two_epochs(wer_of_average: float) -> TrainState:
         monkeypatch.setattr(loop, "evaluate", lambda *a, **k: {"wer": wer_of_average, "cer": 0.1})
@@ -68,7 +68,7 @@ def test_average_replaces_the_best_only_when_it_validates_better(monkeypatch) ->
         for epoch, value in ((3, 1.0), (4, 3.0)):
             with torch.no_grad():
                 model.weight.fill_(value)
-            metrics = loop._update_average(state, model, val_loader=object(), device=torch.device("cpu"),
+            metrics = loop.update_average(state, model, val_loader=object(), device=torch.device("cpu"),
                                            epoch=epoch)
         assert metrics["averaged_epochs"] == 2 and metrics["val_wer_average"] == wer_of_average
         return state
@@ -84,13 +84,13 @@ def test_average_replaces_the_best_only_when_it_validates_better(monkeypatch) ->
 def test_without_validation_the_average_is_what_gets_published() -> None:
     from torch import nn
 
-    import training.loop as loop
+    import training.selection as loop
 
     model, state = nn.Linear(1, 1), TrainState()
     for epoch, value in ((0, 2.0), (1, 4.0)):
         with torch.no_grad():
             model.weight.fill_(value)
-        loop._update_average(state, model, val_loader=None, device=torch.device("cpu"), epoch=epoch)
+        loop.update_average(state, model, val_loader=None, device=torch.device("cpu"), epoch=epoch)
     assert (state.best_epoch, state.best_averaged_epochs) == (2, 2)
     assert float(state.best_weights["weight"]) == 3.0
 
@@ -100,6 +100,7 @@ def test_training_loop_checkpoints_the_mean_of_the_last_epochs(an4_pick, tmp_pat
     from tests.training.conftest import write_config, write_manifest
     from training.config import load_config
     from training.loop import train_loop_per_worker
+    from training.run import WorkerConfig
 
     rows = an4_pick(6)
     train = write_manifest(tmp_path / "train.json", rows[:4])
@@ -107,7 +108,7 @@ def test_training_loop_checkpoints_the_mean_of_the_last_epochs(an4_pick, tmp_pat
     run = {"freeze_bn_last_epochs": 2, "average_last_epochs": 2}
     data = {"batch_size": 2, "num_buckets": 1}
     cfg = load_config(write_config(tmp_path, train, val, data=data, optim={"epochs": 3}, run=run), [])
-    train_loop_per_worker(cfg.model_dump())
+    train_loop_per_worker(WorkerConfig(cfg).loop_config())
 
     checkpoints = sorted((tmp_path / "out" / "checkpoints").iterdir())
     assert len(checkpoints) == 3

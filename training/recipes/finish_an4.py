@@ -22,7 +22,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lm.beam import BeamDecoder
@@ -34,7 +33,7 @@ from model.decoding import greedy_decode
 from model.ensemble import EnsembleRecognizer
 from model.registry import Registry
 from training.config import load_config
-from training.data import read_manifest
+from training.manifest import read_manifest
 from training.metrics import word_char_error_rates as _score
 from training.datasets import speaker_of
 
@@ -77,7 +76,7 @@ def _write_corpus(entries, path: Path) -> None:
     path.write_text("".join(e.text.strip() + "\n" for e in entries))
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "training/recipes/an4.yaml"))
     parser.add_argument("--train-registry", default=os.environ.get("ASR_REGISTRY", str(ROOT / "registry")))
@@ -93,34 +92,71 @@ def main() -> None:
     parser.add_argument("--results", default=str(ROOT / "bench/results/an4_recipe.json"))
     parser.add_argument("--validate-only", action="store_true",
                         help="stop after the validation figures: no test decoding, no starter (to compare candidates)")
+    return parser
+
+
+def main() -> None:
+    parser = _parser()
     args = parser.parse_args()
     torch.set_num_threads(2)
     started = time.monotonic()
-
-    cfg = load_config(args.config, [])
-    holdout = set(cfg.data.holdout_speakers)
-    train_registry = Registry(args.train_registry)
-    loaded = [load_model(train_registry, spec) for spec in args.model]
-    if len(loaded) == 1 and args.speeds == [1.0]:
-        model, ref, metadata = loaded[0]
-        members = None
-    else:
-        try:
-            model = EnsembleRecognizer.of([m for m, _, _ in loaded], args.speeds).eval()
-        except ValueError as exc:  # members of different vocabularies or frame rates
-            parser.error(str(exc))
-        ref, metadata = loaded[0][1], loaded[0][2]
-        members = [{"model": str(r), "metrics": md.get("metrics"), "published_at": md.get("created_at"),
-                    "wall_time_s": (md.get("extra") or {}).get("wall_time_s")} for _, r, md in loaded]
-    labels = model.vocabulary.labels
-
+    holdout = set(load_config(args.config, []).data.holdout_speakers)
+    model, ref, metadata, members = _load(args, parser)
     an4_train, _ = read_manifest(SPEECH / "an4_train.json")
     fsdd_train, _ = read_manifest(SPEECH / "fsdd_train.json")
     val = [e for e in an4_train if speaker_of(e) in holdout]
     lm_fit = [e for e in an4_train if speaker_of(e) not in holdout] + fsdd_train
+    validation, best = _tune(model, val, lm_fit, args)
+    if args.validate_only:
+        return
+    starter = Registry(args.starter_registry)
+    lm_ref, decoder = _shipped_lm(starter, model.vocabulary.labels, an4_train + fsdd_train, args.order)
+    report = {"model": str(ref) if members is None else [m["model"] for m in members],
+              "train_metadata_metrics": metadata.get("metrics") if members is None else [m["metrics"] for m in members],
+              "lm": str(lm_ref),
+              "lm_order": args.order, "beam_width": args.beam_width, "alpha": best["alpha"], "beta": best["beta"],
+              "validation": validation, "test": _test(model, decoder, best, args.beam_width)}
+    report["starter_model"] = str(_publish_starter(starter, args.starter_name, model, ref, metadata, members,
+                                                   lm_ref, best, report["test"]))
+    if members is None:
+        report["train_wall_time_s"] = (metadata.get("extra") or {}).get("wall_time_s")
+    else:
+        report["members"] = members
+        report["speeds"] = list(model.config.speeds)
+        if all(m["wall_time_s"] and m["published_at"] for m in members):
+            report["members_training_wall_time_s"] = training_wall_time_s(members)
+    report["finish_time_s"] = round(time.monotonic() - started, 1)
+    report["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
+                         "torch": torch.__version__, "python": platform.python_version()}
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: report[k] for k in ("starter_model", "lm", "alpha", "beta")}), flush=True)
 
-    # Tuning LM: training transcripts minus the validation speakers, so alpha/beta are not tuned
-    # against sentences the LM has memorised.
+
+def _load(args, parser):
+    """The model to finish (one network, or an ensemble of several with speed views), its ref and metadata,
+    and for an ensemble a record of each member (None for one network)."""
+    train_registry = Registry(args.train_registry)
+    loaded = [load_model(train_registry, spec) for spec in args.model]
+    if len(loaded) == 1 and args.speeds == [1.0]:
+        model, ref, metadata = loaded[0]
+        return model, ref, metadata, None
+    try:
+        model = EnsembleRecognizer.of([m for m, _, _ in loaded], args.speeds).eval()
+    except ValueError as exc:  # members of different vocabularies or frame rates
+        parser.error(str(exc))
+    members = [{"model": str(r), "metrics": md.get("metrics"), "published_at": md.get("created_at"),
+                "wall_time_s": (md.get("extra") or {}).get("wall_time_s")} for _, r, md in loaded]
+    return model, loaded[0][1], loaded[0][2], members
+
+
+def _tune(model, val, lm_fit, args) -> tuple[dict, dict]:
+    """Tunes alpha/beta on the validation speakers; the validation figures and the best grid point.
+
+    The tuning LM holds the training transcripts minus the validation speakers, so alpha/beta are
+    not tuned against sentences the LM has memorised.
+    """
+    labels = model.vocabulary.labels
     with tempfile.TemporaryDirectory() as tmp:
         tmp_registry = Registry(Path(tmp) / "registry")
         _write_corpus(lm_fit, Path(tmp) / "tune.txt")
@@ -139,39 +175,39 @@ def main() -> None:
     print(f"[val] greedy WER {val_greedy['wer'] * 100:.2f}% CER {val_greedy['cer'] * 100:.2f}%; beam+LM WER "
           f"{best['wer'] * 100:.2f}% CER {best['cer'] * 100:.2f}% (alpha {best['alpha']}, beta {best['beta']})",
           flush=True)
-    if args.validate_only:
-        return
+    return {"greedy": val_greedy, "beam_lm": {k: best[k] for k in ("wer", "cer")}, "grid": grid}, best
 
-    # Shipped LM: every training transcript (validation speakers included), same weights.
-    starter = Registry(args.starter_registry)
+
+def _shipped_lm(starter: Registry, labels, entries, order: int):
+    """The shipped LM, built from every training transcript (validation speakers included), and its decoder."""
     with tempfile.TemporaryDirectory() as tmp:
-        _write_corpus(an4_train + fsdd_train, Path(tmp) / "an4_fsdd_train.txt")
-        lm_ref = publish_lm(starter, "an4-lm", Path(tmp) / "an4_fsdd_train.txt", order=args.order, labels=labels)
+        _write_corpus(entries, Path(tmp) / "an4_fsdd_train.txt")
+        lm_ref = publish_lm(starter, "an4-lm", Path(tmp) / "an4_fsdd_train.txt", order=order, labels=labels)
     binary, unigrams, _ = load_lm_files(starter, str(lm_ref))
-    decoder = BeamDecoder(labels, binary, unigrams)
+    return lm_ref, BeamDecoder(labels, binary, unigrams)
 
-    report = {"model": str(ref) if members is None else [m["model"] for m in members],
-              "train_metadata_metrics": metadata.get("metrics") if members is None else [m["metrics"] for m in members],
-              "lm": str(lm_ref),
-              "lm_order": args.order, "beam_width": args.beam_width, "alpha": best["alpha"], "beta": best["beta"],
-              "validation": {"greedy": val_greedy, "beam_lm": {k: best[k] for k in ("wer", "cer")}, "grid": grid},
-              "test": {}}
+
+def _test(model, decoder, best: dict, beam_width: int) -> dict:
+    """Greedy and beam+LM figures on the test sets, each decoded once."""
+    results = {}
     for name in ("an4_test", "fsdd_test"):
         entries, problems = read_manifest(SPEECH / f"{name}.json")
         lps = model.log_probs_sorted(_clips(model, entries), 16)
         refs = [model.vocabulary.normalize(e.text) for e in entries]
-        report["test"][name] = {"greedy": _score(refs, _greedy(model, lps)),
-                                "beam_lm": _score(refs, _beam(decoder, lps, best["alpha"], best["beta"],
-                                                              args.beam_width)),
-                                "skipped_lines": len(problems)}
-        print(f"[test] {name}: greedy WER {report['test'][name]['greedy']['wer'] * 100:.2f}% "
-              f"CER {report['test'][name]['greedy']['cer'] * 100:.2f}%; beam+LM WER "
-              f"{report['test'][name]['beam_lm']['wer'] * 100:.2f}%", flush=True)
+        results[name] = {"greedy": _score(refs, _greedy(model, lps)),
+                         "beam_lm": _score(refs, _beam(decoder, lps, best["alpha"], best["beta"], beam_width)),
+                         "skipped_lines": len(problems)}
+        print(f"[test] {name}: greedy WER {results[name]['greedy']['wer'] * 100:.2f}% "
+              f"CER {results[name]['greedy']['cer'] * 100:.2f}%; beam+LM WER "
+              f"{results[name]['beam_lm']['wer'] * 100:.2f}%", flush=True)
+    return results
 
-    # The starter model: fp16 weights, pointing at its LM and tuned weights.
-    test_metrics = {f"{n}_{d}_wer": report["test"][n][d]["wer"] for n in report["test"] for d in ("greedy", "beam_lm")}
-    model_ref = starter.publish(
-        args.starter_name,
+
+def _publish_starter(starter: Registry, name: str, model, ref, metadata, members, lm_ref, best: dict, test: dict):
+    """Publishes the starter model: fp16 weights, pointing at its LM and tuned weights."""
+    test_metrics = {f"{n}_{d}_wer": test[n][d]["wer"] for n in test for d in ("greedy", "beam_lm")}
+    return starter.publish(
+        name,
         artifact_files(model, dtype=torch.float16, extra_config={DEFAULT_LM_KEY: lm_ref.name,
                                                                   DEFAULT_ALPHA_KEY: best["alpha"],
                                                                   DEFAULT_BETA_KEY: best["beta"]}),
@@ -181,20 +217,6 @@ def main() -> None:
         extra={**((metadata.get("extra") or {}) if members is None else {"members": members,
                                                                            "speeds": list(model.config.speeds)}),
                "storage_dtype": "float16", "lm": str(lm_ref), "lm_alpha": best["alpha"], "lm_beta": best["beta"]})
-    report["starter_model"] = str(model_ref)
-    if members is None:
-        report["train_wall_time_s"] = (metadata.get("extra") or {}).get("wall_time_s")
-    else:
-        report["members"] = members
-        report["speeds"] = list(model.config.speeds)
-        if all(m["wall_time_s"] and m["published_at"] for m in members):
-            report["members_training_wall_time_s"] = training_wall_time_s(members)
-    report["finish_time_s"] = round(time.monotonic() - started, 1)
-    report["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
-                         "torch": torch.__version__, "python": platform.python_version()}
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(json.dumps(report, indent=1))
-    print(json.dumps({k: report[k] for k in ("starter_model", "lm", "alpha", "beta")}), flush=True)
 
 
 if __name__ == "__main__":

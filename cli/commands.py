@@ -1,0 +1,270 @@
+"""The `asr` subcommands: each ``cmd_*`` takes the parsed arguments and returns the exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+DEFAULT_MODEL_ENV = "ASR_DEFAULT_MODEL"
+STARTER_MODEL = "an4-quartznet"
+
+
+class UsageError(Exception):
+    """A user mistake the CLI reports in one line with exit code 2."""
+
+
+def _default_model() -> str:
+    return os.environ.get(DEFAULT_MODEL_ENV, STARTER_MODEL)
+
+
+def _registry(args):
+    from model.registry import Registry
+
+    return Registry(args.registry)
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+# ---- models ----
+
+
+def cmd_models_presets(args) -> int:
+    import torch
+
+    from model.quartznet import PRESETS, QuartzNet, count_parameters
+
+    rows = []
+    for name, factory in PRESETS.items():
+        with torch.device("meta"):  # Jasper has 333M parameters: count them without allocating
+            rows.append({"name": name, "parameters": count_parameters(QuartzNet(factory()))})
+    if args.json:
+        _print_json(rows)
+    else:
+        for row in rows:
+            print(f"{row['name']:<16} {row['parameters']:>13,}")
+    return 0
+
+
+def cmd_models_list(args) -> int:
+    rows = _registry(args).list()
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print(f"(registry {args.registry or 'default'} is empty)")
+    for row in rows:
+        wer = (row.get("metrics") or {}).get("val_wer") or (row.get("metrics") or {}).get("test_wer")
+        extra = f" WER {wer * 100:.2f}%" if isinstance(wer, (int, float)) else ""
+        print(f"{row['name']}@{row['version']:<4} {row.get('kind', '?'):<6} {row.get('source', '?'):<9} "
+              f"{row.get('created_at', row.get('error', ''))}{extra}")
+    return 0
+
+
+def cmd_models_import_nemo(args) -> int:
+    from interop.nemo import import_nemo
+    from model.checkpoint import publish_model
+
+    model, info = import_nemo(Path(args.file), frontend=args.frontend)
+    ref = publish_model(_registry(args), args.name, model, source="imported", extra={"nemo": info})
+    print(str(ref))
+    return 0
+
+
+def cmd_models_ensemble(args) -> int:
+    import torch
+
+    from model.checkpoint import load_model, publish_model
+    from model.ensemble import EnsembleRecognizer
+    from model.recognizer import SpeechRecognizer
+
+    registry = _registry(args)
+    members, refs = [], []
+    for spec in args.members:
+        model, ref, _ = load_model(registry, spec)
+        if not isinstance(model, SpeechRecognizer):
+            raise UsageError(f"{ref} is an ensemble itself; list its members instead")
+        members.append(model)
+        refs.append(str(ref))
+    try:
+        ensemble = EnsembleRecognizer.of(members, args.speeds)
+    except ValueError as exc:  # one member and no other speed, or members that cannot be combined
+        raise UsageError(str(exc)) from None
+    ref = publish_model(registry, args.name, ensemble, source="ensemble",
+                        extra={"members": refs, "speeds": list(ensemble.config.speeds)},
+                        dtype=torch.float16 if args.fp16 else torch.float32)
+    print(str(ref))
+    return 0
+
+
+def cmd_models_export(args) -> int:
+    from model.checkpoint import load_model
+
+    model, ref, _ = load_model(_registry(args), args.model)
+    if args.format == "onnx":
+        from interop.onnx import export_onnx
+
+        export_onnx(model, Path(args.out))
+    else:
+        from interop.nemo import export_nemo
+
+        export_nemo(model, Path(args.out))
+    print(f"{ref} -> {args.out}")
+    return 0
+
+
+def cmd_models_export_nemo(args) -> int:
+    from interop.nemo import export_nemo
+    from model.checkpoint import load_model
+
+    model, ref, _ = load_model(_registry(args), args.model)
+    export_nemo(model, Path(args.out))
+    print(f"{ref} -> {args.out}")
+    return 0
+
+
+# ---- inference ----
+
+
+def _load(args):
+    """The inference form of the requested model at ``--precision`` on ``--device``, and its registry ref."""
+    from model.checkpoint import load_model
+    from model.inference import for_inference
+    from model.precision import check_device, resolve_precision
+
+    device = check_device(args.device)
+    precision = resolve_precision(args.precision, device)  # before loading: a bad choice fails fast
+    model, ref, _ = load_model(_registry(args), args.model or _default_model())
+    return for_inference(model, precision, device), ref
+
+
+def _check_audio_args(paths: list[str]) -> None:
+    for path in paths:
+        if not Path(path).exists():
+            raise UsageError(f"{path}: file not found")
+
+
+def _check_decoder_args(args) -> None:
+    """Options argparse cannot range-check, refused before any model loads."""
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.decoder == "beam" and args.beam_width < 1:
+        raise UsageError(f"--beam-width must be at least 1, got {args.beam_width}")
+
+
+def cmd_transcribe(args) -> int:
+    from cli.inference import decode_files
+
+    _check_audio_args(args.audio)
+    _check_decoder_args(args)
+    model, ref = _load(args)
+    results = decode_files(model, args.audio, args, _registry(args), ref.path, batch_size=args.batch_size)
+    if args.json:
+        _print_json({"model": str(ref), "decoder": args.decoder, "results": results})
+    else:
+        for item in results:
+            print(item["text"] if len(results) == 1 else f"{item['file']}\t{item['text']}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from cli.evaluate import evaluate_manifest
+
+    _check_decoder_args(args)
+    model, ref = _load(args)
+    report = evaluate_manifest(model, Path(args.manifest), args, _registry(args), ref.path)
+    report["model"] = str(ref)
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"{ref} on {args.manifest} ({report['num_utterances']} utterances, decoder {args.decoder}): "
+              f"WER {report['wer'] * 100:.2f}%  CER {report['cer'] * 100:.2f}%"
+              + (f"  ({report['num_skipped']} skipped)" if report["num_skipped"] else ""))
+    return 0
+
+
+def cmd_logprobs(args) -> int:
+    import numpy as np
+
+    from cli.inference import decode_clip
+
+    _check_audio_args([args.audio])
+    model, _ = _load(args)
+    audio = decode_clip(args.audio, model.sample_rate)
+    log_probs = model.log_probs_batch([audio.samples])[0].astype(np.float32)
+    np.save(args.out, log_probs)
+    views = f"{log_probs.shape[1]} views x " if log_probs.ndim == 3 else ""  # an ensemble
+    print(f"{args.out}: {log_probs.shape[0]} frames x {views}{log_probs.shape[-1]} classes")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import torch
+
+    from cli.bench import MAX_CLIP_SECONDS, MIN_RUNS, bench_report
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not 0 < args.clip_seconds <= MAX_CLIP_SECONDS:
+        raise UsageError(f"--clip-seconds must be in (0, {MAX_CLIP_SECONDS:.0f}], got {args.clip_seconds}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    if args.runs < MIN_RUNS:
+        raise UsageError(f"--runs must be at least {MIN_RUNS} (the median needs them), got {args.runs}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    model, ref = _load(args)
+    report = bench_report(model, ref, batch_size=args.batch_size, clip_seconds=args.clip_seconds,
+                          threads=torch.get_num_threads(), precision=model.precision, device=args.device,
+                          runs=args.runs)
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"{ref} {report['precision']} on {report['device']} ({report['cpu']}, {report['threads']} threads), "
+              f"{args.batch_size} x {args.clip_seconds:g} s: {report['x_realtime']:.1f}x real time, "
+              f"{report['ms_per_batch']:.1f} ms per batch (median of {args.runs})")
+    return 0
+
+
+# ---- training and language models ----
+
+
+def cmd_train(args) -> int:
+    from training.config import load_config
+
+    cfg = load_config(args.config, args.set or [])  # before the heavy imports: bad configs fail fast
+    from training.plot import plot_metrics
+    from training.trainer import run_training
+
+    if args.registry:
+        cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"registry": args.registry})})
+    ref, summary = run_training(cfg, run_name=args.run_name)
+    if args.plot:
+        plot_metrics(Path(cfg.run.output_dir) / "metrics.jsonl", Path(args.plot))
+    print(json.dumps(summary, default=str))
+    return 0 if ref is not None else 1
+
+
+def cmd_lm_build(args) -> int:
+    from lm.store import publish_lm
+    from model.vocabulary import ENGLISH_LABELS
+
+    source = Path(args.source)
+    if not source.is_file():
+        raise UsageError(f"{source}: file not found")
+    labels = ENGLISH_LABELS
+    if args.model:
+        from model.checkpoint import load_model
+
+        labels = load_model(_registry(args), args.model)[0].vocabulary.labels
+    ref = publish_lm(_registry(args), args.name, source, order=args.order, prune=args.prune, labels=labels)
+    print(str(ref))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from service.server import config_from_args, run_server
+
+    return int(run_server(config_from_args(args)) or 0)
