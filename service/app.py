@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service import admin, http_api, openai_api, web
+from service import admin, http_api, openai_api, realtime_ws, web
 from service.config import ServiceConfig
 from service.engine import Engine
 from service.http_errors import install_error_handlers
@@ -50,6 +50,7 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(http_api.router)
     app.include_router(openai_api.router)
+    app.include_router(realtime_ws.router)
     app.include_router(web.router)
     admin.install_admin(app)
     return app

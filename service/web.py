@@ -5,8 +5,8 @@ by this router; ``create_app`` includes it:
 
     app.include_router(web.router)
 
-The page only talks to the public API (``/v1/models``, ``/health/ready``, ``/transcribe``), so it
-is also a working example of a browser client.
+The page only talks to the public API (``/v1/models``, ``/health/ready``, ``/transcribe``, and the
+``/v1/realtime`` WebSocket while recording live), so it is also a working example of a browser client.
 """
 
 from __future__ import annotations

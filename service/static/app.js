@@ -1,5 +1,7 @@
 // QuartzNet ASR web page: upload or record audio, POST /transcribe, show words with timings.
-// Plain browser JavaScript; talks only to the public REST API of the server that served it.
+// Recording streams the microphone to the WebSocket /v1/realtime for live words (README:
+// "Live transcription over a WebSocket"). Plain browser JavaScript; talks only to the public
+// API of the server that served it.
 "use strict";
 
 (() => {
@@ -8,6 +10,7 @@
     status: $("status"), statusText: $("status-text"),
     dropzone: $("dropzone"), fileInput: $("file-input"),
     recordBtn: $("record-btn"), recordLabel: $("record-label"), recordTime: $("record-time"), meterBar: $("meter-bar"),
+    liveToggle: $("live-toggle"),
     clip: $("clip"), clipName: $("clip-name"), clipMeta: $("clip-meta"), player: $("player"),
     model: $("model-select"), beamOptions: $("beam-options"), beamWidth: $("beam-width"), hotwords: $("hotwords"),
     transcribeBtn: $("transcribe-btn"), copyBtn: $("copy-btn"),
@@ -22,6 +25,7 @@
   const MAX_RATE = 48000;
   const MAX_RECORD_S = 300;
   const LOW_CONFIDENCE = 0.5;
+  const LIVE_MESSAGE_S = 0.1;       // audio per WebSocket message; the server runs the model every 0.32 s
 
   let clip = null;                  // {blob, name}
   let clipUrl = null;
@@ -104,7 +108,7 @@
   }
 
   // --- choosing audio ---------------------------------------------------------------------
-  function setClip(blob, name, meta) {
+  function setClip(blob, name, meta, upload = true) {
     clip = { blob, name };
     if (clipUrl) URL.revokeObjectURL(clipUrl);
     clipUrl = URL.createObjectURL(blob);
@@ -113,7 +117,7 @@
     el.clipMeta.textContent = meta || fmtBytes(blob.size);
     el.clip.hidden = false;
     el.transcribeBtn.disabled = false;
-    transcribe();
+    if (upload) transcribe();
   }
 
   el.dropzone.addEventListener("click", () => el.fileInput.click());
@@ -167,9 +171,13 @@
       source = ctx.createMediaStreamSource(stream);
     }
     const chunks = [];
+    const live = el.liveToggle.checked && ctx.sampleRate <= MAX_RATE ? openLive(ctx.sampleRate) : null;
     const onSamples = (samples) => {
       if (!recorder || recorder.stopping) return;
       chunks.push(samples);
+      recorder.numSamples += samples.length;
+      el.recordTime.dataset.seconds = (recorder.numSamples / ctx.sampleRate).toFixed(3);
+      if (live) sendLiveAudio(live, samples);
       let sum = 0;
       for (let i = 0; i < samples.length; i++) sum += samples[i] * samples[i];
       recorder.level = Math.max(recorder.level * 0.85, Math.sqrt(sum / samples.length));
@@ -185,7 +193,9 @@
     }
     source.connect(node);
     node.connect(ctx.destination);   // the node outputs silence; the connection keeps it running
-    recorder = { stream, ctx, source, node, chunks, level: 0, started: performance.now(), stopping: false };
+    recorder = { stream, ctx, source, node, chunks, live, numSamples: 0, level: 0, started: performance.now(),
+                 stopping: false };
+    if (live) showInterim("");
     el.recordBtn.classList.add("recording");
     el.recordLabel.textContent = "Stop";
     tickRecorder();
@@ -220,13 +230,122 @@
       samples = decimate(samples, factor);
       outRate = rate / factor;
     }
+    const live = rec.live;
     if (samples.length < outRate * 0.1) {
+      if (live) closeLive(live);
       showError("Recording too short", "Nothing was recorded. Check the microphone and try again.");
       return;
     }
     const wav = encodeWav(samples, outRate);
     const stamp = new Date().toTimeString().slice(0, 8).replace(/:/g, "");
-    setClip(wav, `recording-${stamp}.wav`, `${fmtSeconds(samples.length / outRate)} · ${outRate / 1000} kHz`);
+    const name = `recording-${stamp}.wav`, meta = `${fmtSeconds(samples.length / outRate)} · ${outRate / 1000} kHz`;
+    // The live final is greedy; Beam + LM (or a failed socket) uploads the same samples instead.
+    if (!live || live.failed || decoder() !== "greedy") {
+      if (live) closeLive(live);
+      setClip(wav, name, meta);
+      return;
+    }
+    setClip(wav, name, meta, false);
+    await finishLive(live, samples.length / outRate);
+  }
+
+  // --- live transcription: PCM16 over the WebSocket /v1/realtime while recording -------------
+  // The socket's failure never loses a recording: it is then uploaded when it stops.
+  function openLive(rate) {
+    const live = { socket: null, outbox: [], pending: [], numPending: 0, numInterims: 0, rate, failed: false,
+                   final: null, settle: null };
+    el.transcript.dataset.interims = 0;
+    const url = `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/v1/realtime?intent=transcription`;
+    try {
+      live.socket = new WebSocket(url, ["realtime"]);
+    } catch (err) {
+      live.failed = true;
+      return live;
+    }
+    sendLive(live, { type: "transcription_session.update", session: {
+      input_audio_format: "pcm16", sample_rate: rate, turn_detection: null,
+      input_audio_transcription: { model: el.model.value || null } } });
+    live.socket.addEventListener("open", () => {
+      for (const text of live.outbox) live.socket.send(text);
+      live.outbox = [];
+    });
+    live.socket.addEventListener("message", (e) => onLiveEvent(live, JSON.parse(e.data)));
+    live.socket.addEventListener("close", () => failLive(live));
+    return live;
+  }
+
+  function sendLive(live, event) {
+    if (live.failed) return;
+    const text = JSON.stringify(event);
+    if (live.socket.readyState === WebSocket.OPEN) live.socket.send(text);
+    else live.outbox.push(text);     // sent in order once the socket opens
+  }
+
+  function sendLiveAudio(live, samples, flush = false) {
+    if (samples.length) { live.pending.push(samples); live.numPending += samples.length; }
+    if (!live.numPending || (!flush && live.numPending < live.rate * LIVE_MESSAGE_S)) return;
+    const bytes = pcm16Bytes(concat(live.pending));
+    live.pending = [];
+    live.numPending = 0;
+    let binary = "";
+    for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+    sendLive(live, { type: "input_audio_buffer.append", audio: btoa(binary) });
+  }
+
+  function onLiveEvent(live, event) {
+    if (event.type === "conversation.item.input_audio_transcription.delta") {
+      if (!live.final && !live.failed) showInterim(event.transcript);
+      live.numInterims += 1;
+      el.transcript.dataset.interims = live.numInterims;   // lets a test wait for live updates
+    } else if (event.type === "conversation.item.input_audio_transcription.completed") {
+      live.final = event;
+      closeLive(live);
+    } else if (event.type === "error") {
+      console.warn("live transcription stopped:", event.error && event.error.message);
+      failLive(live);
+    }
+  }
+
+  function failLive(live) {
+    if (live.failed || live.final) return;
+    live.failed = true;
+    closeLive(live);
+  }
+
+  function closeLive(live) {
+    if (live.socket && live.socket.readyState <= WebSocket.OPEN) live.socket.close(1000);
+    if (live.settle) live.settle();
+  }
+
+  // Sends the rest of the audio and the commit; shows the completed transcript, else uploads.
+  async function finishLive(live, durationS) {
+    sendLiveAudio(live, new Float32Array(0), true);
+    sendLive(live, { type: "input_audio_buffer.commit" });
+    el.busy.hidden = false;
+    document.body.dataset.state = "busy";
+    const started = performance.now();
+    await new Promise((resolve) => { live.settle = resolve; if (live.final || live.failed) resolve(); });
+    el.busy.hidden = true;
+    const final = live.final;
+    if (!final) { transcribe(); return; }
+    showResult({ text: final.transcript, words: final.words, duration: durationS, model: final.model,
+                 decoder: "greedy", live: final }, performance.now() - started);
+    el.statLatency.title = "from stopping the recording to the final transcript";
+    document.body.dataset.state = "done";
+  }
+
+  function showInterim(text) {
+    el.error.hidden = true;
+    el.placeholder.hidden = true;
+    el.busy.hidden = true;
+    el.copyBtn.hidden = true;
+    el.words.hidden = true;
+    el.transcript.classList.add("interim");
+    el.transcript.textContent = text;
+    for (const stat of [el.statLatency, el.statDuration, el.statRtf, el.statModel, el.statDecoder]) stat.textContent = "–";
+    el.rawJson.textContent = "";
+    el.result.hidden = false;
+    document.body.dataset.state = "live";
   }
 
   function concat(chunks) {
@@ -246,19 +365,24 @@
     return out;
   }
 
-  function encodeWav(samples, rate) {    // 16-bit PCM mono RIFF/WAVE
-    const buffer = new ArrayBuffer(44 + samples.length * 2);
-    const view = new DataView(buffer);
-    const ascii = (offset, text) => { for (let i = 0; i < text.length; i++) view.setUint8(offset + i, text.charCodeAt(i)); };
-    ascii(0, "RIFF"); view.setUint32(4, 36 + samples.length * 2, true); ascii(8, "WAVE");
-    ascii(12, "fmt "); view.setUint32(16, 16, true); view.setUint16(20, 1, true); view.setUint16(22, 1, true);
-    view.setUint32(24, rate, true); view.setUint32(28, rate * 2, true); view.setUint16(32, 2, true);
-    view.setUint16(34, 16, true); ascii(36, "data"); view.setUint32(40, samples.length * 2, true);
+  // The WAV and the live stream quantise alike, so the upload of a recording is what was streamed.
+  function pcm16Bytes(samples) {         // signed 16-bit little-endian
+    const view = new DataView(new ArrayBuffer(samples.length * 2));
     for (let i = 0; i < samples.length; i++) {
       const s = Math.max(-1, Math.min(1, samples[i]));
-      view.setInt16(44 + i * 2, s < 0 ? s * 0x8000 : s * 0x7fff, true);
+      view.setInt16(i * 2, s < 0 ? s * 0x8000 : s * 0x7fff, true);
     }
-    return new Blob([buffer], { type: "audio/wav" });
+    return new Uint8Array(view.buffer);
+  }
+
+  function encodeWav(samples, rate) {    // 16-bit PCM mono RIFF/WAVE
+    const header = new DataView(new ArrayBuffer(44));
+    const ascii = (offset, text) => { for (let i = 0; i < text.length; i++) header.setUint8(offset + i, text.charCodeAt(i)); };
+    ascii(0, "RIFF"); header.setUint32(4, 36 + samples.length * 2, true); ascii(8, "WAVE");
+    ascii(12, "fmt "); header.setUint32(16, 16, true); header.setUint16(20, 1, true); header.setUint16(22, 1, true);
+    header.setUint32(24, rate, true); header.setUint32(28, rate * 2, true); header.setUint16(32, 2, true);
+    header.setUint16(34, 16, true); ascii(36, "data"); header.setUint32(40, samples.length * 2, true);
+    return new Blob([header.buffer, pcm16Bytes(samples)], { type: "audio/wav" });
   }
 
   el.recordBtn.addEventListener("click", () => (recorder ? stopRecording() : startRecording()));
@@ -331,6 +455,7 @@
   }
 
   function showResult(body, latencyMs) {
+    el.transcript.classList.remove("interim");
     el.transcript.textContent = body.text || "";
     el.words.replaceChildren();
     wordButtons = [];

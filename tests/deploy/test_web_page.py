@@ -1,5 +1,6 @@
 """The web page at GET /, in a real headless browser (Debian's chromium, driven by Playwright),
-against a real `asr serve` process: upload, record (fake microphone), decoder choice, errors."""
+against a real `asr serve` process: upload, record (fake microphone; live words over the WebSocket, or
+uploaded as WAV), decoder choice, errors."""
 
 from __future__ import annotations
 
@@ -145,25 +146,42 @@ def test_server_error_is_shown_as_its_message(page, asr_server, tmp_path):
     assert page.is_hidden("#result")
 
 
-def test_recording_from_a_microphone_is_sent_as_wav(playwright, asr_server, an4_clip, tmp_path, artifacts):
-    # Chromium's fake microphone plays a WAV file: record it through the page's Web Audio recorder.
+def _fake_microphone(playwright, asr_server, an4_clip, tmp_path, trailing_s=0.3):
+    """A browser whose microphone plays ``an4_clip`` once (Chromium's fake capture device), on the page.
+
+    Returns (context, page, page errors, seconds the recorder must have heard for the clip to be over).
+    """
     audio, rate = sf.read(an4_clip, dtype="float32")
-    silence = np.zeros(int(rate * 0.3), dtype=np.float32)
+    lead = np.zeros(int(rate * 0.3), dtype=np.float32)
     wav = tmp_path / "mic.wav"
-    sf.write(wav, np.concatenate([silence, audio, silence]), rate, subtype="PCM_16")
+    sf.write(wav, np.concatenate([lead, audio, np.zeros(int(rate * trailing_s), dtype=np.float32)]), rate,
+             subtype="PCM_16")
     context = _launch(playwright, ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                                    f"--use-file-for-fake-audio-capture={wav}%noloop"])
+    context.grant_permissions(["microphone"], origin=asr_server.url)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(asr_server.url + "/")
+    page.wait_for_selector('#status[data-state="ready"]', timeout=30_000)
+    return context, page, errors, (len(lead) + len(audio)) / rate + trailing_s / 2
+
+
+def _wait_recorded(page, seconds: float) -> None:
+    """Waits until the page's recorder has taken in ``seconds`` of microphone audio."""
+    page.wait_for_function(f"Number(document.getElementById('record-time').dataset.seconds || 0) >= {seconds}",
+                           timeout=int(seconds * 1000) + 30_000)
+
+
+def test_recording_from_a_microphone_is_sent_as_wav(playwright, asr_server, an4_clip, tmp_path, artifacts):
+    # Chromium's fake microphone plays a WAV file: record it through the page's Web Audio recorder.
+    context, page, errors, seconds = _fake_microphone(playwright, asr_server, an4_clip, tmp_path)
     try:
-        context.grant_permissions(["microphone"], origin=asr_server.url)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(asr_server.url + "/")
-        page.wait_for_selector('#status[data-state="ready"]', timeout=30_000)
+        page.uncheck("#live-toggle")  # live off: the recording is uploaded when it stops
         page.click("#record-btn")
         page.wait_for_function("document.getElementById('record-btn').classList.contains('recording')",
                                timeout=10_000)
-        page.wait_for_timeout(int((len(audio) / rate + 0.6) * 1000))
+        _wait_recorded(page, seconds)
         with page.expect_request(lambda r: r.url.endswith("/transcribe") and r.method == "POST"):
             page.click("#record-btn")
         assert _wait_done(page) == "done", page.text_content("#error")
@@ -176,10 +194,59 @@ def test_recording_from_a_microphone_is_sent_as_wav(playwright, asr_server, an4_
         assert header == ["audio/wav", "RIFF", "WAVE"], header
         assert page.text_content("#clip-name").startswith("recording-")
         duration = float(page.text_content("#stat-duration").split()[0])
-        assert duration >= len(audio) / rate * 0.8, duration
+        assert duration >= (seconds - 0.45) * 0.8, duration
         if asr_server.model.real:
             assert page.text_content("#transcript").strip()
         page.screenshot(path=str(artifacts / "web-page-recording.png"), full_page=True)
+        assert not errors, errors
+    finally:
+        context.close()
+
+
+# The recording the page kept, posted to POST /transcribe from the page: the REST answer for the same samples.
+_REST_OF_RECORDING = """async (model) => {
+    const blob = await (await fetch(document.getElementById('player').src)).blob();
+    const form = new FormData();
+    form.append('file', blob, 'recording.wav');
+    form.append('model', model);
+    form.append('decoder', 'greedy');
+    return await (await fetch('/transcribe', {method: 'POST', body: form})).json();
+}"""
+
+
+def test_live_words_appear_while_recording_and_the_final_equals_rest(playwright, asr_server, an4_clip, model_id,
+                                                                      tmp_path, artifacts):
+    context, page, errors, seconds = _fake_microphone(playwright, asr_server, an4_clip, tmp_path, trailing_s=1.0)
+    uploads: list[str] = []
+    page.on("request", lambda r: uploads.append(r.url) if r.url.endswith("/transcribe") else None)
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    try:
+        page.select_option("#model-select", model_id)
+        page.click("#record-btn")
+        # Words while the microphone is still recording (a random model may hear nothing: then any update).
+        page.wait_for_function("""(needText) => {
+            const transcript = document.getElementById('transcript');
+            return document.getElementById('record-btn').classList.contains('recording')
+                && document.body.dataset.state === 'live' && Number(transcript.dataset.interims) > 0
+                && (!needText || transcript.textContent.trim().length > 0);
+        }""", arg=asr_server.model.real, timeout=60_000)
+        assert page.evaluate("document.getElementById('transcript').classList.contains('interim')")
+        page.screenshot(path=str(artifacts / "web-page-live.png"), full_page=True)
+        _wait_recorded(page, seconds)
+        page.click("#record-btn")
+        assert _wait_done(page) == "done", page.text_content("#error")
+        assert [u.split("?")[0].endswith("/v1/realtime") for u in sockets] == [True], sockets
+        assert not uploads, uploads  # the final came over the socket, not from the upload fallback
+        final = page.text_content("#transcript")
+        words = page.locator("#words .word .word-text").all_text_contents()
+        assert not page.evaluate("document.getElementById('transcript').classList.contains('interim')")
+        want = page.evaluate(_REST_OF_RECORDING, model_id)
+        assert final == want["text"], want
+        assert words == [w["word"] for w in want["words"]]
+        assert page.text_content("#stat-model") == f"{want['model']['name']}@{want['model']['version']}"
+        if asr_server.model.real:
+            assert final.strip()
         assert not errors, errors
     finally:
         context.close()

@@ -31,7 +31,7 @@ def test_the_starter_card_says_what_it_recognises_and_where_to_go_for_english():
     ref = registry.resolve("an4-quartznet")
     card = model_card(registry.metadata(ref), read_config(ref.path))
     assert card["general_english"] is False and "spelled letters" in card["recognises"]
-    assert "import-nemo" in card["not_for"] and "104.9 % WER" in card["not_for"]
+    assert "import-nemo" in card["not_for"] and "103.2 % WER" in card["not_for"]  # asr eval on samples.json, once
     assert card["vocabulary"]["kind"] == "word pieces" and "rubout" in card["vocabulary"]["words"]
     assert card["measured_wer"]["an4_test_greedy_wer"] == pytest.approx(0.0673, abs=1e-4)
 

@@ -1,0 +1,316 @@
+"""The live-transcription WebSocket ``/v1/realtime?intent=transcription``, in OpenAI Realtime's event shape.
+
+The protocol is in README.md ("Live transcription over a WebSocket"). Each buffered item is a
+service.streaming.StreamingSession, so windows, finals, limits and metrics are the gRPC stream's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import secrets
+import time
+
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from service.auth import check_api_key
+from service.domain import (DeadlineExceededError, PayloadTooLargeError, QueueFullError, RequestError,
+                            ServiceUnavailableError, UnauthenticatedError, UnknownModelError, WrongModelKindError)
+from service.http_api import words_json
+from service.http_errors import count_failure
+from service.model_slot import ModelLoadError
+from service.openai_api import OPENAI_MODEL_IDS
+from service.streaming import STABLE_STABILITY, StreamingOptions, StreamingSession, StreamResult, pcm16_to_float32
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+API = "realtime"
+# OpenAI's pcm16 is 24 kHz mono; a session may declare another rate, which the stream resamples.
+DEFAULT_SAMPLE_RATE = 24_000
+DEFAULT_SILENCE_MS = 800
+# Browsers cannot set headers on a WebSocket, so the key may ride in a subprotocol (OpenAI's way).
+SUBPROTOCOL = "realtime"
+KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
+_EVENTS = ("transcription_session.update", "input_audio_buffer.append", "input_audio_buffer.commit",
+           "input_audio_buffer.clear")
+
+
+class _EventError(RequestError):
+    """A client event this protocol cannot take; ``code`` names it and ``close_code`` ends the socket."""
+
+    def __init__(self, code: str, message: str, close_code: int = 1008) -> None:
+        super().__init__(message)
+        self.code, self.close_code = code, close_code
+
+
+class _ClientGone(Exception):
+    """The client closed the socket; nothing more can be sent."""
+
+
+# Most specific first: every domain error is a RequestError. (close code, error type, error code)
+_ERRORS = (
+    (UnauthenticatedError, 1008, "invalid_request_error", "invalid_api_key"),
+    (UnknownModelError, 1008, "invalid_request_error", "model_not_found"),
+    (WrongModelKindError, 1008, "invalid_request_error", "wrong_model_kind"),
+    (PayloadTooLargeError, 1009, "invalid_request_error", "too_large"),
+    (QueueFullError, 1013, "server_busy", "queue_full"),
+    (ServiceUnavailableError, 1013, "unavailable", "unavailable"),
+    (ModelLoadError, 1013, "unavailable", "model_load_failed"),
+    (DeadlineExceededError, 1011, "timeout", "deadline_exceeded"),
+    (RequestError, 1008, "invalid_request_error", "bad_request"),
+)
+
+
+def error_for(exc: BaseException) -> tuple[int, dict]:
+    """The close code and ``error`` object a failure is reported with; internals are never echoed."""
+    if isinstance(exc, _EventError):
+        return exc.close_code, {"type": "invalid_request_error", "code": exc.code, "message": str(exc)}
+    for cls, close_code, type_, code in _ERRORS:
+        if isinstance(exc, cls):
+            return close_code, {"type": type_, "code": code, "message": str(exc).splitlines()[0]}
+    log.error("realtime transcription failed", exc_info=exc)
+    return 1011, {"type": "server_error", "code": "internal", "message": "internal server error"}
+
+
+@router.websocket("/v1/realtime")
+async def realtime(websocket: WebSocket) -> None:
+    engine = websocket.app.state.engine
+    offered = list(websocket.scope.get("subprotocols") or ())
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    started = time.monotonic()
+    connection = _Connection(websocket, engine)
+    try:
+        if websocket.query_params.get("intent") != "transcription":
+            raise _EventError("unsupported_intent", "this server only transcribes: connect to "
+                                                    "/v1/realtime?intent=transcription")
+        check_api_key(engine.config.api_keys, _authorization(websocket, offered))
+        async with engine.admit():
+            engine.metrics.active_streams.inc()
+            try:
+                await connection.run()
+            finally:
+                engine.metrics.active_streams.dec()
+        status = connection.client_close_code
+    except _ClientGone:
+        status = connection.client_close_code
+    except Exception as exc:  # noqa: BLE001 - every failure becomes an error event and a close, never a traceback
+        count_failure(engine.metrics, exc)
+        status, error = error_for(exc)
+        try:
+            await connection.send("error", error=error)
+            await websocket.close(status, error["code"])
+        except (_ClientGone, WebSocketDisconnect, RuntimeError):
+            pass  # the client left first; there is no one to tell
+    engine.metrics.observe_request(API, status, time.monotonic() - started)
+
+
+def _authorization(websocket: WebSocket, offered: list[str]) -> str | None:
+    """``Authorization`` header, else ``?api_key=``, else the key subprotocol, as a Bearer value."""
+    if websocket.headers.get("authorization"):
+        return websocket.headers["authorization"]
+    key = websocket.query_params.get("api_key") or next(
+        (p[len(KEY_SUBPROTOCOL_PREFIX):] for p in offered if p.startswith(KEY_SUBPROTOCOL_PREFIX)), None)
+    return f"Bearer {key}" if key else None
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+def _parse(message: dict) -> dict:
+    """One client frame as an event dict; appends get their decoded audio as ``pcm`` (bytes)."""
+    text = message.get("text")
+    if text is None:
+        raise _EventError("unsupported_frame", "send events as JSON text frames, not binary", 1003)
+    try:
+        event = json.loads(text)
+    except ValueError:
+        raise _EventError("invalid_json", "the message is not valid JSON", 1003) from None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise _EventError("invalid_event", "an event must be a JSON object with a string 'type'", 1003)
+    if event["type"] not in _EVENTS:
+        raise _EventError("unknown_event", f"unknown event type {event['type'][:64]!r}; this server accepts "
+                                           f"{', '.join(_EVENTS)}", 1003)
+    if event["type"] == "input_audio_buffer.append":
+        try:
+            event["pcm"] = base64.b64decode(event["audio"], validate=True)
+        except (KeyError, TypeError, ValueError):  # binascii.Error is a ValueError
+            raise _EventError("invalid_audio", "'audio' must be base64-encoded 16-bit little-endian mono PCM",
+                              1003) from None
+    return event
+
+
+class _Connection:
+    """One socket's state: the session settings, the open item's stream and the audio received."""
+
+    def __init__(self, websocket: WebSocket, engine) -> None:
+        self.ws, self.engine, self.config = websocket, engine, engine.config
+        self.client_close_code = 1000
+        self.session_id = _new_id("sess")
+        self.model: tuple[str, int, int] | None = None  # (name, version, model rate), pinned at update
+        self.source_rate, self.silence_ms = DEFAULT_SAMPLE_RATE, None
+        self.stream: StreamingSession | None = None
+        self.item_id: str | None = None
+        self.previous_item_id: str | None = None
+        self.sent_stable = ""  # stable text already sent as deltas for the open item
+        self.received_s = 0.0  # all items' audio, for max_audio_duration_s
+        self._carry = b""  # an append may end inside a 16-bit sample
+        self._events: asyncio.Queue = asyncio.Queue()
+
+    async def run(self) -> None:
+        """Serves events until the client closes; raises the first error."""
+        await self.send("transcription_session.created", session=self._session_json())
+        reader = asyncio.create_task(self._read())
+        try:
+            while True:
+                # Apply every event that has arrived before running the model, so each window
+                # covers all audio received meanwhile (the gRPC stream's reader does the same).
+                if self._events.empty() and self.stream is not None and self.stream.ready():
+                    await self._publish(await self.stream.step())
+                    continue
+                event = await self._events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                if event is None:
+                    return
+                await self._apply(event)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    async def send(self, event_type: str, **fields) -> None:
+        try:
+            await self.ws.send_json({"type": event_type, "event_id": _new_id("event"), **fields})
+        except (WebSocketDisconnect, RuntimeError):
+            raise _ClientGone() from None
+
+    async def _read(self) -> None:
+        """Receives frames in the background, so a slow model window never stalls the client's sends."""
+        received_bytes = 0
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    self.client_close_code = message.get("code") or 1000
+                    break
+                event = _parse(message)
+                received_bytes += len(event.get("pcm", b""))
+                if received_bytes > self.config.max_audio_bytes:  # checked here: the queue must stay bounded
+                    raise PayloadTooLargeError(f"stream audio exceeds {self.config.max_audio_bytes} bytes")
+                await self._events.put(event)
+        except Exception as exc:  # noqa: BLE001 - handed to run(), which reports it
+            await self._events.put(exc)
+            return
+        await self._events.put(None)
+
+    async def _apply(self, event: dict) -> None:
+        kind = event["type"]
+        if kind == "transcription_session.update":
+            self._update(event.get("session"))
+            await self.send("transcription_session.updated", session=self._session_json())
+        elif kind == "input_audio_buffer.append":
+            self._append(event["pcm"])
+        elif kind == "input_audio_buffer.commit":
+            if self.stream is None:
+                raise _EventError("input_audio_buffer_commit_empty", "nothing to commit: no audio was appended "
+                                                                     "since the last commit")
+            results = await self.stream.finish()
+            self.stream, self._carry = None, b""
+            await self._complete(results[0] if results else None)
+        else:  # input_audio_buffer.clear
+            self.stream, self._carry = None, b""
+            await self.send("input_audio_buffer.cleared")
+
+    def _update(self, session) -> None:
+        """Applies the fields a ``transcription_session.update`` sets; the others keep their values."""
+        if not isinstance(session, dict):
+            raise _EventError("invalid_session", "transcription_session.update needs a 'session' object")
+        if self.stream is not None:
+            raise _EventError("session_locked", "the session cannot change while audio is buffered; commit or "
+                                                "clear it first")
+        audio_format = session.get("input_audio_format", "pcm16")
+        if audio_format != "pcm16":
+            raise _EventError("unsupported_audio_format", f"input_audio_format must be pcm16, got "
+                                                          f"{str(audio_format)[:32]!r}", 1003)
+        rate = session.get("sample_rate", self.source_rate)
+        if type(rate) is not int or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+            raise _EventError("invalid_sample_rate", f"sample_rate must be an integer from {MIN_SAMPLE_RATE} to "
+                                                     f"{MAX_SAMPLE_RATE} Hz, got {str(rate)[:32]}")
+        transcription = session.get("input_audio_transcription") or {}
+        if not isinstance(transcription, dict):
+            raise _EventError("invalid_session", "input_audio_transcription must be an object")
+        spec = transcription.get("model", session.get("model"))
+        if spec is not None and not isinstance(spec, str):
+            raise _EventError("invalid_model", "input_audio_transcription.model must be a string")
+        if "turn_detection" in session:
+            self.silence_ms = _silence_ms(session["turn_detection"])
+        if spec is not None or self.model is None:
+            self.model = self.engine.resolve_model(None if spec in (None, "", "default", *OPENAI_MODEL_IDS)
+                                                   else spec)
+        self.source_rate = rate
+
+    def _append(self, pcm: bytes) -> None:
+        if self.model is None:
+            raise _EventError("session_not_configured", "send transcription_session.update before "
+                                                        "input_audio_buffer.append")
+        if self.stream is None:
+            name, version, model_rate = self.model
+            self.stream = StreamingSession(self.engine, f"{name}@{version}", model_rate, self.source_rate,
+                                           StreamingOptions(silence_ms=self.silence_ms), api=API)
+            self.item_id, self.sent_stable = _new_id("item"), ""
+        data = self._carry + pcm
+        usable = len(data) - len(data) % 2
+        self._carry = data[usable:]
+        self.stream.add_audio(pcm16_to_float32(data[:usable]))
+        self.received_s += usable / 2 / self.source_rate
+        if self.received_s > self.config.max_audio_duration_s:
+            raise PayloadTooLargeError(f"stream audio exceeds {self.config.max_audio_duration_s:.0f} s")
+
+    async def _publish(self, results: list[StreamResult]) -> None:
+        """Sends a step's results: a final (server VAD endpoint) completes the item, interims are deltas."""
+        final = next((r for r in results if r.is_final), None)
+        if final is not None:
+            await self._complete(final)
+            self.item_id, self.sent_stable = _new_id("item"), ""  # the stream goes on as the next item
+            return
+        stable = " ".join(r.text for r in results if r.stability == STABLE_STABILITY and r.text)
+        # Deltas are append-only (OpenAI's contract), so only settled words go out as deltas;
+        # ``transcript`` is the whole current hypothesis, tentative tail included, for display.
+        delta = ""
+        if stable.startswith(self.sent_stable):  # else a settled word was revised: the final will say
+            delta, self.sent_stable = stable[len(self.sent_stable):], stable
+        await self.send("conversation.item.input_audio_transcription.delta", item_id=self.item_id,
+                        content_index=0, delta=delta, transcript=" ".join(r.text for r in results if r.text))
+
+    async def _complete(self, final: StreamResult | None) -> None:
+        name, version, _ = self.model
+        await self.send("input_audio_buffer.committed", previous_item_id=self.previous_item_id, item_id=self.item_id)
+        await self.send("conversation.item.input_audio_transcription.completed", item_id=self.item_id,
+                        content_index=0, transcript=final.text if final else "",
+                        words=words_json(final.words) if final else [], model={"name": name, "version": version})
+        self.previous_item_id = self.item_id
+
+    def _session_json(self) -> dict:
+        model = f"{self.model[0]}@{self.model[1]}" if self.model else None
+        turn = None if self.silence_ms is None else {"type": "server_vad", "silence_duration_ms": self.silence_ms}
+        return {"id": self.session_id, "object": "realtime.transcription_session", "input_audio_format": "pcm16",
+                "sample_rate": self.source_rate, "input_audio_transcription": {"model": model},
+                "turn_detection": turn}
+
+
+def _silence_ms(turn_detection) -> int | None:
+    """None (commit by hand) or ``{"type": "server_vad", "silence_duration_ms": N}`` -> the endpoint silence."""
+    if turn_detection is None:
+        return None
+    if not isinstance(turn_detection, dict) or turn_detection.get("type") != "server_vad":
+        raise _EventError("unsupported_turn_detection", "turn_detection must be null or {\"type\": \"server_vad\"}")
+    silence_ms = turn_detection.get("silence_duration_ms", DEFAULT_SILENCE_MS)
+    if type(silence_ms) is not int or silence_ms <= 0:
+        raise _EventError("invalid_turn_detection", "turn_detection.silence_duration_ms must be a positive integer")
+    return silence_ms

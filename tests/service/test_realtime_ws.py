@@ -1,0 +1,248 @@
+"""The /v1/realtime transcription WebSocket on a real uvicorn: interims while streaming, finals equal
+POST /transcribe, and every bad input ends as an error event plus a close code, never a traceback."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+import uvicorn
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from model.audio import decode_audio, resample
+from service.app import create_app
+from tests.conftest import REPO_ROOT
+from tests.service.conftest import make_config
+from tests.service.test_grpc_support import AN4_TEST_MANIFEST, an4_test_set, free_port
+
+STARTER = REPO_ROOT / "starter" / "registry"
+STARTER_MODEL = "an4-quartznet@6"  # one network: fast enough to stream several clips on 2 cores
+RECEIVE_TIMEOUT_S = 60.0  # a window queued behind other tests' work on a busy 2-core machine
+API_KEY = "ws-test-key"
+
+pytestmark = pytest.mark.skipif(not AN4_TEST_MANIFEST.exists(), reason="shared AN4 data not found")
+
+
+class _Server:
+    """``create_app(config)`` under a real uvicorn on a free port, in a thread of its own."""
+
+    def __init__(self, config) -> None:
+        self.port = free_port()
+        self.app = create_app(config)
+        self.uvicorn = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None))
+        self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 120  # a cold model load on a busy machine
+        while True:
+            try:
+                if httpx.get(self.url + "/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass  # not listening yet
+            assert self.thread.is_alive() and time.monotonic() < deadline, "the server never became ready"
+            time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws(self, query: str = "intent=transcription", **kw):
+        return connect(f"ws://127.0.0.1:{self.port}/v1/realtime?{query}", open_timeout=30, **kw)
+
+    def close(self) -> None:
+        self.uvicorn.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def starter_server():
+    if not (STARTER / "an4-quartznet" / "6").is_dir():
+        pytest.skip("the starter registry is not in this checkout")
+    server = _Server(make_config(STARTER, default_model=STARTER_MODEL, http_host="127.0.0.1"))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def strict_server(registry_root):
+    """The tiny random model behind an API key and small stream limits: 3 s of 16 kHz PCM16, 1 s of audio."""
+    config = make_config(registry_root, http_host="127.0.0.1", api_keys=[API_KEY], max_audio_bytes=96_000,
+                         max_audio_duration_s=1.0)
+    server = _Server(config)
+    yield server
+    server.close()
+
+
+@pytest.fixture(autouse=True)
+def no_server_errors(caplog):
+    """Nothing the server logs at ERROR (an unhandled exception in uvicorn, an internal error here)."""
+    caplog.set_level(logging.ERROR)
+    yield
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def _pcm(samples: np.ndarray) -> bytes:
+    return (samples * 32768).round().clip(-32768, 32767).astype("<i2").tobytes()
+
+
+def _append(ws, pcm: bytes, chunk_bytes: int = 3200) -> None:
+    for offset in range(0, len(pcm), chunk_bytes):
+        ws.send(json.dumps({"type": "input_audio_buffer.append",
+                            "audio": base64.b64encode(pcm[offset: offset + chunk_bytes]).decode()}))
+
+
+def _receive_until(ws, event_type: str, until=lambda event: True) -> list[dict]:
+    """Every event up to and including the first ``event_type`` for which ``until`` holds."""
+    events = []
+    while True:
+        event = json.loads(ws.recv(timeout=RECEIVE_TIMEOUT_S))
+        events.append(event)
+        assert event["type"] != "error", event
+        if event["type"] == event_type and until(event):
+            return events
+
+
+def _configure(ws, **session) -> dict:
+    assert json.loads(ws.recv(timeout=RECEIVE_TIMEOUT_S))["type"] == "transcription_session.created"
+    ws.send(json.dumps({"type": "transcription_session.update", "session": {"input_audio_format": "pcm16",
+                                                                            **session}}))
+    return _receive_until(ws, "transcription_session.updated")[-1]["session"]
+
+
+def _rest(server, data: bytes, name: str, model: str) -> dict:
+    response = httpx.post(server.url + "/transcribe", files={"file": (name, data)},
+                          data={"model": model, "decoder": "greedy"}, timeout=120)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _refused(ws) -> tuple[dict, int]:
+    """The error event the server sends, and the close code that follows it."""
+    while True:
+        event = json.loads(ws.recv(timeout=RECEIVE_TIMEOUT_S))
+        if event["type"] == "error":
+            break
+    with pytest.raises(ConnectionClosed):
+        ws.recv(timeout=RECEIVE_TIMEOUT_S)
+    return event["error"], ws.close_code
+
+
+def test_deltas_while_streaming_and_completed_equals_rest(starter_server):
+    for path, _ in an4_test_set(limit=3):
+        want = _rest(starter_server, path.read_bytes(), path.name, STARTER_MODEL)
+        pcm = _pcm(decode_audio(path, 16_000).samples)
+        half = len(pcm) // 4 * 2
+        with starter_server.ws(subprotocols=["realtime"]) as ws:
+            assert ws.subprotocol == "realtime"
+            session = _configure(ws, sample_rate=16_000, input_audio_transcription={"model": STARTER_MODEL})
+            assert session["input_audio_transcription"]["model"] == STARTER_MODEL and session["turn_detection"] is None
+            _append(ws, pcm[:half])
+            # Half the clip is in and nothing is committed: words must already be arriving.
+            interims = _receive_until(ws, "conversation.item.input_audio_transcription.delta",
+                                      lambda e: e["transcript"].strip())
+            _append(ws, pcm[half:])
+            ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            events = interims + _receive_until(ws, "conversation.item.input_audio_transcription.completed")
+        deltas = [e for e in events if e["type"].endswith(".delta")]
+        committed = next(e for e in events if e["type"] == "input_audio_buffer.committed")
+        completed = events[-1]
+        assert completed["item_id"] == committed["item_id"] == deltas[0]["item_id"]
+        assert completed["transcript"] == want["text"], path
+        assert [w["word"] for w in completed["words"]] == [w["word"] for w in want["words"]]
+        assert completed["model"] == want["model"]
+        # Deltas are append-only: together they spell a prefix of the settled words.
+        assert completed["transcript"].startswith("".join(d["delta"] for d in deltas).strip()), deltas
+    metrics = httpx.get(starter_server.url + "/metrics").text
+    assert 'asr_requests_total{api="realtime",status="1000"} 3.0' in metrics
+    assert "asr_active_streams 0.0" in metrics
+
+
+def test_default_24khz_is_resampled_like_an_upload(starter_server):
+    path, _ = an4_test_set(limit=1)[0]
+    audio = resample(decode_audio(path, 16_000).samples, 16_000, 24_000)
+    wav = io.BytesIO()
+    sf.write(wav, audio, 24_000, format="WAV", subtype="PCM_16")
+    want = _rest(starter_server, wav.getvalue(), "clip-24k.wav", STARTER_MODEL)
+    with starter_server.ws() as ws:
+        assert _configure(ws)["sample_rate"] == 24_000  # OpenAI's pcm16 rate when the session names none
+        _append(ws, _pcm(audio), chunk_bytes=4800)
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        completed = _receive_until(ws, "conversation.item.input_audio_transcription.completed")[-1]
+    assert completed["transcript"] == want["text"]
+
+
+def test_server_vad_completes_an_item_at_each_pause(starter_server):
+    clips = [decode_audio(path, 16_000).samples for path, _ in an4_test_set(limit=2)]
+    pause = np.zeros(24_000, dtype=np.float32)  # 1.5 s > the 500 ms of silence that ends an item
+    with starter_server.ws() as ws:
+        _configure(ws, sample_rate=16_000, turn_detection={"type": "server_vad", "silence_duration_ms": 500})
+        _append(ws, _pcm(np.concatenate([clips[0], pause, clips[1]])))
+        first = _receive_until(ws, "conversation.item.input_audio_transcription.completed")[-1]
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))  # the last item ends by hand
+        events = _receive_until(ws, "conversation.item.input_audio_transcription.completed")
+    committed, second = [e for e in events if e["type"] == "input_audio_buffer.committed"][-1], events[-1]
+    assert first["transcript"] and second["transcript"], (first, second)
+    assert committed["previous_item_id"] == first["item_id"] != second["item_id"] == committed["item_id"]
+
+
+def test_api_key_by_header_query_or_subprotocol(strict_server):
+    for kw, query in (({"additional_headers": {"Authorization": f"Bearer {API_KEY}"}}, ""),
+                      ({}, f"&api_key={API_KEY}"),
+                      ({"subprotocols": ["realtime", f"openai-insecure-api-key.{API_KEY}"]}, "")):
+        with strict_server.ws("intent=transcription" + query, **kw) as ws:
+            assert _configure(ws, sample_rate=16_000)["sample_rate"] == 16_000
+
+
+@pytest.mark.parametrize("send, code, close_code", [
+    (lambda ws: ws.send("{not json"), "invalid_json", 1003),
+    (lambda ws: ws.send(b"\x00\x01"), "unsupported_frame", 1003),
+    (lambda ws: ws.send(json.dumps({"type": "response.create"})), "unknown_event", 1003),
+    (lambda ws: ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "%%%"})), "invalid_audio", 1003),
+    (lambda ws: _append(ws, b"\x00\x00" * 100), "session_not_configured", 1008),
+    (lambda ws: ws.send(json.dumps({"type": "input_audio_buffer.commit"})), "input_audio_buffer_commit_empty", 1008),
+    (lambda ws: ws.send(json.dumps({"type": "transcription_session.update",
+                                    "session": {"input_audio_format": "g711_ulaw"}})), "unsupported_audio_format", 1003),
+    (lambda ws: ws.send(json.dumps({"type": "transcription_session.update",
+                                    "session": {"sample_rate": 4000}})), "invalid_sample_rate", 1008),
+    (lambda ws: ws.send(json.dumps({"type": "transcription_session.update",
+                                    "session": {"input_audio_transcription": {"model": "nope@1"}}})),
+     "model_not_found", 1008),
+])
+def test_bad_events_get_an_error_event_and_a_close_code(strict_server, send, code, close_code):
+    with strict_server.ws(f"intent=transcription&api_key={API_KEY}") as ws:
+        assert json.loads(ws.recv(timeout=RECEIVE_TIMEOUT_S))["type"] == "transcription_session.created"
+        send(ws)
+        error, closed_with = _refused(ws)
+    assert (error["code"], closed_with) == (code, close_code), error
+    assert error["type"] == "invalid_request_error" and error["message"]
+
+
+def test_audio_over_the_limits_is_refused_with_1009(strict_server):
+    # 100 000 bytes > max_audio_bytes (96 000); then 1.25 s at 8 kHz > max_audio_duration_s (1 s).
+    for rate, pcm in ((16_000, b"\x00\x00" * 50_000), (8_000, b"\x00\x00" * 10_000)):
+        with strict_server.ws(f"intent=transcription&api_key={API_KEY}") as ws:
+            _configure(ws, sample_rate=rate)
+            _append(ws, pcm, chunk_bytes=len(pcm))
+            error, closed_with = _refused(ws)
+        assert (error["code"], closed_with) == ("too_large", 1009), error
+
+
+def test_missing_or_wrong_key_and_wrong_intent_are_refused(strict_server):
+    for query in ("intent=transcription", "intent=transcription&api_key=wrong"):
+        with strict_server.ws(query) as ws:
+            error, closed_with = _refused(ws)
+        assert (error["code"], closed_with) == ("invalid_api_key", 1008), error
+    with strict_server.ws(f"api_key={API_KEY}") as ws:
+        error, closed_with = _refused(ws)
+    assert (error["code"], closed_with) == ("unsupported_intent", 1008), error
+    metrics = httpx.get(strict_server.url + "/metrics").text
+    assert 'asr_requests_total{api="realtime",status="1008"}' in metrics
