@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from cli.bench import synthetic_batch  # noqa: E402
 from model.features import MelFeaturizerConfig  # noqa: E402
 from model.inference import for_inference  # noqa: E402
-from model.quartznet import preset_config  # noqa: E402
+from model.presets import preset_config  # noqa: E402
 from model.recognizer import RecognizerConfig, SpeechRecognizer  # noqa: E402
 from model.vocabulary import Vocabulary  # noqa: E402
 

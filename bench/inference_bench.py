@@ -46,7 +46,7 @@ from timing import timed  # noqa: E402 - bench/timing.py
 from interop.nemo import import_nemo, nemo_jasper_blocks  # noqa: E402
 from model.inference import for_inference  # noqa: E402
 from model.precision import cpu_has_native_bf16  # noqa: E402
-from model.quartznet import preset_config  # noqa: E402
+from model.presets import preset_config  # noqa: E402
 
 
 def nemo_side(python: str, preset: str, audio_npz: Path, out: Path, threads: int, runs: int) -> dict:

@@ -35,7 +35,8 @@ from cli.bench import cpu_model  # noqa: E402
 from interop.nemo import nemo_jasper_blocks  # noqa: E402
 from model.audio import decode_audio  # noqa: E402
 from model.features import MelFeaturizerConfig  # noqa: E402
-from model.quartznet import preset_config, use_fast_cpu_convs  # noqa: E402
+from model.presets import preset_config  # noqa: E402
+from model.quartznet import use_fast_cpu_convs  # noqa: E402
 from model.recognizer import RecognizerConfig, SpeechRecognizer  # noqa: E402
 from model.vocabulary import Vocabulary  # noqa: E402
 from training.losses import ctc_loss  # noqa: E402

@@ -34,7 +34,8 @@ def _print_json(data) -> None:
 def cmd_models_presets(args) -> int:
     import torch
 
-    from model.quartznet import PRESETS, QuartzNet, count_parameters
+    from model.presets import PRESETS
+    from model.quartznet import QuartzNet, count_parameters
 
     rows = []
     for name, factory in PRESETS.items():

@@ -1,4 +1,8 @@
-"""NeMo `.nemo` interop: import char-CTC QuartzNet/Jasper checkpoints as SpeechRecognizers, and export back."""
+"""NeMo `.nemo` interop: import CTC QuartzNet/Jasper/Citrinet checkpoints as SpeechRecognizers, and export back.
+
+Character models are ``EncDecCTCModel``; word-piece models (Citrinet) are ``EncDecCTCModelBPE``,
+whose SentencePiece tokenizer travels inside the archive (interop.tokenizer).
+"""
 
 from __future__ import annotations
 
@@ -13,14 +17,21 @@ import torch
 import yaml
 
 from model.features import MelFeaturizerConfig
+from model.presets import scaled_kernel
 from model.quartznet import BlockConfig, QuartzNetConfig
 from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.vocabulary import Vocabulary
+
+from interop.tokenizer import MODEL_KEY, SPE_VOCAB_KEY, VOCAB_KEY, TokenizerError, build_tokenizer, read_pieces
 
 CONFIG_MEMBER = "model_config.yaml"
 WEIGHTS_MEMBER = "model_weights.ckpt"
 # Archives bigger than this are refused before extraction: Jasper 10x5DR is ~1.3 GB.
 _MAX_MEMBER_BYTES = 4 << 30
+# A SentencePiece model of 1024 pieces is ~250 kB (mostly its normalisation tables).
+_MAX_TOKENIZER_BYTES = 64 << 20
+BPE_TARGET = "nemo.collections.asr.models.ctc_bpe_models.EncDecCTCModelBPE"
+CHAR_TARGET = "nemo.collections.asr.models.ctc_models.EncDecCTCModel"
 
 
 class NemoImportError(ValueError):
@@ -31,6 +42,13 @@ class NemoImportError(ValueError):
 
 
 def _read_archive(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The config and the weights."""
+    config, state, _ = _read_archive_parts(path)
+    return config, state
+
+
+def _read_archive_parts(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], bytes | None]:
+    """The config, the weights and (for BPE models) the tokenizer's .model file."""
     if not path.is_file():
         raise NemoImportError(f"{path}: file not found")
     try:
@@ -43,13 +61,14 @@ def _read_archive(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
                 if members[needed].size > _MAX_MEMBER_BYTES:
                     raise NemoImportError(f"{path}: {needed} is implausibly large ({members[needed].size} bytes)")
             config_text = tar.extractfile(members[CONFIG_MEMBER]).read().decode("utf-8")
+            try:
+                config = yaml.safe_load(config_text)
+            except yaml.YAMLError as exc:
+                raise NemoImportError(f"{path}: invalid {CONFIG_MEMBER} ({' '.join(str(exc).split())})") from None
+            tokenizer = _read_tokenizer(path, tar, members, config)
             weights_bytes = tar.extractfile(members[WEIGHTS_MEMBER]).read()
     except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as exc:
         raise NemoImportError(f"{path}: unreadable .nemo archive ({' '.join(str(exc).split())})") from None
-    try:
-        config = yaml.safe_load(config_text)
-    except yaml.YAMLError as exc:
-        raise NemoImportError(f"{path}: invalid {CONFIG_MEMBER} ({' '.join(str(exc).split())})") from None
     try:
         # weights_only: a .nemo from the internet must never be able to run code when loaded.
         with warnings.catch_warnings():  # old pickle protocols warn over several lines; we report one
@@ -59,7 +78,24 @@ def _read_archive(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         raise NemoImportError(f"{path}: cannot read {WEIGHTS_MEMBER} safely ({str(exc).splitlines()[0]})") from None
     if not isinstance(config, dict) or not isinstance(state, dict):
         raise NemoImportError(f"{path}: unexpected .nemo contents")
-    return config, state
+    return config, state, tokenizer
+
+
+def _read_tokenizer(path: Path, tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo], config: Any
+                    ) -> bytes | None:
+    """The SentencePiece model a BPE config names (``model_path: nemo:<member>``), or None without a tokenizer."""
+    section = config.get("tokenizer") if isinstance(config, dict) else None
+    if not isinstance(section, dict):
+        return None
+    kind = str(section.get("type", "")).lower()
+    _require(kind == "bpe", f"tokenizer type {kind or '(missing)'!r} (only bpe: SentencePiece; not wpe or agg)")
+    named = Path(str(section.get(MODEL_KEY) or "").removeprefix("nemo:")).name
+    member = members.get(named) or next((m for n, m in members.items() if n.endswith("tokenizer.model")), None)
+    if member is None:
+        raise NemoImportError(f"{path}: BPE model without its tokenizer (no {named or 'tokenizer.model'} inside)")
+    if member.size > _MAX_TOKENIZER_BYTES:
+        raise NemoImportError(f"{path}: {member.name} is implausibly large ({member.size} bytes)")
+    return tar.extractfile(member).read()
 
 
 def _params(section: Any) -> dict[str, Any]:
@@ -111,46 +147,76 @@ def _features_config(config: dict[str, Any], frontend: str | None) -> MelFeaturi
         dither=float(pre.get("dither", 1e-5)), frontend=frontend)
 
 
-def _network_config(config: dict[str, Any]) -> tuple[QuartzNetConfig, Vocabulary]:
-    _require("tokenizer" not in config, "BPE/subword tokenizer models (only character vocabularies)")
+def _network_config(config: dict[str, Any], pieces: tuple[str, ...] | None) -> tuple[QuartzNetConfig, Vocabulary]:
     enc = _params(config.get("encoder"))
     _require(enc["_target_"].endswith("ConvASREncoder"),
              f"encoder {enc['_target_'] or '(missing)'} (only ConvASREncoder: QuartzNet/Jasper)")
     _require(str(enc.get("activation", "relu")) == "relu", f"activation {enc.get('activation')!r} (relu only)")
     _require(enc.get("conv_mask", True) in (True, "true"), "conv_mask: false")
     _require(str(enc.get("normalization_mode", "batch")) == "batch", "normalization other than batch")
-    _require(str(enc.get("residual_mode", "add")) == "add", f"residual_mode {enc.get('residual_mode')!r}")
+    encoder_residual_mode = str(enc.get("residual_mode", "add"))
+    _require(encoder_residual_mode in _RESIDUAL_MODES, f"residual_mode {enc.get('residual_mode')!r}")
     _require(int(enc.get("frame_splicing", 1)) == 1, "encoder frame_splicing > 1")
-    blocks = []
-    for index, raw in enumerate(enc.get("jasper") or []):
-        where = f"encoder block {index}"
-        _require(not raw.get("se", False), f"{where}: squeeze-excitation (se: true)")
-        _require(int(raw.get("groups", 1)) == 1, f"{where}: grouped convs (groups > 1)")
-        _require(int(raw.get("heads", -1)) == -1, f"{where}: heads")
-        _require(float(raw.get("kernel_size_factor", 1.0)) == 1.0, f"{where}: kernel_size_factor != 1")
-        _require(not raw.get("stride_last", False), f"{where}: stride_last")
-        _require(int(raw.get("future_context", -1)) == -1, f"{where}: future_context (asymmetric padding)")
-        _require(str(raw.get("residual_mode", "add")) == "add", f"{where}: residual_mode")
-
-        def first(key: str, default: int = 1) -> int:
-            value = raw.get(key, [default])
-            return int(value[0] if isinstance(value, (list, tuple)) else value)
-
-        blocks.append(BlockConfig(filters=int(raw["filters"]), repeat=int(raw.get("repeat", 1)), kernel=first("kernel"),
-                                  stride=first("stride"), dilation=first("dilation"),
-                                  dropout=float(raw.get("dropout", 0.0)), residual=bool(raw.get("residual", False)),
-                                  separable=bool(raw.get("separable", False)),
-                                  residual_dense=bool(raw.get("residual_dense", False))))
+    _require(not enc.get("quantize", False), "quantize: true (pytorch-quantization layers)")
+    blocks = [_block_config(index, raw, encoder_residual_mode) for index, raw in enumerate(enc.get("jasper") or [])]
     _require(bool(blocks), "encoder has no jasper blocks")
     dec = _params(config.get("decoder"))
     _require(dec["_target_"].endswith("ConvASRDecoder"), f"decoder {dec['_target_'] or '(missing)'}")
     labels = dec.get("vocabulary") or config.get("labels")
+    if pieces is not None:  # the tokenizer is the truth; the config's copy of its pieces must agree
+        _require(not labels or tuple(str(label) for label in labels) == pieces,
+                 "decoder vocabulary differs from the tokenizer's pieces")
+        labels = pieces
     _require(bool(labels), "no vocabulary")
     labels = tuple(str(label) for label in labels)
-    _require(all(len(label) == 1 for label in labels), "multi-character labels (word pieces)")
+    if pieces is None:
+        _require(all(len(label) == 1 for label in labels), "multi-character labels (word pieces) without a tokenizer")
     _require(int(dec.get("num_classes", len(labels))) == len(labels), "decoder num_classes != vocabulary size")
     feat_in = int(enc.get("feat_in", 64))
-    return QuartzNetConfig(tuple(blocks), num_labels=len(labels), feat_in=feat_in, name="nemo_import"), Vocabulary(labels)
+    vocabulary = Vocabulary(labels)
+    _require(pieces is None or vocabulary.is_word_piece, "a tokenizer without word-start ('\u2581') pieces")
+    return QuartzNetConfig(tuple(blocks), num_labels=len(labels), feat_in=feat_in, name="nemo_import"), vocabulary
+
+
+# "stride_add" strides the residual 1x1 conv with its block; with stride 1 the two are the same.
+_RESIDUAL_MODES = ("add", "stride_add")
+# NeMo accepts these and, in 3.0.0, never reads them: its SE never interpolates.
+_SE_INTERPOLATION_MODES = ("nearest", "linear", "bilinear", "bicubic", "trilinear", "area")
+
+
+def _block_config(index: int, raw: Any, encoder_residual_mode: str) -> BlockConfig:
+    """One entry of ConvASREncoder's ``jasper`` list as a BlockConfig; refuses what the model cannot build."""
+    where = f"encoder block {index}"
+    _require(isinstance(raw, dict), f"{where} is not a mapping")
+    _require(int(raw.get("groups", 1)) == 1, f"{where}: grouped convs (groups > 1)")
+    _require(int(raw.get("heads", -1)) == -1, f"{where}: heads")
+    _require(int(raw.get("future_context", -1)) == -1, f"{where}: future_context (asymmetric padding)")
+    residual_mode = str(raw.get("residual_mode", encoder_residual_mode))
+    _require(residual_mode in _RESIDUAL_MODES, f"{where}: residual_mode {residual_mode!r}")
+    interpolation = str(raw.get("se_interpolation_mode", "nearest"))
+    _require(interpolation in _SE_INTERPOLATION_MODES, f"{where}: se_interpolation_mode {interpolation!r}")
+
+    def first(key: str, default: int = 1) -> int:
+        value = raw.get(key, [default])
+        return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+    repeat, stride = int(raw.get("repeat", 1)), first("stride")
+    stride_last = bool(raw.get("stride_last", False))
+    residual = bool(raw.get("residual", False))
+    # NeMo strides every sub-block then (stride ** repeat); our blocks stride once.
+    _require(stride == 1 or repeat == 1 or stride_last, f"{where}: stride on every repeated sub-block "
+                                                       "(stride > 1, repeat > 1, no stride_last)")
+    _require(stride == 1 or not residual or residual_mode == "stride_add",
+             f"{where}: a strided residual block with residual_mode 'add' (NeMo cannot add those either)")
+    return BlockConfig(filters=int(raw["filters"]), repeat=repeat,
+                       kernel=scaled_kernel(first("kernel"), float(raw.get("kernel_size_factor", 1.0))),
+                       stride=stride, dilation=first("dilation"), dropout=float(raw.get("dropout", 0.0)),
+                       residual=residual, separable=bool(raw.get("separable", False)),
+                       residual_dense=bool(raw.get("residual_dense", False)), stride_last=stride_last and repeat > 1,
+                       se=bool(raw.get("se", False)),
+                       # ConvASREncoder's default ratio (8), not JasperBlock's (16): the encoder passes its own.
+                       se_reduction_ratio=int(raw.get("se_reduction_ratio", 8)),
+                       se_context_size=int(raw.get("se_context_size", -1)))
 
 
 # ---- state-dict name mapping ----
@@ -178,6 +244,10 @@ def nemo_key_map(network: QuartzNetConfig) -> dict[str, str]:
                 norm = base + 1
             for name in bn:
                 mapping[f"{ours}.sub.{m}.norm.{name}"] = f"{theirs}.mconv.{norm}.{name}"
+        if block.se:  # right after the last sub-block's BatchNorm (no ReLU/Dropout slots follow it)
+            se = stride * (block.repeat - 1) + (3 if block.separable else 2)
+            mapping[f"{ours}.se.squeeze.weight"] = f"{theirs}.mconv.{se}.fc.0.weight"
+            mapping[f"{ours}.se.excite.weight"] = f"{theirs}.mconv.{se}.fc.2.weight"
         if block.residual_dense:
             dense_panes += 1
             num_panes = dense_panes
@@ -191,10 +261,12 @@ def nemo_key_map(network: QuartzNetConfig) -> dict[str, str]:
 
 
 def import_nemo(path: Path | str, *, frontend: str | None = None) -> tuple[SpeechRecognizer, dict[str, Any]]:
-    """Reads a char-CTC QuartzNet/Jasper `.nemo` file into a SpeechRecognizer (eval mode).
+    """Reads a CTC QuartzNet/Jasper (characters) or Citrinet (SentencePiece BPE) `.nemo` file into a
+    SpeechRecognizer (eval mode).
 
     Args:
-        path: the .nemo archive (tar or tar.gz with model_config.yaml and model_weights.ckpt).
+        path: the .nemo archive (tar or tar.gz with model_config.yaml and model_weights.ckpt, and for
+            BPE models the tokenizer .model the config's ``tokenizer.model_path`` names).
         frontend: "nemo25" or "nemo24"; None picks from the config's nemo_version (absent: nemo24).
 
     Returns:
@@ -204,10 +276,14 @@ def import_nemo(path: Path | str, *, frontend: str | None = None) -> tuple[Speec
         NemoImportError: unreadable archive or unsupported config, naming what is unsupported.
     """
     path = Path(path)
-    config, state = _read_archive(path)
+    config, state, tokenizer = _read_archive_parts(path)
+    try:
+        pieces = read_pieces(tokenizer) if tokenizer is not None else None
+    except TokenizerError as exc:
+        raise NemoImportError(f"unsupported NeMo config: {exc}") from None
     try:
         features = _features_config(config, frontend)
-        network, vocabulary = _network_config(config)
+        network, vocabulary = _network_config(config, pieces)
     except NemoImportError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
@@ -235,24 +311,47 @@ def import_nemo(path: Path | str, *, frontend: str | None = None) -> tuple[Speec
     ignored = sorted(set(state) - set(mapping.values()))
     info = {"nemo_version": config.get("nemo_version"), "frontend": features.frontend,
             "ignored_keys": ignored[:20], "source_file": path.name,
-            "nemo_target": str(config.get("target", ""))}
+            "nemo_target": str(config.get("target", "")), "tokenizer": "bpe" if pieces is not None else None}
     return model.eval(), info
 
 
 def nemo_jasper_blocks(network: QuartzNetConfig) -> list[dict[str, Any]]:
     """The block table as NeMo's ConvASREncoder ``jasper`` list."""
-    return [{"filters": b.filters, "repeat": b.repeat, "kernel": [b.kernel], "stride": [b.stride],
-             "dilation": [b.dilation], "dropout": b.dropout, "residual": b.residual, "separable": b.separable,
-             **({"residual_dense": True} if b.residual_dense else {})} for b in network.blocks]
+    return [_nemo_block(b) for b in network.blocks]
+
+
+def _nemo_block(b: BlockConfig) -> dict[str, Any]:
+    if b.stride > 1 and b.repeat > 1 and not b.stride_last:
+        # NeMo would stride every sub-block; ours strides only the first.
+        raise NemoImportError("a block striding its first of several sub-blocks has no NeMo equivalent")
+    row = {"filters": b.filters, "repeat": b.repeat, "kernel": [b.kernel], "stride": [b.stride],
+           "dilation": [b.dilation], "dropout": b.dropout, "residual": b.residual, "separable": b.separable}
+    if b.residual_dense:
+        row["residual_dense"] = True
+    if b.stride_last:
+        row["stride_last"] = True
+    if b.residual and b.stride > 1:
+        row["residual_mode"] = "stride_add"
+    if b.se:
+        row.update(se=True, se_reduction_ratio=b.se_reduction_ratio, se_context_size=b.se_context_size)
+    return row
 
 
 def export_nemo(model: SpeechRecognizer, path: Path | str) -> None:
-    """Writes a .nemo archive that NeMo's EncDecCTCModel.restore_from can load."""
+    """Writes a .nemo archive that NeMo's restore_from can load: an EncDecCTCModel for characters, an
+    EncDecCTCModelBPE with a SentencePiece tokenizer rebuilt from the pieces (interop.tokenizer) for a
+    SentencePiece vocabulary."""
     if not isinstance(model, SpeechRecognizer):
         raise NemoImportError("ensembles cannot be exported to .nemo: NeMo runs one network; export a member")
+    artifacts: dict[str, bytes] = {}
     if model.vocabulary.is_word_piece:
-        # NeMo's EncDecCTCModel is character-only; its BPE models need a SentencePiece tokenizer.
-        raise NemoImportError("word-piece models cannot be exported as a NeMo character model (.nemo)")
+        # NeMo's EncDecCTCModel is character-only; its BPE model needs a SentencePiece tokenizer,
+        # which a SentencePiece piece list (one with <unk>) gives back.
+        try:
+            artifacts = build_tokenizer(model.vocabulary.labels)
+        except TokenizerError as exc:
+            raise NemoImportError(f"word-piece models cannot be exported as a NeMo character model (.nemo), "
+                                  f"and this one not as a BPE model either: {exc}") from None
     if model.config.network.self_conditioning:
         # NeMo's ConvASREncoder has no self-conditioning heads; dropping them would change every output.
         raise NemoImportError("self-conditioned models cannot be exported to .nemo: NeMo's encoder has no "
@@ -262,7 +361,7 @@ def export_nemo(model: SpeechRecognizer, path: Path | str) -> None:
     config = {
         "sample_rate": feats.sample_rate, "labels": labels,
         "nemo_version": "3.0.0" if feats.frontend == "nemo25" else "2.4.0",
-        "target": "nemo.collections.asr.models.ctc_models.EncDecCTCModel",
+        "target": BPE_TARGET if artifacts else CHAR_TARGET,
         "preprocessor": {"_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
                          "sample_rate": feats.sample_rate, "normalize": feats.normalize if feats.normalize != "none" else "None",
                          "window_size": feats.window_size_s, "window_stride": feats.window_stride_s, "window": "hann",
@@ -275,13 +374,21 @@ def export_nemo(model: SpeechRecognizer, path: Path | str) -> None:
         "decoder": {"_target_": "nemo.collections.asr.modules.ConvASRDecoder", "feat_in": network.blocks[-1].filters,
                     "num_classes": len(labels), "vocabulary": labels},
     }
+    members: dict[str, bytes] = {}
+    if artifacts:
+        del config["labels"]  # BPE models keep their vocabulary in the tokenizer (and the decoder's copy)
+        # NeMo resolves "nemo:<member>" to that member of the archive when it restores the model.
+        names = {MODEL_KEY: "tokenizer.model", VOCAB_KEY: "vocab.txt", SPE_VOCAB_KEY: "tokenizer.vocab"}
+        config["tokenizer"] = {"dir": None, "type": "bpe", **{key: f"nemo:{names[key]}" for key in names}}
+        members = {names[key]: data for key, data in artifacts.items()}
     mapping = nemo_key_map(network)
     state = {mapping[k]: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in mapping}
     weights = io.BytesIO()
     torch.save(state, weights)
-    config_bytes = yaml.safe_dump(config, sort_keys=False).encode()
+    config_bytes = yaml.safe_dump(config, sort_keys=False, allow_unicode=True).encode()
+    members = {CONFIG_MEMBER: config_bytes, WEIGHTS_MEMBER: weights.getvalue(), **members}
     with tarfile.open(path, "w:") as tar:
-        for name, data in ((CONFIG_MEMBER, config_bytes), (WEIGHTS_MEMBER, weights.getvalue())):
+        for name, data in members.items():
             info = tarfile.TarInfo(f"./{name}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.text import display_labels
 from model.vocabulary import Vocabulary
 
 __all__ = ["BeamDecoder", "BeamHypothesis", "DEFAULT_ALPHA", "DEFAULT_BEAM_WIDTH", "DEFAULT_BETA", "DEFAULT_HOTWORD_WEIGHT"]
@@ -124,8 +125,10 @@ class BeamDecoder:
         self.kenlm_path = Path(kenlm_path) if kenlm_path is not None else None
         # Built directly instead of via build_ctcdecoder: its label heuristics would turn a
         # "_" or "|" label into the blank/space; here the blank is "" at its real index.
-        # Word pieces use pyctcdecode's BPE mode, whose word-start marker is also "▁".
-        self._alphabet = Alphabet(list(labels) + [""], is_bpe=word_pieces)
+        # Word pieces use pyctcdecode's BPE mode, whose word-start marker is also "▁". A
+        # SentencePiece vocabulary's "<unk>" becomes pyctcdecode's "▁⁇▁", a word of its own, as
+        # greedy decoding shows it; its bare "▁" starts a word that the next pieces spell.
+        self._alphabet = Alphabet(list(display_labels(labels)) + [""], is_bpe=word_pieces)
         self._decoder_cls = _make_decoder_class()
         self._lock = threading.Lock()
         self._decoders: OrderedDict[tuple[float, float], object] = OrderedDict()

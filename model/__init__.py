@@ -1,4 +1,4 @@
-"""QuartzNet/Jasper CTC models, the NeMo-compatible front end, decoding, and the artifact/registry format.
+"""QuartzNet/Jasper/Citrinet CTC models, the NeMo-compatible front end, decoding, and the artifact/registry format.
 
 The names below load on first use (PEP 562), so ``import model.decoding`` or ``import
 model.registry`` stays light: only the submodules that need torch import it.
@@ -15,10 +15,11 @@ _SUBMODULE_OF = {
     "Transcript": "decoding", "WordTiming": "decoding", "greedy_decode": "decoding",
     "EnsembleConfig": "ensemble", "EnsembleRecognizer": "ensemble",
     "MelFeaturizer": "features", "MelFeaturizerConfig": "features",
-    "PRESETS": "quartznet", "BlockConfig": "quartznet", "QuartzNet": "quartznet", "QuartzNetConfig": "quartznet",
-    "count_parameters": "quartznet", "jasper_10x5dr": "quartznet", "preset_config": "quartznet",
-    "quartznet_5x3": "quartznet", "quartznet_5x5": "quartznet", "quartznet_10x5": "quartznet",
-    "quartznet_15x5": "quartznet",
+    "PRESETS": "presets", "BlockConfig": "quartznet", "QuartzNet": "quartznet", "QuartzNetConfig": "quartznet",
+    "count_parameters": "quartznet", "jasper_10x5dr": "presets", "preset_config": "presets",
+    "quartznet_5x3": "presets", "quartznet_5x5": "presets", "quartznet_10x5": "presets",
+    "quartznet_15x5": "presets", "citrinet_256": "presets", "citrinet_512": "presets",
+    "citrinet_1024": "presets", "SqueezeExcite": "quartznet",
     "RecognizerConfig": "recognizer", "SpeechRecognizer": "recognizer",
     "ModelRef": "registry", "Registry": "registry", "RegistryError": "registry", "default_registry_root": "registry",
     "ENGLISH_LABELS": "vocabulary", "Vocabulary": "vocabulary",

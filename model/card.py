@@ -20,6 +20,11 @@ _MAX_LISTED_WORDS = 40
 def vocabulary_summary(labels: list[str]) -> dict[str, Any]:
     """How a label set reads to a person: characters (open vocabulary) or a closed list of words."""
     words = [label[1:] for label in labels if label.startswith(_WORD_START) and len(label) > 2]
+    subwords = [label for label in labels if not label.startswith((_WORD_START, "<")) and len(label) > 1]
+    if subwords:  # a SentencePiece vocabulary (a NeMo BPE model's): its whole-word pieces are no word list
+        return {"kind": "word pieces", "size": len(labels),
+                "description": f"{len(labels)} SentencePiece word pieces: spells any word its pieces cover "
+                               "(open vocabulary)"}
     if not words:
         return {"kind": "characters", "size": len(labels),
                 "description": f"{len(labels)} characters: spells any word (open vocabulary)"}

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.text import WORD_START
+from model.text import WORD_START, display_labels
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def greedy_decode(
         log_probs: float array of shape (T, V+1) holding only the valid frames, or (T, K, V+1)
             for an ensemble of K views (members, each at each input speed).
         labels: the V labels; " " separates words, or, for word pieces, a label starting
-            with "▁" begins one.
+            with "▁" begins one (a SentencePiece vocabulary's "<unk>" is the word "⁇").
         frame_duration_s: seconds per output frame (0.02 for the stock models).
         time_offset_s: added to every time, for chunks of a longer stream.
 
@@ -79,8 +79,9 @@ def greedy_decode(
                 tokens.append((token, t, t, prob))
         prev = token
     score = float(best_lp[best != blank].sum())
-    text = "".join(labels[tok[0]] for tok in tokens).replace(WORD_START, " ")
-    words = _group_words(tokens, labels, frame_duration_s, time_offset_s)
+    shown = display_labels(labels)
+    text = "".join(shown[tok[0]] for tok in tokens).replace(WORD_START, " ")
+    words = _group_words(tokens, shown, frame_duration_s, time_offset_s)
     return Transcript(text=" ".join(text.split()), words=words, score=score)
 
 
@@ -118,6 +119,8 @@ def _group_words(tokens, labels, frame_s: float, offset_s: float) -> tuple[WordT
             flush()
             if len(label) > 1:
                 current.append(tok)
+            if len(label) > 1 and label.endswith(WORD_START):  # a piece that is a whole word by itself
+                flush()
         else:
             current.append(tok)
     flush()

@@ -152,28 +152,64 @@ class _SubBlock(nn.Module):
         return self.mix(x, relu=relu, add=add)
 
 
+class _SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation on (N, T, C): each channel times a gate from its mean over the valid frames.
+
+    The gate is computed in float32 at every precision, as NeMo computes it; it is cheap (two
+    small matrix products per utterance), and the mean of a long utterance loses digits in bf16.
+    """
+
+    def __init__(self, se: nn.Module) -> None:
+        super().__init__()
+        self.register_buffer("squeeze", se.squeeze.weight.detach().clone())
+        self.register_buffer("excite", se.excite.weight.detach().clone())
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, mask: Mask | None) -> torch.Tensor:
+        if mask is not None:  # padded frames hold BatchNorm shifts: keep them out of the mean
+            x = mask(x, lengths)
+        pooled = x.float().sum(dim=1) / lengths.to(torch.float32)[:, None]
+        hidden = torch.relu(F.linear(pooled, self.squeeze.float()))
+        gate = torch.sigmoid(F.linear(hidden, self.excite.float()))
+        return x * gate.to(x.dtype)[:, None, :]
+
+
 class _Block(nn.Module):
-    """A JasperBlock: sub-blocks with ReLU between them, residual panes added before the last ReLU."""
+    """A JasperBlock: sub-blocks with ReLU between them, optional SE, residual panes added before the last ReLU."""
 
     def __init__(self, block: JasperBlock) -> None:
         super().__init__()
         panes = [(_bn_scale_shift(p.norm), p.conv.weight.double()[:, :, 0]) for p in block.residual]
         pane_bias = torch.stack([shift for (_, shift), _ in panes]).sum(0) if panes else None
+        self.se = _SqueezeExcite(block.se) if block.se is not None else None
+        # The panes' folded biases join the last sub-block's bias, unless SE scales that output
+        # before the panes are added: then the first pane carries them.
+        fold = self.se is None
         last = len(block.sub) - 1
-        self.subs = nn.ModuleList(_SubBlock(sub, pane_bias if i == last else None) for i, sub in enumerate(block.sub))
-        self.panes = nn.ModuleList(_Linear(weight * scale[:, None], None) for (scale, _), weight in panes)
+        self.subs = nn.ModuleList(_SubBlock(sub, pane_bias if i == last and fold else None)
+                                  for i, sub in enumerate(block.sub))
+        self.panes = nn.ModuleList(_Linear(weight * scale[:, None], None if fold or j else pane_bias)
+                                   for j, ((scale, _), weight) in enumerate(panes))
+        self.stride = block.config.stride
         self.dense = block.config.residual_dense
 
     def forward(self, xs: list[torch.Tensor], lengths: torch.Tensor, mask: Mask | None
                 ) -> tuple[list[torch.Tensor], torch.Tensor]:
         residual = None
         for pane, earlier in zip(self.panes, xs):  # panes read the block's inputs: before any in-place op
+            if self.stride > 1:  # a strided 1x1 conv keeps frames 0, s, 2s, ...
+                earlier = earlier[:, ::self.stride].contiguous()
             residual = pane(earlier) if residual is None else pane(earlier, add=residual)
         x, out_lengths = xs[-1], lengths
         last = len(self.subs) - 1
         for i, sub in enumerate(self.subs):
-            x = sub(x, out_lengths, mask, relu=True, add=residual if i == last else None)
-            out_lengths = sub.out_lengths(out_lengths)
+            if i == last and self.se is not None:
+                x = sub(x, out_lengths, mask)
+                out_lengths = sub.out_lengths(out_lengths)
+                x = self.se(x, out_lengths, mask)
+                x = torch.relu_(x if residual is None else x.add_(residual))
+            else:
+                x = sub(x, out_lengths, mask, relu=True, add=residual if i == last else None)
+                out_lengths = sub.out_lengths(out_lengths)
         return (xs + [x] if self.dense else [x]), out_lengths
 
 

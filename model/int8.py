@@ -87,8 +87,10 @@ def _mixing_layers(recognizer: InferenceRecognizer) -> list[tuple[nn.Module, str
     for block in recognizer.network.blocks:
         assert isinstance(block, _Block)
         for i, sub in enumerate(block.subs):
-            if sub.mix is not None:  # only the last sub-block adds the residual before its ReLU
-                layers.append((sub, "mix", sub.mix, i < len(block.subs) - 1 or not block.panes))
+            # The last sub-block's ReLU waits for the residual panes, or for SE's gate, or both.
+            last_relu_fused = not block.panes and block.se is None
+            if sub.mix is not None:
+                layers.append((sub, "mix", sub.mix, i < len(block.subs) - 1 or last_relu_fused))
         for j, pane in enumerate(block.panes):
             layers.append((block.panes, str(j), pane, False))
     return layers

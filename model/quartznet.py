@@ -1,8 +1,10 @@
-"""QuartzNet and Jasper CTC acoustic models: block configs, masked conv blocks, and size presets.
+"""QuartzNet, Jasper and Citrinet CTC acoustic models: block configs, masked conv blocks, and size presets.
 
 QuartzNet: Kriman et al., "QuartzNet: Deep Automatic Speech Recognition with 1D Time-Channel
 Separable Convolutions", 2019. Jasper: Li et al., "Jasper: An End-to-End Convolutional Neural
-Acoustic Model", 2019.
+Acoustic Model", 2019. Citrinet: Majumdar et al., "Citrinet: Closing the Gap between
+Non-Autoregressive and Autoregressive End-to-End Models for Automatic Speech Recognition", 2021
+(QuartzNet's blocks plus squeeze-and-excitation and 8x time reduction, over word pieces).
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ class BlockConfig:
         residual: add a 1x1 conv + BN projection of the block input before the last ReLU.
         separable: depthwise + pointwise convs (QuartzNet) instead of one full conv (Jasper).
         residual_dense: take residual panes from every earlier dense block's output (Jasper DR).
+        stride_last: stride in the last sub-block instead of the first (NeMo's ``stride_last``,
+            Citrinet's reduction blocks). A residual pane strides with its block either way
+            (NeMo's ``residual_mode: stride_add``), so both paths keep the same length.
+        se: squeeze-and-excitation (Hu et al., 2018) after the last sub-block: each channel is
+            scaled by a sigmoid gate computed from its mean over the valid frames.
+        se_reduction_ratio: the gate's hidden layer has ``filters // se_reduction_ratio`` units.
+        se_context_size: frames the training-time mean is taken over, from a random start
+            (-1: all of them). Inference always averages over every valid frame, as NeMo does.
     """
 
     filters: int
@@ -44,6 +54,10 @@ class BlockConfig:
     residual: bool = False
     separable: bool = True
     residual_dense: bool = False
+    stride_last: bool = False
+    se: bool = False
+    se_reduction_ratio: int = 8
+    se_context_size: int = -1
 
     # Read by pydantic where a training config embeds this class: a misspelt key is an error
     # there, not a silently kept default. A plain dict, so model/ does not import pydantic.
@@ -58,6 +72,25 @@ class BlockConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.residual_dense and not self.residual:
             raise ValueError(f"residual_dense needs residual=True: {self}")
+        if self.residual_dense and self.stride > 1:
+            raise ValueError(f"residual_dense blocks cannot stride (earlier outputs keep their frame rate): {self}")
+        if self.se and not 1 <= self.se_reduction_ratio <= self.filters:
+            raise ValueError(f"se_reduction_ratio must be in [1, filters], got {self.se_reduction_ratio}")
+        if self.se_context_size < -1 or self.se_context_size == 0:
+            raise ValueError(f"se_context_size must be -1 (all frames) or positive, got {self.se_context_size}")
+
+    def stride_of(self, sub_block: int) -> int:
+        """The time stride of sub-block ``sub_block`` (0-based)."""
+        striding = self.repeat - 1 if self.stride_last else 0
+        return self.stride if sub_block == striding else 1
+
+    def to_dict(self) -> dict:
+        """The fields as a dict; the Citrinet ones only when set, so older artifacts' configs read unchanged."""
+        data = asdict(self)
+        for name in _CITRINET_FIELDS:
+            if data[name] == _BLOCK_DEFAULTS[name]:
+                del data[name]
+        return data
 
 
 @dataclass(frozen=True)
@@ -106,7 +139,7 @@ class QuartzNetConfig:
 
     def to_dict(self) -> dict:
         data = {"name": self.name, "feat_in": self.feat_in, "num_labels": self.num_labels,
-                "blocks": [asdict(b) for b in self.blocks]}
+                "blocks": [b.to_dict() for b in self.blocks]}
         if self.self_conditioning:  # absent otherwise, so artifacts without it read as before
             data["self_conditioning"] = list(self.self_conditioning)
         return data
@@ -117,6 +150,10 @@ class QuartzNetConfig:
         return cls(blocks=blocks, num_labels=int(data["num_labels"]), feat_in=int(data.get("feat_in", 64)),
                    name=str(data.get("name", "custom")),
                    self_conditioning=tuple(int(b) for b in data.get("self_conditioning", ())))
+
+
+_CITRINET_FIELDS = ("stride_last", "se", "se_reduction_ratio", "se_context_size")
+_BLOCK_DEFAULTS = {name: BlockConfig.__dataclass_fields__[name].default for name in _CITRINET_FIELDS}
 
 
 def _same_padding(kernel: int, dilation: int) -> int:
@@ -217,9 +254,9 @@ class _ConvNorm(nn.Module):
 class _ResidualPane(nn.Module):
     """1x1 conv + BatchNorm projecting an earlier output onto the block's channels."""
 
-    def __init__(self, in_ch: int, out_ch: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1) -> None:
         super().__init__()
-        self.conv = MaskedConv1d(in_ch, out_ch, 1, bias=False)
+        self.conv = MaskedConv1d(in_ch, out_ch, 1, stride=stride, bias=False)
         self.norm = nn.BatchNorm1d(out_ch, eps=BN_EPS, momentum=BN_MOMENTUM)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -240,18 +277,54 @@ class _Dropout(nn.Dropout):
         return x * keep * (1.0 / (1.0 - self.p))
 
 
+class SqueezeExcite(nn.Module):
+    """Scales each channel by a gate computed from its mean over the valid frames (squeeze-and-excitation).
+
+    Padded frames are zeroed first, so they neither enter the mean nor leave the block non-zero,
+    and the whole computation runs in float32 (under autocast too), as NeMo's does.
+    """
+
+    def __init__(self, channels: int, reduction_ratio: int, context_size: int = -1) -> None:
+        super().__init__()
+        self.squeeze = nn.Linear(channels, channels // reduction_ratio, bias=False)
+        self.excite = nn.Linear(channels // reduction_ratio, channels, bias=False)
+        self.context_size = context_size
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, C, T) activations and (B,) valid frames -> gated (B, C, T), padded frames zero."""
+        dtype = x.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            x = _mask_time(x.float(), lengths)
+            pooled = self._pool(x, lengths).transpose(1, 2)  # (B, 1, C)
+            gate = torch.sigmoid(self.excite(F.relu(self.squeeze(pooled)))).transpose(1, 2)
+            return (x * gate).to(dtype)
+
+    def _pool(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, C, 1) mean over valid frames; in training, over a random window of ``context_size`` frames."""
+        frames = x.shape[-1]
+        if not self.training or self.context_size < 0 or frames <= self.context_size:
+            return x.sum(dim=-1, keepdim=True) / lengths.to(x.dtype)[:, None, None]
+        # A short context makes the gate local: training sees one random window of the
+        # utterance (the same for the whole batch), padded frames in it not counted.
+        start = int(torch.randint(0, frames - self.context_size, (1,)))
+        window = slice(start, start + self.context_size)
+        valid = (torch.arange(frames, device=x.device)[None, :] < lengths[:, None])[:, None, window]
+        return x[:, :, window].sum(dim=-1, keepdim=True) / (valid.sum(dim=-1, keepdim=True).to(x.dtype) + 1e-8)
+
+
 class JasperBlock(nn.Module):
-    """R conv sub-blocks with ReLU+dropout between them, residual panes summed before the last ReLU."""
+    """R conv sub-blocks with ReLU+dropout between them, optional SE, residual panes summed before the last ReLU."""
 
     def __init__(self, in_ch: int, config: BlockConfig, pane_channels: list[int]) -> None:
         super().__init__()
         self.config = config
         self.sub = nn.ModuleList()
         for i in range(config.repeat):
-            first = i == 0
-            self.sub.append(_ConvNorm(in_ch if first else config.filters, config.filters, config.kernel,
-                                      config.stride if first else 1, config.dilation, config.separable))
-        self.residual = nn.ModuleList(_ResidualPane(c, config.filters) for c in pane_channels)
+            self.sub.append(_ConvNorm(in_ch if i == 0 else config.filters, config.filters, config.kernel,
+                                      config.stride_of(i), config.dilation, config.separable))
+        self.se = (SqueezeExcite(config.filters, config.se_reduction_ratio, config.se_context_size)
+                   if config.se else None)
+        self.residual = nn.ModuleList(_ResidualPane(c, config.filters, config.stride) for c in pane_channels)
         self.dropout = _Dropout(config.dropout)
 
     def forward(self, xs: list[torch.Tensor], lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -260,6 +333,8 @@ class JasperBlock(nn.Module):
             x, out_lengths = sub(x, out_lengths)
             if i < len(self.sub) - 1:
                 x = self.dropout(F.relu(x))
+        if self.se is not None:
+            x = self.se(x, out_lengths)
         # Dense blocks see every earlier dense output (xs[0] is the prolog's); plain ones only their input.
         for pane, earlier in zip(self.residual, xs):
             x = x + pane(earlier, lengths)
@@ -318,7 +393,7 @@ class QuartzNet(nn.Module):
 
     def _init_weights(self) -> None:
         for module in self.modules():
-            if isinstance(module, nn.Conv1d):
+            if isinstance(module, (nn.Conv1d, nn.Linear)):
                 nn.init.xavier_uniform_(module.weight)
 
     @property
@@ -369,68 +444,3 @@ class QuartzNet(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameter count (BatchNorm running statistics excluded)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-# ---- presets: (filters, kernel) per B-block; each preset repeats them per its size ----
-
-_QN_BLOCKS = ((256, 33), (256, 39), (512, 51), (512, 63), (512, 75))
-# The legacy NeMo 5x3 YAML (6.4M params) uses wider, longer blocks than the paper's Table 1.
-_QN_5X3_LEGACY = ((512, 63), (512, 63), (512, 75), (512, 75), (512, 75))
-
-
-def _quartznet(name: str, table, block_repeats: int, repeat: int, dropout: float, num_labels: int) -> QuartzNetConfig:
-    blocks = [BlockConfig(256, 1, 33, stride=2, dropout=dropout)]
-    for filters, kernel in table:
-        blocks += [BlockConfig(filters, repeat, kernel, dropout=dropout, residual=True)] * block_repeats
-    blocks += [BlockConfig(512, 1, 87, dilation=2, dropout=dropout),
-               BlockConfig(1024, 1, 1, dropout=dropout, separable=False)]
-    return QuartzNetConfig(tuple(blocks), num_labels=num_labels, name=name)
-
-
-def quartznet_5x3(num_labels: int = 28) -> QuartzNetConfig:
-    """QuartzNet 5x3 as in NeMo's legacy YAML: 6,407,005 parameters with 28 labels."""
-    return _quartznet("quartznet_5x3", _QN_5X3_LEGACY, 1, 3, 0.2, num_labels)
-
-
-def quartznet_5x5(num_labels: int = 28) -> QuartzNetConfig:
-    """QuartzNet 5x5: 6,713,181 parameters with 28 labels."""
-    return _quartznet("quartznet_5x5", _QN_BLOCKS, 1, 5, 0.0, num_labels)
-
-
-def quartznet_10x5(num_labels: int = 28) -> QuartzNetConfig:
-    """QuartzNet 10x5: 12,818,781 parameters with 28 labels."""
-    return _quartznet("quartznet_10x5", _QN_BLOCKS, 2, 5, 0.0, num_labels)
-
-
-def quartznet_15x5(num_labels: int = 28) -> QuartzNetConfig:
-    """QuartzNet 15x5 (NeMo's stt_en_quartznet15x5 layout): 18,924,381 parameters with 28 labels."""
-    return _quartznet("quartznet_15x5", _QN_BLOCKS, 3, 5, 0.0, num_labels)
-
-
-def jasper_10x5dr(num_labels: int = 28) -> QuartzNetConfig:
-    """Jasper 10x5 with dense residual connections: 332,632,349 parameters with 28 labels."""
-    table = ((256, 11, 0.2), (384, 13, 0.2), (512, 17, 0.2), (640, 21, 0.3), (768, 25, 0.3))
-    blocks = [BlockConfig(256, 1, 11, stride=2, dropout=0.2, separable=False)]
-    for filters, kernel, dropout in table:
-        blocks += [BlockConfig(filters, 5, kernel, dropout=dropout, residual=True, separable=False,
-                               residual_dense=True)] * 2
-    blocks += [BlockConfig(896, 1, 29, dilation=2, dropout=0.4, separable=False),
-               BlockConfig(1024, 1, 1, dropout=0.4, separable=False)]
-    return QuartzNetConfig(tuple(blocks), num_labels=num_labels, name="jasper_10x5dr")
-
-
-PRESETS = {
-    "quartznet_5x3": quartznet_5x3,
-    "quartznet_5x5": quartznet_5x5,
-    "quartznet_10x5": quartznet_10x5,
-    "quartznet_15x5": quartznet_15x5,
-    "jasper_10x5dr": jasper_10x5dr,
-}
-
-
-def preset_config(name: str, num_labels: int = 28) -> QuartzNetConfig:
-    """Looks up a named preset; raises ValueError listing the known ones."""
-    try:
-        return PRESETS[name](num_labels)
-    except KeyError:
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None

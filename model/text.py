@@ -11,7 +11,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
-__all__ = ["WORD_START", "is_word_piece_labels", "normalize_text"]
+__all__ = ["UNKNOWN_PIECE", "WORD_START", "display_labels", "is_word_piece_labels", "normalize_text"]
 
 # Typographic variants, mapped before characters outside the labels are dropped.
 _APOSTROPHES = "\u2018\u2019\u201a\u201b\u2032\u02bc\u00b4`"  # ‘ ’ ‚ ‛ ′ ʼ ´ `
@@ -60,6 +60,19 @@ class _CharTable(dict):
 WORD_START = "\u2581"  # "▁": marks a word-piece label that begins a word (SentencePiece style)
 
 
+# SentencePiece's unknown piece (id 0 in NeMo's tokenizers). It is shown as sentencepiece decodes it,
+# "⁇", and as a word of its own: "▁⁇▁" is how pyctcdecode spells that (a piece starting and ending a word).
+UNKNOWN_PIECE = "<unk>"
+_UNKNOWN_DISPLAY = WORD_START + "\u2047" + WORD_START
+
+
+def display_labels(labels: Sequence[str]) -> tuple[str, ...]:
+    """The labels as decoders join them: word-piece vocabularies show ``UNKNOWN_PIECE`` as its own "⁇" word."""
+    if not is_word_piece_labels(labels):
+        return tuple(labels)
+    return tuple(_UNKNOWN_DISPLAY if label == UNKNOWN_PIECE else label for label in labels)
+
+
 def is_word_piece_labels(labels: Sequence[str]) -> bool:
     """True for a word-piece vocabulary: some label starts with ``WORD_START``, and words are
     separated by that marker rather than by a ``" "`` label."""
@@ -70,7 +83,7 @@ def is_word_piece_labels(labels: Sequence[str]) -> bool:
 def _table(labels: tuple[str, ...]) -> tuple[_CharTable, bool]:
     if is_word_piece_labels(labels):
         # Any character some piece can spell is kept, and words stay space-separated.
-        chars = frozenset("".join(labels).replace(WORD_START, "")) | {" "}
+        chars = frozenset("".join(label for label in labels if label != UNKNOWN_PIECE).replace(WORD_START, "")) | {" "}
     else:
         chars = frozenset(label for label in labels if len(label) == 1)
     lower = not any(c.isupper() for c in chars)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from model.text import WORD_START, is_word_piece_labels, normalize_text
+from model.text import WORD_START, display_labels, is_word_piece_labels, normalize_text
 
 ENGLISH_LABELS: tuple[str, ...] = (" ",) + tuple("abcdefghijklmnopqrstuvwxyz") + ("'",)
 
@@ -21,7 +21,10 @@ class Vocabulary:
     * word pieces (SentencePiece style): a label that starts with ``"▁"`` begins a new word,
       any other label continues the current one, and there is no ``" "`` label. A
       whole-word label such as ``"▁seven"`` makes a closed-vocabulary task a word classifier,
-      while single-letter pieces still spell words that have no label of their own.
+      while single-letter pieces still spell words that have no label of their own. A
+      SentencePiece tokenizer's piece list (a NeMo BPE model's) is such a vocabulary too: its
+      bare ``"▁"`` piece starts a word spelled by the pieces after it, and its ``"<unk>"``
+      piece decodes as the word "⁇", as sentencepiece shows it.
 
     Attributes:
         labels: one string per output index.
@@ -37,7 +40,7 @@ class Vocabulary:
             raise ValueError(f"duplicate labels in vocabulary: {self.labels}")
         if self.is_word_piece:
             bad = [label for label in self.labels
-                   if not label.replace(WORD_START, "") or WORD_START in label[1:] or any(c.isspace() for c in label)]
+                   if not label or WORD_START in label[1:] or any(c.isspace() for c in label)]
             if bad:
                 raise ValueError(f"word-piece labels must be non-empty, without spaces, with '{WORD_START}' "
                                  f"only as the first character: {bad[:5]}")
@@ -97,7 +100,8 @@ class Vocabulary:
 
     def decode(self, ids) -> str:
         """Maps ids back to text; ids equal to the blank are skipped."""
-        text = "".join(self.labels[i] for i in ids if 0 <= i < len(self.labels))
+        shown = display_labels(self.labels)
+        text = "".join(shown[i] for i in ids if 0 <= i < len(shown))
         if self.is_word_piece:
             return " ".join(text.replace(WORD_START, " ").split())
         return text

@@ -42,6 +42,7 @@ MODULES = [
     ("pydantic_settings", REINSTALL),
     ("yaml", REINSTALL),
     ("jiwer", REINSTALL),
+    ("sentencepiece", REINSTALL),  # reads NeMo BPE tokenizers (interop.tokenizer)
     ("ray.train.torch", REINSTALL),
     ("service.asr_pb.asr_pb2_grpc", "the gRPC stubs are missing: run scripts/gen_protos.sh"),
     ("service.server", REINSTALL),

@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from model.quartznet import PRESETS, BlockConfig, preset_config
+from model.presets import PRESETS, preset_config
+from model.quartznet import BlockConfig
 from model.vocabulary import ENGLISH_LABELS, Vocabulary
 from training.augment import AugmentConfig
 

@@ -206,7 +206,9 @@ def test_models_presets_json():
     rows = json.loads(result.stdout)
     assert {row["name"]: row["parameters"] for row in rows} == {
         "quartznet_5x3": 6_407_005, "quartznet_5x5": 6_713_181, "quartznet_10x5": 12_818_781,
-        "quartznet_15x5": 18_924_381, "jasper_10x5dr": 332_632_349}
+        "quartznet_15x5": 18_924_381, "jasper_10x5dr": 332_632_349,
+        # with NeMo's 1024-piece English tokenizers (tests/interop/test_citrinet.py checks them against NeMo)
+        "citrinet_256": 10_259_729, "citrinet_512": 36_994_321, "citrinet_1024": 141_224_337}
     table = asr_in_process("models", "presets")
     assert table.returncode == 0 and "332,632,349" in table.stdout
 

@@ -226,12 +226,16 @@ def _modified_copy(path: Path, edit) -> Path:
     return _write_archive(path, {CONFIG_MEMBER: yaml.safe_dump(config).encode(), WEIGHTS_MEMBER: weights})
 
 
-def _add_tokenizer(c):
-    c["tokenizer"] = {"dir": "tokenizer_spe_unigram_v128", "type": "bpe"}
+def _wordpiece_tokenizer(c):
+    c["tokenizer"] = {"dir": "tokenizer_wpe_v128", "type": "wpe"}
 
 
-def _add_se(c):
-    c["encoder"]["jasper"][1]["se"] = True
+def _stride_every_sub_block(c):
+    c["encoder"]["jasper"][1]["stride"] = [2]  # repeat 2 without stride_last: NeMo strides both
+
+
+def _strided_residual_add(c):
+    c["encoder"]["jasper"][1].update(stride=[2], stride_last=True)  # residual_mode stays "add"
 
 
 def _conformer(c):
@@ -255,8 +259,9 @@ def _mfcc(c):
 
 
 UNSUPPORTED = {
-    "bpe-tokenizer": (_add_tokenizer, "tokenizer"),
-    "squeeze-excitation": (_add_se, "se: true"),
+    "wordpiece-tokenizer": (_wordpiece_tokenizer, "wpe"),
+    "stride-every-sub-block": (_stride_every_sub_block, "every repeated sub-block"),
+    "strided-residual-add": (_strided_residual_add, "residual_mode 'add'"),
     "conformer": (_conformer, "ConformerEncoder"),
     "swish": (_swish, "swish"),
     "word-pieces": (_word_pieces, "multi-character labels"),
@@ -308,6 +313,14 @@ def _empty(path: Path) -> Path:
     return path
 
 
+def _bpe_without_tokenizer(path: Path) -> Path:
+    return _modified_copy(path, lambda c: c.update(tokenizer={"dir": "tokenizer_spe_bpe_v128", "type": "bpe"}))
+
+
+def _se_without_weights(path: Path) -> Path:
+    return _modified_copy(path, lambda c: c["encoder"]["jasper"][1].update(se=True))
+
+
 BROKEN = {
     "not-a-tar": (_not_a_tar, "unreadable .nemo archive"),
     "empty-file": (_empty, "unreadable .nemo archive"),
@@ -316,6 +329,8 @@ BROKEN = {
     "invalid-yaml": (_not_yaml, f"invalid {CONFIG_MEMBER}"),
     "weights-not-torch": (_not_torch, WEIGHTS_MEMBER),
     "weights-wrong-shape": (_wrong_shape, "encoder.encoder.1"),
+    "bpe-without-tokenizer": (_bpe_without_tokenizer, "without its tokenizer"),
+    "se-without-weights": (_se_without_weights, "encoder.encoder.1.mconv.8.fc"),
 }
 
 

@@ -178,6 +178,29 @@ def test_word_pieces_decode_as_words_and_the_lm_still_fuses(lm_decoder: BeamDeco
     assert [w for w, _, _ in fused.words] == ["i", "have", "two", "cats"]
 
 
+def test_sentencepiece_pieces_build_words_and_the_lm_fuses(tiny_lm) -> None:
+    # A NeMo BPE vocabulary: <unk> first, subword pieces, a bare "▁", single letters.
+    labels = ["<unk>", "\u2581ha", "ve", "\u2581tw", "\u2581tu", "o", "\u2581", "c", "ats", "\u2581i"]
+    blank = len(labels)
+
+    def row(dist: dict[int, float]) -> np.ndarray:
+        r = np.full(blank + 1, 1e-4)
+        for k, p in dist.items():
+            r[k] = p
+        r[blank] += max(0.0, 1.0 - r.sum())
+        return np.log(r / r.sum())
+
+    # i | ha ve | tu (0.55) or tw (0.40), o | ▁ c ats | <unk>
+    frames = [{9: 0.9}, {}, {1: 0.9}, {2: 0.9}, {}, {4: 0.55, 3: 0.40}, {5: 0.9}, {}, {6: 0.9}, {7: 0.9},
+              {8: 0.9}, {}, {0: 0.9}]
+    log_probs = np.asarray([row(f) for f in frames], dtype=np.float32)
+    plain = BeamDecoder(labels).decode(log_probs)[0]
+    assert plain.text == "i have tuo cats \u2047"  # <unk> is its own word, shown as sentencepiece shows it
+    fused = BeamDecoder(labels, tiny_lm.binary_path, tiny_lm.unigrams, alpha=0.5, beta=1.0).decode(log_probs)[0]
+    assert fused.text.startswith("i have two cats")
+    assert [w for w, _, _ in fused.words][:4] == ["i", "have", "two", "cats"]
+
+
 def _delayed(log_probs: np.ndarray) -> np.ndarray:
     """The same output one frame later, as a second, independently trained model might emit it."""
     return np.concatenate([make_log_probs([{"": 0.95}]), log_probs[:-1]])

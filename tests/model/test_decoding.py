@@ -112,3 +112,18 @@ def test_word_pieces_start_words_at_the_marker():
     assert (t.words[0].start_s, t.words[0].end_s) == (0.0, 0.16)
     assert (t.words[1].start_s, t.words[1].end_s) == (0.24, 0.56)
     assert t.words[2].end_s == 0.72 and t.words[3].start_s == 0.8
+
+
+def test_sentencepiece_pieces_collapse_on_ids_and_time_words_from_the_marker():
+    labels = ("<unk>", "\u2581se", "ven", "\u2581", "x", "\u2581two")  # a NeMo BPE vocabulary's shape
+    blank = len(labels)
+    # se ven | ▁ x (a bare marker starts "x") | two two (a blank separates the repeat) | <unk>
+    path = [1, 1, 2, blank, 3, 4, 4, blank, 5, blank, 5, 0, blank]
+    probs = np.full((len(path), blank + 1), 0.02, dtype=np.float64)
+    probs[np.arange(len(path)), path] = 0.88
+    t = greedy_decode(np.log(probs).astype(np.float32), labels, 0.08)
+    assert t.text == "seven x two two \u2047"
+    assert [w.word for w in t.words] == ["seven", "x", "two", "two", "\u2047"]
+    assert (t.words[0].start_s, t.words[0].end_s) == (0.0, 0.24)  # frames 0-2
+    assert (t.words[1].start_s, t.words[1].end_s) == (0.40, 0.56)  # from "x": the bare marker spells nothing
+    assert t.words[4].start_s == 0.88 and t.words[4].end_s == 0.96

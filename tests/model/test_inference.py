@@ -19,7 +19,7 @@ from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.registry import Registry
 from model.vocabulary import Vocabulary
 from tests.conftest import REPO_ROOT
-from tests.model.test_quartznet import DENSE_CONFIG, SEPARABLE_CONFIG, _randomise, an4_clips  # noqa: F401
+from tests.model.test_quartznet import DENSE_CONFIG, SE_CONFIG, SEPARABLE_CONFIG, _randomise, an4_clips  # noqa: F401
 
 # fp32 against fp32: the folded weights are computed in float64 and rounded once, and the
 # products run in another order, so log-probs move by float32 rounding through ~20 layers.
@@ -38,7 +38,7 @@ SELF_CONDITIONED_CONFIG = QuartzNetConfig((
     BlockConfig(32, 2, 9, residual=True),
     BlockConfig(48, 1, 1, separable=False),
 ), num_labels=28, self_conditioning=(1,), name="tiny_self_conditioned")
-CONFIGS = [SEPARABLE_CONFIG, DENSE_CONFIG, SELF_CONDITIONED_CONFIG]
+CONFIGS = [SEPARABLE_CONFIG, DENSE_CONFIG, SELF_CONDITIONED_CONFIG, SE_CONFIG]
 
 
 def _recognizer(config: QuartzNetConfig, seed: int = 2) -> SpeechRecognizer:
@@ -223,3 +223,24 @@ def test_reduced_precisions_keep_the_starters_an4_test_wer(speech_root):
     for precision in (["bf16"] if cpu_has_native_bf16() else []) + ["int8"]:
         wer = _an4_test_wer(for_inference(eager, precision), speech_root)
         assert abs(wer - fp32) <= 0.003, (precision, wer, fp32)
+
+
+def test_squeeze_excite_means_without_the_mask_would_be_caught(monkeypatch, an4_clips):  # noqa: F811
+    """SE averages over time: in a padded batch its mean must leave out the padded frames (0.3 off without)."""
+    eager = _recognizer(SE_CONFIG)
+    fast = for_inference(eager, "fp32")
+    assert_fp32_close(fast.log_probs_batch(an4_clips), eager.log_probs_batch(an4_clips))
+    unmasked = inference_module._SqueezeExcite.forward
+    monkeypatch.setattr(inference_module._SqueezeExcite, "forward", lambda se, x, n, mask: unmasked(se, x, n, None))
+    assert _max_diff(fast.log_probs_batch(an4_clips), eager.log_probs_batch(an4_clips)) > 1e-2
+
+
+def test_int8_form_of_squeeze_excite_blocks(an4_clips):  # noqa: F811
+    from model.int8 import _Int8Linear
+
+    eager = _recognizer(SE_CONFIG)
+    int8 = for_inference(eager, "int8")
+    quantized = [m for m in int8.modules() if isinstance(m, _Int8Linear)]
+    assert len(quantized) == sum(len(b.sub) + len(b.residual) for b in eager.network.blocks)
+    # The SE gates stay float32; only the pointwise products are quantized (measured: 0.008).
+    assert _max_diff(int8.log_probs_batch(an4_clips), eager.log_probs_batch(an4_clips)) < 0.1

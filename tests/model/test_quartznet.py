@@ -11,8 +11,9 @@ import torch
 
 from model.audio import decode_audio
 from model.features import MelFeaturizerConfig
-from model.quartznet import (PRESETS, BlockConfig, QuartzNet, QuartzNetConfig, count_parameters, jasper_10x5dr,
-                             preset_config, quartznet_5x3, quartznet_5x5, quartznet_10x5, quartznet_15x5)
+from model.presets import (PRESETS, citrinet_256, jasper_10x5dr, preset_config, quartznet_5x3, quartznet_5x5,
+                           quartznet_10x5, quartznet_15x5)
+from model.quartznet import BlockConfig, QuartzNet, QuartzNetConfig, SqueezeExcite, count_parameters
 from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.vocabulary import Vocabulary
 
@@ -43,6 +44,16 @@ DENSE_CONFIG = QuartzNetConfig((
     BlockConfig(64, 1, 13, dilation=2, separable=False, dropout=0.2),
     BlockConfig(64, 1, 1, separable=False, dropout=0.2),
 ), num_labels=28, name="tiny_jasper_dr")
+# Citrinet's block kinds, tiny: SE everywhere, three 2x reductions in the last sub-block of a
+# residual block (whose 1x1 pane strides too), a short SE context in one block (training only).
+SE_CONFIG = QuartzNetConfig((
+    BlockConfig(32, 1, 5, se=True),
+    BlockConfig(32, 2, 11, stride=2, stride_last=True, residual=True, se=True),
+    BlockConfig(32, 2, 7, residual=True, se=True, se_context_size=8),
+    BlockConfig(48, 3, 9, stride=2, stride_last=True, residual=True, se=True, se_reduction_ratio=4),
+    BlockConfig(48, 2, 11, stride=2, stride_last=True, residual=True, se=True),
+    BlockConfig(64, 1, 13, se=True),
+), num_labels=28, name="tiny_citrinet")
 
 
 # ---- sizes ----
@@ -62,7 +73,9 @@ def test_jasper_10x5dr_parameter_count_on_meta_device():
 
 
 def test_presets_table_and_lookup():
-    assert set(PRESETS) == set(EXPECTED_PARAMETERS)
+    # Citrinet's counts come from NeMo-built models (tests/interop/test_citrinet.py).
+    assert set(PRESETS) == set(EXPECTED_PARAMETERS) | {"citrinet_256", "citrinet_512", "citrinet_1024"}
+    assert preset_config("citrinet_256") == citrinet_256() and citrinet_256().num_labels == 1024
     assert preset_config("quartznet_15x5") == quartznet_15x5()
     assert preset_config("quartznet_5x5", num_labels=40).num_labels == 40
     with pytest.raises(ValueError, match="quartznet_15x5"):  # the message lists the known presets
@@ -92,8 +105,8 @@ def test_custom_block_table_builds_and_runs():
     torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(2, 25))
 
 
-@pytest.mark.parametrize("config", [SEPARABLE_CONFIG, DENSE_CONFIG, quartznet_15x5(), jasper_10x5dr()],
-                         ids=lambda c: c.name)
+@pytest.mark.parametrize("config", [SEPARABLE_CONFIG, DENSE_CONFIG, SE_CONFIG, quartznet_15x5(), jasper_10x5dr(),
+                                    citrinet_256()], ids=lambda c: c.name)
 def test_config_round_trips_through_dict_and_json(config):
     data = json.loads(json.dumps(config.to_dict()))
     restored = QuartzNetConfig.from_dict(data)
@@ -130,6 +143,10 @@ def test_blocks_given_as_a_list_become_a_tuple():
     dict(filters=32, dropout=1.0),
     dict(filters=32, dropout=-0.1),
     dict(filters=32, residual_dense=True, residual=False),
+    dict(filters=32, se=True, se_reduction_ratio=0),
+    dict(filters=32, se=True, se_reduction_ratio=33),
+    dict(filters=32, se=True, se_context_size=0),
+    dict(filters=32, residual=True, residual_dense=True, stride=2),
 ], ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
 def test_invalid_block_configs_raise_value_error(kwargs):
     with pytest.raises(ValueError):
@@ -301,3 +318,68 @@ def test_self_conditioning_round_trips_and_is_validated():
     for bad in ((3,), (-1,)):  # block 3 is the last: its output goes to the model's own head
         with pytest.raises(ValueError, match="self_conditioning"):
             QuartzNetConfig(SC_BLOCKS, num_labels=5, self_conditioning=bad)
+
+
+# ---- Citrinet: SE blocks and 8x reduction ----
+
+
+def test_citrinet_fields_are_left_out_of_configs_that_do_not_use_them():
+    assert set(SEPARABLE_CONFIG.blocks[0].to_dict()) == {"filters", "repeat", "kernel", "stride", "dilation",
+                                                         "dropout", "residual", "separable", "residual_dense"}
+    assert SE_CONFIG.blocks[3].to_dict()["se_reduction_ratio"] == 4
+
+
+def test_stride_last_moves_the_stride_to_the_last_sub_block():
+    assert [BlockConfig(8, 3, 5, stride=2).stride_of(i) for i in range(3)] == [2, 1, 1]
+    assert [BlockConfig(8, 3, 5, stride=2, stride_last=True).stride_of(i) for i in range(3)] == [1, 1, 2]
+    block = QuartzNet(SE_CONFIG).blocks[3]
+    assert [sub.depthwise.stride[0] for sub in block.sub] == [1, 1, 2]
+    assert block.residual[0].conv.stride[0] == 2  # NeMo's residual_mode "stride_add"
+    assert block.se.squeeze.weight.shape == (12, 48) and block.se.excite.weight.shape == (48, 12)
+
+
+@pytest.mark.parametrize("frames", [1, 2, 7, 8, 9, 101, 203])
+def test_citrinet_output_length_is_three_ceil_halvings(frames):
+    model = QuartzNet(SE_CONFIG).eval()
+    assert SE_CONFIG.subsampling == 8
+    with torch.no_grad():
+        log_probs, out = model(torch.randn(1, 64, frames), torch.tensor([frames]))
+    assert out.item() == math.ceil(math.ceil(math.ceil(frames / 2) / 2) / 2) == log_probs.shape[1]
+
+
+def test_squeeze_excite_gates_by_the_mean_of_the_valid_frames_and_zeroes_padding():
+    torch.manual_seed(0)
+    se = SqueezeExcite(8, 2).eval()
+    x, lengths = torch.randn(2, 8, 10), torch.tensor([10, 6])
+    y = se(x, lengths)
+    mean = x[1, :, :6].mean(dim=1)
+    gate = torch.sigmoid(se.excite(torch.relu(se.squeeze(mean))))
+    torch.testing.assert_close(y[1, :, :6], x[1, :, :6] * gate[:, None])
+    assert torch.equal(y[1, :, 6:], torch.zeros(8, 4))
+    # What the padded frames hold cannot reach the valid ones.
+    x[1, :, 6:] = 1e3
+    torch.testing.assert_close(se(x, lengths)[1], y[1])
+
+
+def test_squeeze_excite_context_size_pools_a_random_window_in_training_only():
+    torch.manual_seed(0)
+    se = SqueezeExcite(4, 2, context_size=3)
+    x, lengths = torch.randn(1, 4, 12), torch.tensor([12])
+    assert torch.equal(se.eval()._pool(x, lengths), x.mean(dim=-1, keepdim=True))
+    torch.manual_seed(5)
+    start = int(torch.randint(0, 12 - 3, (1,)))
+    torch.manual_seed(5)
+    window = se.train()._pool(x, lengths)
+    torch.testing.assert_close(window, x[:, :, start:start + 3].sum(-1, keepdim=True) / (3 + 1e-8))
+
+
+def test_squeeze_excite_blocks_keep_padding_invariance(an4_clips):
+    recognizer = RecognizerConfig(MelFeaturizerConfig(frontend="nemo25", pad_to=16), SE_CONFIG, Vocabulary())
+    torch.manual_seed(1)
+    model = _randomise(SpeechRecognizer(recognizer), seed=4)
+    batched = model.log_probs_batch(an4_clips)
+    for clip, in_batch in zip(an4_clips, batched):
+        alone = model.log_probs_batch([clip])[0]
+        frames = len(clip) // 160
+        assert in_batch.shape == alone.shape == (math.ceil(math.ceil(math.ceil(frames / 2) / 2) / 2), 29)
+        assert np.abs(in_batch - alone).max() <= 1e-5

@@ -62,9 +62,9 @@ def test_blank_is_after_the_labels():
     assert Vocabulary(("a", "b", " ")).blank_id == 3
 
 
-@pytest.mark.parametrize("labels", [(), ("a", "a"), ("a", "bc"), ("\u2581a", " "), ("\u2581", "a"), ("\u2581a\u2581b",)],
+@pytest.mark.parametrize("labels", [(), ("a", "a"), ("a", "bc"), ("\u2581a", " "), ("\u2581a", ""), ("\u2581a\u2581b",)],
                          ids=["empty", "duplicate", "multi-char-without-marker", "piece-with-space",
-                              "bare-marker", "marker-inside"])
+                              "empty-piece", "marker-inside"])
 def test_invalid_vocabularies(labels):
     with pytest.raises(ValueError):
         Vocabulary(labels)
@@ -94,3 +94,15 @@ def test_word_pieces_drop_what_no_piece_can_spell():
     assert vocab.normalize("Zone one-two!") == "one one two"  # z is in no piece; "-" separates words
     # No piece starts a word with "n", "i" or "n", so they are dropped until "\u2581e" can.
     assert vocab.decode(vocab.encode("nine")) == "e"
+
+
+# A SentencePiece BPE piece list as NeMo's tokenizers make it: <unk> first, a bare "▁", single letters.
+SENTENCEPIECE = ("<unk>", "\u2581t", "\u2581one", "ne", "\u2581tw", "o", "\u2581", "e", "n", "t", "x")
+
+
+def test_a_sentencepiece_piece_list_is_a_word_piece_vocabulary():
+    vocab = Vocabulary(SENTENCEPIECE)
+    assert vocab.is_word_piece and vocab.blank_id == len(SENTENCEPIECE)
+    # The bare "▁" starts a word that the next pieces spell; <unk> shows as sentencepiece shows it.
+    assert vocab.decode([2, 6, 10, 4, 5, 0, 1, 3]) == "one x two \u2047 tne"
+    assert vocab.normalize("One <unk> x") == "one n x"  # <unk>'s characters are no letters to keep
