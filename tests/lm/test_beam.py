@@ -158,20 +158,24 @@ def test_minus_inf_log_probs_are_accepted() -> None:
     assert BeamDecoder(LABELS).decode(log_probs)[0].text == "yez"
 
 
+def _piece_log_probs(frames: list[dict[int, float]], num_labels: int) -> np.ndarray:
+    """Log-probs (T, num_labels + 1) from per-frame {label index: prob}; the rest of each frame goes to the blank."""
+    rows = []
+    for dist in frames:
+        r = np.full(num_labels + 1, 1e-4)
+        for k, p in dist.items():
+            r[k] = p
+        r[num_labels] += max(0.0, 1.0 - r.sum())
+        rows.append(np.log(r / r.sum()))
+    return np.asarray(rows, dtype=np.float32)
+
+
 def test_word_pieces_decode_as_words_and_the_lm_still_fuses(lm_decoder: BeamDecoder, tiny_lm) -> None:
     # Whole-word pieces plus spelling letters; "▁tuo" (0.55) narrowly beats "▁two" (0.40).
     labels = ["\u2581i", "\u2581have", "\u2581two", "\u2581tuo", "\u2581c", "a", "t", "s"]
-    blank = len(labels)
-
-    def row(dist: dict[int, float]) -> np.ndarray:
-        r = np.full(blank + 1, 1e-4)
-        for k, p in dist.items():
-            r[k] = p
-        r[blank] += max(0.0, 1.0 - r.sum())
-        return np.log(r / r.sum())
 
     frames = [{0: 0.9}, {}, {1: 0.9}, {}, {3: 0.55, 2: 0.40}, {}, {4: 0.9}, {5: 0.9}, {6: 0.9}, {7: 0.9}]
-    log_probs = np.asarray([row(f) for f in frames], dtype=np.float32)
+    log_probs = _piece_log_probs(frames, len(labels))
     assert BeamDecoder(labels).decode(log_probs)[0].text == "i have tuo cats"
     fused = BeamDecoder(labels, tiny_lm.binary_path, tiny_lm.unigrams, alpha=0.5, beta=1.0).decode(log_probs)[0]
     assert fused.text == "i have two cats"
@@ -181,19 +185,11 @@ def test_word_pieces_decode_as_words_and_the_lm_still_fuses(lm_decoder: BeamDeco
 def test_sentencepiece_pieces_build_words_and_the_lm_fuses(tiny_lm) -> None:
     # A NeMo BPE vocabulary: <unk> first, subword pieces, a bare "▁", single letters.
     labels = ["<unk>", "\u2581ha", "ve", "\u2581tw", "\u2581tu", "o", "\u2581", "c", "ats", "\u2581i"]
-    blank = len(labels)
-
-    def row(dist: dict[int, float]) -> np.ndarray:
-        r = np.full(blank + 1, 1e-4)
-        for k, p in dist.items():
-            r[k] = p
-        r[blank] += max(0.0, 1.0 - r.sum())
-        return np.log(r / r.sum())
 
     # i | ha ve | tu (0.55) or tw (0.40), o | ▁ c ats | <unk>
     frames = [{9: 0.9}, {}, {1: 0.9}, {2: 0.9}, {}, {4: 0.55, 3: 0.40}, {5: 0.9}, {}, {6: 0.9}, {7: 0.9},
               {8: 0.9}, {}, {0: 0.9}]
-    log_probs = np.asarray([row(f) for f in frames], dtype=np.float32)
+    log_probs = _piece_log_probs(frames, len(labels))
     plain = BeamDecoder(labels).decode(log_probs)[0]
     assert plain.text == "i have tuo cats \u2047"  # <unk> is its own word, shown as sentencepiece shows it
     fused = BeamDecoder(labels, tiny_lm.binary_path, tiny_lm.unigrams, alpha=0.5, beta=1.0).decode(log_probs)[0]
