@@ -5,33 +5,66 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from service.batcher import DynamicBatcher
+import service.batcher as batcher_module
+from service.batcher import BatcherHooks, DynamicBatcher
 from service.domain import DeadlineExceededError, QueueFullError
 
 pytestmark = pytest.mark.anyio
+
+# Deadline for something that should happen within a few event-loop steps; it only bounds how long a
+# broken batcher hangs the test, no test measures how long anything took.
+WAIT_S = 5.0
 
 
 class FakeBatchFn:
     """Records batches; optionally blocks until released, and fails items equal to ``bad``."""
 
-    def __init__(self, bad=None, delay_s: float = 0.0) -> None:
+    def __init__(self, bad=None) -> None:
         self.batches: list[list] = []
         self.bad = bad
-        self.delay_s = delay_s
         self.release = threading.Event()
         self.release.set()
+        self.started = threading.Event()  # set when a batch reaches the function
 
     def __call__(self, items: list) -> list:
-        self.release.wait(5)
-        time.sleep(self.delay_s)
+        self.started.set()
+        self.release.wait(WAIT_S)
         self.batches.append(list(items))
         if self.bad is not None and self.bad in items:
             raise ValueError("poisoned batch")
         return [item * 10 for item in items]
+
+
+class FakeClock:
+    """A ``time.monotonic`` that moves only when told to (the batcher's view of time); counts its reads."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.reads = 0
+
+    def monotonic(self) -> float:
+        self.reads += 1
+        return self.now
+
+
+async def wait_until(condition, what: str) -> None:
+    """Polls ``condition()`` every millisecond until it holds, failing after ``WAIT_S``."""
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.001)
+
+
+async def settle() -> None:
+    """A few event-loop steps, so the dispatcher acts on everything submitted so far."""
+    for _ in range(10):
+        await asyncio.sleep(0)
 
 
 @pytest.fixture
@@ -42,22 +75,40 @@ def pool():
 
 async def test_full_batch_dispatches_without_waiting_for_the_delay(pool) -> None:
     fn = FakeBatchFn()
-    batcher = DynamicBatcher(fn, pool, max_batch_size=4, max_queue_delay_ms=10_000)
-    started = time.monotonic()
-    results = await asyncio.gather(*(batcher.submit(i, size_key=1) for i in range(4)))
+    sizes: list[int] = []
+    # A delay no test run reaches: only reaching max_batch_size can dispatch these items.
+    batcher = DynamicBatcher(fn, pool, max_batch_size=4, max_queue_delay_ms=3_600_000,
+                             hooks=BatcherHooks(on_batch=sizes.append))
+    waiting = [asyncio.ensure_future(batcher.submit(i, size_key=1)) for i in range(3)]
+    await wait_until(lambda: batcher.queue_depth == 3, "three queued items")
+    await settle()
+    assert sizes == [] and not any(f.done() for f in waiting)  # a partial batch waits for the delay
+    results = await asyncio.wait_for(asyncio.gather(*waiting, batcher.submit(3, size_key=1)), WAIT_S)
     assert results == [0, 10, 20, 30]
-    assert fn.batches == [[0, 1, 2, 3]]
-    assert time.monotonic() - started < 2.0
+    assert fn.batches == [[0, 1, 2, 3]] and sizes == [4]
     await batcher.stop()
 
 
-async def test_partial_batch_dispatches_after_the_delay(pool) -> None:
+async def test_partial_batch_dispatches_after_the_delay(pool, monkeypatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(batcher_module, "time", types.SimpleNamespace(monotonic=clock.monotonic))
     fn = FakeBatchFn()
-    batcher = DynamicBatcher(fn, pool, max_batch_size=8, max_queue_delay_ms=50)
-    started = time.monotonic()
-    assert await asyncio.gather(*(batcher.submit(i, size_key=1) for i in range(3))) == [0, 10, 20]
-    assert fn.batches == [[0, 1, 2]]
-    assert time.monotonic() - started >= 0.045
+    waits: list[float] = []
+    sizes: list[int] = []
+    # While items wait, the dispatcher sleeps until the oldest is due and then reads the clock again;
+    # with the fake clock short of the delay it finds it not due yet and sleeps again (20 ms real each).
+    batcher = DynamicBatcher(fn, pool, max_batch_size=8, max_queue_delay_ms=20,
+                             hooks=BatcherHooks(on_queue_wait=waits.append, on_batch=sizes.append))
+    pending = asyncio.ensure_future(asyncio.gather(*(batcher.submit(i, size_key=1) for i in range(3))))
+    await wait_until(lambda: batcher.queue_depth == 3, "three queued items")
+    clock.now += 0.019
+    reads = clock.reads
+    await wait_until(lambda: clock.reads >= reads + 2, "two re-checks of the clock")  # 1 ms short of the delay
+    assert sizes == [] and not pending.done()
+    clock.now += 0.001
+    assert await asyncio.wait_for(pending, WAIT_S) == [0, 10, 20]
+    assert fn.batches == [[0, 1, 2]] and sizes == [3]
+    assert waits == [pytest.approx(0.02)] * 3  # dispatched when the oldest had waited exactly the delay
     await batcher.stop()
 
 
@@ -66,12 +117,13 @@ async def test_batches_group_items_of_similar_length(pool) -> None:
     fn.release.clear()  # hold the first batch so the rest queue up together
     batcher = DynamicBatcher(fn, pool, max_batch_size=3, max_queue_delay_ms=1, max_concurrent_batches=1)
     first = asyncio.ensure_future(batcher.submit(0, size_key=0))
-    await asyncio.sleep(0.05)
+    await asyncio.to_thread(fn.started.wait, WAIT_S)
+    assert fn.started.is_set(), "the first batch never started"
     lengths = {1: 100, 2: 5000, 3: 110, 4: 5100, 5: 90, 6: 4900}
     rest = [asyncio.ensure_future(batcher.submit(i, size_key=n)) for i, n in lengths.items()]
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: batcher.queue_depth == len(lengths), "the other items to queue")
     fn.release.set()
-    await asyncio.gather(first, *rest)
+    await asyncio.wait_for(asyncio.gather(first, *rest), WAIT_S)
     assert fn.batches[0] == [0]
     assert sorted(map(sorted, fn.batches[1:])) == [[1, 3, 5], [2, 4, 6]]
     await batcher.stop()
@@ -82,13 +134,15 @@ async def test_full_queue_rejects_immediately(pool) -> None:
     fn.release.clear()
     batcher = DynamicBatcher(fn, pool, max_batch_size=1, max_queue_delay_ms=0, max_queue_size=2)
     running = asyncio.ensure_future(batcher.submit(0, size_key=1))
-    await asyncio.sleep(0.05)  # item 0 is now running, not queued
+    await asyncio.to_thread(fn.started.wait, WAIT_S)  # item 0 is now running, not queued
+    assert fn.started.is_set(), "item 0 never started"
     queued = [asyncio.ensure_future(batcher.submit(i, size_key=1)) for i in (1, 2)]
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: batcher.queue_depth == 2, "two queued items")
+    rejected = batcher.submit(3, size_key=1)
     with pytest.raises(QueueFullError):
-        await batcher.submit(3, size_key=1)
+        rejected.send(None)  # raises on its first step: it never waits for room in the queue
     fn.release.set()
-    assert await asyncio.gather(running, *queued) == [0, 10, 20]
+    assert await asyncio.wait_for(asyncio.gather(running, *queued), WAIT_S) == [0, 10, 20]
     await batcher.stop()
 
 
@@ -97,15 +151,15 @@ async def test_expired_items_are_dropped_before_dispatch(pool) -> None:
     fn.release.clear()
     batcher = DynamicBatcher(fn, pool, max_batch_size=4, max_queue_delay_ms=0, max_concurrent_batches=1)
     blocker = asyncio.ensure_future(batcher.submit(0, size_key=1))
-    await asyncio.sleep(0.05)
-    started = time.monotonic()
+    await asyncio.to_thread(fn.started.wait, WAIT_S)
+    assert fn.started.is_set(), "the blocking batch never started"
     with pytest.raises(DeadlineExceededError):
-        # The worker is still blocked: the sweep must not wait for the batch to finish.
-        await batcher.submit(1, size_key=1, deadline=time.monotonic() + 0.1)
-    assert time.monotonic() - started < 1.0
+        await batcher.submit(1, size_key=1, deadline=time.monotonic() + 0.02)
+    # The worker is still blocked: the sweep did not wait for the running batch to finish.
+    assert not fn.release.is_set() and fn.batches == [] and not blocker.done()
     fn.release.set()
-    assert await blocker == 0
-    assert [1] not in fn.batches
+    assert await asyncio.wait_for(blocker, WAIT_S) == 0
+    assert fn.batches == [[0]]
     await batcher.stop()
 
 
