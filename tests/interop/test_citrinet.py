@@ -16,13 +16,13 @@ import yaml
 from interop.nemo import CONFIG_MEMBER, WEIGHTS_MEMBER, NemoImportError, export_nemo, import_nemo
 from interop.tokenizer import build_tokenizer, read_pieces
 from lm.beam import BeamDecoder
-from model.audio import decode_audio
 from model.decoding import greedy_decode
 from model.inference import for_inference
 from model.presets import PRESETS
 from model.quartznet import QuartzNet, count_parameters
 
 from tests.cli.helpers import asr_in_process
+from tests.interop.clips import fixture_clips
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nemo"
 NEMO_FILE = FIXTURES / "citrinet_small.nemo"
@@ -50,12 +50,7 @@ def imported():
 
 @pytest.fixture(scope="module")
 def clips(speech_root) -> dict[str, np.ndarray]:
-    out = {}
-    for case in CASES:
-        audio = decode_audio(speech_root / case["clip"], 16_000).samples
-        assert len(audio) == case["num_samples"]
-        out[case["clip"]] = audio
-    return out
+    return fixture_clips(speech_root, CASES)
 
 
 # ---- parity with NeMo ----

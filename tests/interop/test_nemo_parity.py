@@ -14,10 +14,10 @@ import torch
 import yaml
 
 from interop.nemo import CONFIG_MEMBER, WEIGHTS_MEMBER, NemoImportError, export_nemo, import_nemo
-from model.audio import decode_audio
 from model.inference import for_inference
 
 from tests.cli.helpers import asr_console, asr_in_process
+from tests.interop.clips import fixture_clips
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nemo"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
@@ -40,12 +40,7 @@ def imported() -> dict:
 
 @pytest.fixture(scope="module")
 def clips(speech_root) -> dict[str, np.ndarray]:
-    out = {}
-    for fixture in MANIFEST["fixtures"]:
-        audio = decode_audio(speech_root / fixture["clip"], 16_000).samples
-        assert len(audio) == fixture["num_samples"]
-        out[fixture["clip"]] = audio
-    return out
+    return fixture_clips(speech_root, MANIFEST["fixtures"])
 
 
 # ---- parity, Python API ----

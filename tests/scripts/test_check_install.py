@@ -33,6 +33,14 @@ def starter_registry() -> str:
     return str(registry)
 
 
+def fake_torchaudio(root: Path, version: str, *, extension: bool) -> None:
+    """A torchaudio package under ``root`` that imports as ``version``, with or without its compiled extension."""
+    package = root / "torchaudio"
+    (package / "_extension").mkdir(parents=True)
+    (package / "__init__.py").write_text(f'__version__ = "{version}"\n')
+    (package / "_extension" / "__init__.py").write_text(f"_IS_TORCHAUDIO_EXT_AVAILABLE = {extension}\n")
+
+
 def test_this_install_passes_and_transcribes_the_bundled_clip():
     result = run_check("--registry", starter_registry())
     assert result.returncode == 0, result.stderr
@@ -52,10 +60,7 @@ def test_a_torchaudio_that_cannot_load_its_extension_fails_in_one_line(tmp_path)
 
 def test_a_torchaudio_without_its_compiled_library_is_caught(tmp_path):
     """torchaudio itself imports, but reports no extension: the front end would fail later."""
-    package = tmp_path / "torchaudio"
-    (package / "_extension").mkdir(parents=True)
-    (package / "__init__.py").write_text('__version__ = "2.11.0"\n')
-    (package / "_extension" / "__init__.py").write_text("_IS_TORCHAUDIO_EXT_AVAILABLE = False\n")
+    fake_torchaudio(tmp_path, "2.11.0", extension=False)
     result = run_check("--registry", starter_registry(), pythonpath=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
@@ -63,10 +68,7 @@ def test_a_torchaudio_without_its_compiled_library_is_caught(tmp_path):
 
 
 def test_a_mismatched_pair_is_named(tmp_path):
-    package = tmp_path / "torchaudio"
-    (package / "_extension").mkdir(parents=True)
-    (package / "__init__.py").write_text('__version__ = "2.11.1"\n')
-    (package / "_extension" / "__init__.py").write_text("_IS_TORCHAUDIO_EXT_AVAILABLE = True\n")
+    fake_torchaudio(tmp_path, "2.11.1", extension=True)
     result = run_check("--registry", starter_registry(), pythonpath=tmp_path)
     assert result.returncode == 1
     assert "torchaudio 2.11.1 does not match torch 2.11.0" in result.stderr
