@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from cli.bench import cpu_model, synthetic_batch  # noqa: E402
-from timing import timed  # noqa: E402 - bench/timing.py
+from cli.timing import timed  # noqa: E402
 from interop.nemo import import_nemo, nemo_jasper_blocks  # noqa: E402
 from model.inference import for_inference  # noqa: E402
 from model.precision import cpu_has_native_bf16  # noqa: E402

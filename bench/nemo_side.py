@@ -20,7 +20,10 @@ import numpy as np
 import torch
 
 from nemo_model import build_nemo_model  # noqa: E402 - bench/, the script's own folder
-from timing import timed  # noqa: E402
+
+# Appended, not prepended: the checkout's packages must not shadow anything in NeMo's venv.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+from cli.timing import timed  # noqa: E402 - standard library only
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
 from make_nemo_fixtures import calibrate_bn, randomise  # noqa: E402

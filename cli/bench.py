@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import time
 
 import numpy as np
 import torch
 
+from cli.timing import timed
 from model.decoding import greedy_decode
 
 MIN_RUNS = 5
@@ -58,13 +58,7 @@ def run_bench(model, *, batch_size: int, clip_seconds: float, runs: int, warmup:
         for log_probs in outputs:
             greedy_decode(log_probs, labels, frame_s)
 
-    for _ in range(warmup):
-        once()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - started)
+    times = timed(once, runs, warmup)
     median_s = statistics.median(times)
     return {"x_realtime": round(batch_size * clip_seconds / median_s, 2), "ms_per_batch": round(median_s * 1e3, 3),
             "ms_per_batch_min": round(min(times) * 1e3, 3), "runs": runs}

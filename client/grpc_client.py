@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 
 from client.asr_pb import asr_pb2, asr_pb2_grpc
+from client.closing import Closing
 
 # Recognize sends a whole file in one message; raise gRPC's 4 MiB default like Riva's client.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -16,7 +17,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 STREAM_CHUNK_S = 0.1
 
 
-class GrpcClient:
+class GrpcClient(Closing):
     """Talks to one server over gRPC (synchronous; the streaming sender runs in gRPC's thread).
 
     Args:
@@ -29,12 +30,6 @@ class GrpcClient:
         self._channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                                                                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
         self._stub = asr_pb2_grpc.SpeechRecognitionStub(self._channel)
-
-    def __enter__(self) -> "GrpcClient":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def close(self) -> None:
         self._channel.close()

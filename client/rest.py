@@ -6,6 +6,8 @@ from pathlib import Path
 
 import httpx
 
+from client.closing import Closing
+
 
 class RestError(RuntimeError):
     """The server answered with an error status; ``status`` is the HTTP code."""
@@ -15,7 +17,7 @@ class RestError(RuntimeError):
         self.status = status
 
 
-class RestClient:
+class RestClient(Closing):
     """Talks to one server over HTTP.
 
     Args:
@@ -29,12 +31,6 @@ class RestClient:
                  transport: httpx.BaseTransport | None = None) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers, transport=transport)
-
-    def __enter__(self) -> "RestClient":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def close(self) -> None:
         self._http.close()

@@ -77,7 +77,9 @@ class _TimeConv(nn.Module):
         spans = -(-frames // d)
         if spans * d != frames:  # zeros past the end are what the conv's own padding would read
             x = F.pad(x, (0, 0, 0, spans * d - frames))
+        # contiguous(): at batch 1 the reshape is a strided view, which oneDNN runs ~10x slower.
         phases = x.view(batch, spans, d, channels).transpose(1, 2).reshape(batch * d, spans, channels)
+        phases = phases.contiguous()
         y = self._conv(phases, 1, (self.kernel - 1) // 2, 1)
         y = y.view(batch, d, spans, -1).transpose(1, 2).reshape(batch, spans * d, -1)
         return y[:, :frames] if spans * d != frames else y

@@ -25,6 +25,17 @@ CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
 _QUINT8_LEVELS = 255
 
 
+def activation_levels() -> int:
+    """Levels an int8 product's input may use: 255, or 127 on x86 CPUs without VNNI.
+
+    Without VNNI, fbgemm multiplies pairs of uint8 inputs by int8 weights into one int16
+    (``vpmaddubsw``), which saturates once a pair sums past 32767: up to 39 output levels off
+    on the starter. Inputs held to 0..127 cannot reach it (2 * 127 * 127 < 32767), which is
+    PyTorch's ``reduce_range``.
+    """
+    return _QUINT8_LEVELS if torch.cpu._is_vnni_supported() else _QUINT8_LEVELS // 2
+
+
 def calibration_clips(sample_rate: int, folder: Path = CALIBRATION_DIR) -> list[np.ndarray]:
     """The bundled calibration speech (AN4 training utterances, 12 speakers), resampled to ``sample_rate``."""
     paths = sorted(folder.glob("*.flac"))
@@ -43,10 +54,10 @@ class _Range:
         self.low = min(self.low, float(tensor.min()))
         self.high = max(self.high, float(tensor.max()))
 
-    def quint8(self) -> tuple[float, int]:
-        """(scale, zero_point) mapping [low, high] onto 0..255."""
-        scale = max(self.high - self.low, 1e-8) / _QUINT8_LEVELS
-        return scale, int(np.clip(round(-self.low / scale), 0, _QUINT8_LEVELS))
+    def quint8(self, levels: int = _QUINT8_LEVELS) -> tuple[float, int]:
+        """(scale, zero_point) mapping [low, high] onto 0..levels."""
+        scale = max(self.high - self.low, 1e-8) / levels
+        return scale, int(np.clip(round(-self.low / scale), 0, levels))
 
 
 class _Int8Linear(nn.Module):
@@ -64,7 +75,7 @@ class _Int8Linear(nn.Module):
         qweight = torch.quantize_per_channel(weight, scales, torch.zeros(len(scales), dtype=torch.long), 0, torch.qint8)
         bias = None if linear.bias is None else linear.bias.float()
         self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
-        self.in_scale, self.in_zero = inputs.quint8()
+        self.in_scale, self.in_zero = inputs.quint8(activation_levels())
         if relu_fused:
             outputs.low = 0.0
         self.out_scale, self.out_zero = outputs.quint8()

@@ -1,10 +1,12 @@
-"""Fixtures shared by every test package: where the read-only shared speech data lives."""
+"""Fixtures shared by every test package: where the read-only shared speech data lives, a tiny published model."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+from tests.tiny_model import publish_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The shared data sits next to the checkout: <repo>/../shared/speech.
@@ -17,3 +19,11 @@ def speech_root() -> Path:
     if not (SPEECH_ROOT / "samples").is_dir():
         pytest.skip(f"shared speech data not found at {SPEECH_ROOT} (expected <repo>/../shared/speech)")
     return SPEECH_ROOT
+
+
+@pytest.fixture(scope="module")
+def tiny_registry(tmp_path_factory) -> Path:
+    """A registry holding the tiny model as "tiny"@1 (tests/tiny_model.py)."""
+    root = tmp_path_factory.mktemp("registry")
+    publish_tiny_model(root)
+    return root

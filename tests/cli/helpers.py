@@ -10,28 +10,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from cli.main import main
-from model.checkpoint import publish_model
-from model.features import MelFeaturizerConfig
-from model.quartznet import BlockConfig, QuartzNetConfig
-from model.recognizer import RecognizerConfig, SpeechRecognizer
-from model.registry import ModelRef, Registry
-from model.vocabulary import Vocabulary
+from tests.tiny_model import TINY_CONFIG, publish_tiny_model  # noqa: F401 - re-exported for the CLI tests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Starting the console script costs ~3 s (torch import), so most tests call main() in-process
 # and a few run the real script to check what a user's terminal sees.
 CONSOLE_TIMEOUT_S = 600  # generous: shared CI machines can starve a niced test run for minutes
-
-TINY_CONFIG = RecognizerConfig(
-    MelFeaturizerConfig(),
-    QuartzNetConfig((BlockConfig(32, 1, 11, stride=2), BlockConfig(32, 2, 7, residual=True),
-                     BlockConfig(64, 1, 1, separable=False)), num_labels=28, name="tiny"),
-    Vocabulary(),
-)
-
 
 @dataclass(frozen=True)
 class CliResult:
@@ -48,12 +33,6 @@ class CliResult:
         for fragment in fragments:
             assert fragment in lines[0], (fragment, lines[0])
         return lines[0]
-
-
-def publish_tiny_model(root: Path, name: str = "tiny") -> ModelRef:
-    """A random-weight 3-block model; enough to exercise every CLI path in well under a second."""
-    torch.manual_seed(0)
-    return publish_model(Registry(root), name, SpeechRecognizer(TINY_CONFIG).eval(), source="trained")
 
 
 def asr_in_process(*args: str) -> CliResult:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.cli.helpers import asr_console, asr_in_process, publish_tiny_model
+from tests.cli.helpers import asr_console, asr_in_process
 from tests.conftest import SPEECH_ROOT
 
 # A real FLAC cut to 40% of its bytes: libsndfile 1.2 stops with "flac decoder lost sync".
@@ -37,13 +37,6 @@ def _decodes(path: Path) -> bool:
     except Exception:  # noqa: BLE001 - any refusal counts
         return False
     return True
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("registry")
-    publish_tiny_model(root)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -96,35 +89,35 @@ def test_truncated_flac_really_fails_to_decode(bad_files):
 
 
 @pytest.mark.parametrize("case", sorted(BAD_AUDIO))
-def test_transcribe_bad_audio(case, registry, bad_files):
+def test_transcribe_bad_audio(case, tiny_registry, bad_files):
     path = _bad(bad_files, case)
-    result = asr_in_process("--registry", registry, "transcribe", path, "--model", "tiny")
+    result = asr_in_process("--registry", tiny_registry, "transcribe", path, "--model", "tiny")
     _check(result, case, path)
     assert result.stdout == ""
 
 
 @pytest.mark.parametrize("case", sorted(BAD_AUDIO))
-def test_logprobs_bad_audio(case, registry, bad_files, tmp_path):
+def test_logprobs_bad_audio(case, tiny_registry, bad_files, tmp_path):
     path = _bad(bad_files, case)
     out = tmp_path / "x.npy"
-    result = asr_in_process("--registry", registry, "logprobs", path, "--model", "tiny", "--out", out)
+    result = asr_in_process("--registry", tiny_registry, "logprobs", path, "--model", "tiny", "--out", out)
     _check(result, case, path)
     assert not out.exists()
 
 
 @pytest.mark.parametrize("case", sorted(BAD_AUDIO))
-def test_eval_manifest_whose_only_entry_is_bad(case, registry, bad_files, tmp_path):
+def test_eval_manifest_whose_only_entry_is_bad(case, tiny_registry, bad_files, tmp_path):
     path = _bad(bad_files, case)
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"audio_filepath": str(path), "duration": 1.0, "text": "hello"}) + "\n")
-    result = asr_in_process("--registry", registry, "eval", "--manifest", manifest, "--model", "tiny")
+    result = asr_in_process("--registry", tiny_registry, "eval", "--manifest", manifest, "--model", "tiny")
     if case == "truncated-flac" and _decodes(path):
         _check(result, case, path)
         return
     result.assert_one_line_error("no readable utterances", path.name, BAD_AUDIO[case])
 
 
-def test_eval_skips_and_counts_bad_lines_among_good_ones(registry, bad_files, good_wav, tmp_path):
+def test_eval_skips_and_counts_bad_lines_among_good_ones(tiny_registry, bad_files, good_wav, tmp_path):
     bad = [p for case, p in bad_files.items() if case != "truncated-flac" or p.exists()]
     lines = [json.dumps({"audio_filepath": str(good_wav), "duration": 1.0, "text": "one"})]
     lines += [json.dumps({"audio_filepath": str(p), "duration": 1.0, "text": "bad"}) for p in bad]
@@ -133,7 +126,7 @@ def test_eval_skips_and_counts_bad_lines_among_good_ones(registry, bad_files, go
               json.dumps({"audio_filepath": good_wav.name, "duration": 1.0, "text": "two"})]
     manifest = good_wav.parent / "mixed.json"
     manifest.write_text("\n".join(lines) + "\n")
-    result = asr_in_process("--registry", registry, "eval", "--manifest", manifest, "--model", "tiny", "--json")
+    result = asr_in_process("--registry", tiny_registry, "eval", "--manifest", manifest, "--model", "tiny", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["num_utterances"] == 2
@@ -144,42 +137,42 @@ def test_eval_skips_and_counts_bad_lines_among_good_ones(registry, bad_files, go
     assert sum("not a manifest entry" in problem for problem in report["problems"]) == 2
     assert 0.0 <= report["cer"] and 0.0 <= report["wer"]
     assert report["model"] == "tiny@1"
-    text = asr_in_process("--registry", registry, "eval", "--manifest", manifest, "--model", "tiny")
+    text = asr_in_process("--registry", tiny_registry, "eval", "--manifest", manifest, "--model", "tiny")
     assert text.returncode == 0 and f"({len(bad) + 2} skipped)" in text.stdout
 
 
-def test_transcribe_aborts_when_one_of_several_files_is_bad(registry, bad_files, good_wav):
+def test_transcribe_aborts_when_one_of_several_files_is_bad(tiny_registry, bad_files, good_wav):
     path = bad_files["random-bytes"]
-    asr_in_process("--registry", registry, "transcribe", good_wav, path, "--model", "tiny"
+    asr_in_process("--registry", tiny_registry, "transcribe", good_wav, path, "--model", "tiny"
                    ).assert_one_line_error(path.name, "not a readable audio file")
 
 
-def test_eval_missing_manifest(registry, tmp_path):
-    asr_in_process("--registry", registry, "eval", "--manifest", tmp_path / "none.json", "--model", "tiny"
+def test_eval_missing_manifest(tiny_registry, tmp_path):
+    asr_in_process("--registry", tiny_registry, "eval", "--manifest", tmp_path / "none.json", "--model", "tiny"
                    ).assert_one_line_error("none.json", "not found")
 
 
-def test_logprobs_unwritable_output(registry, good_wav, tmp_path):
-    asr_in_process("--registry", registry, "logprobs", good_wav, "--model", "tiny",
+def test_logprobs_unwritable_output(tiny_registry, good_wav, tmp_path):
+    asr_in_process("--registry", tiny_registry, "logprobs", good_wav, "--model", "tiny",
                    "--out", tmp_path / "no" / "such" / "dir.npy").assert_one_line_error("dir.npy")
 
 
 @pytest.mark.parametrize("command", ["transcribe", "eval", "logprobs"])
 @pytest.mark.parametrize("spec, fragment", [("nosuch", "no model named 'nosuch'"), ("tiny@7", "tiny@7"),
                                             ("../escape", "invalid name")])
-def test_unknown_model(command, spec, fragment, registry, good_wav, tmp_path):
+def test_unknown_model(command, spec, fragment, tiny_registry, good_wav, tmp_path):
     args = {"transcribe": ["transcribe", good_wav],
             "eval": ["eval", "--manifest", _one_line_manifest(good_wav, tmp_path)],
             "logprobs": ["logprobs", good_wav, "--out", tmp_path / "x.npy"]}[command]
-    result = asr_in_process("--registry", registry, *args, "--model", spec)
+    result = asr_in_process("--registry", tiny_registry, *args, "--model", spec)
     line = result.assert_one_line_error(fragment)
     if spec == "nosuch":
         assert "tiny" in line  # the message lists what is available
 
 
-def test_default_model_missing(registry, good_wav, monkeypatch):
+def test_default_model_missing(tiny_registry, good_wav, monkeypatch):
     monkeypatch.delenv("ASR_DEFAULT_MODEL", raising=False)
-    asr_in_process("--registry", registry, "transcribe", good_wav).assert_one_line_error("an4-quartznet")
+    asr_in_process("--registry", tiny_registry, "transcribe", good_wav).assert_one_line_error("an4-quartznet")
 
 
 def _one_line_manifest(audio: Path, folder: Path) -> Path:
@@ -188,10 +181,10 @@ def _one_line_manifest(audio: Path, folder: Path) -> Path:
     return manifest
 
 
-def test_console_script_reports_bad_audio_in_one_line(registry, bad_files):
+def test_console_script_reports_bad_audio_in_one_line(tiny_registry, bad_files):
     # The real process: no warnings, log lines or tracebacks may reach the terminal either.
     path = bad_files["random-bytes"]
-    result = asr_console("--registry", registry, "transcribe", path, "--model", "tiny")
+    result = asr_console("--registry", tiny_registry, "transcribe", path, "--model", "tiny")
     line = result.assert_one_line_error(path.name, "not a readable audio file")
     assert line.startswith("asr: error: ")
     assert result.stdout == ""
@@ -213,12 +206,12 @@ def test_models_presets_json():
     assert table.returncode == 0 and "332,632,349" in table.stdout
 
 
-def test_models_list_json(registry, tmp_path):
-    result = asr_in_process("--registry", registry, "models", "list", "--json")
+def test_models_list_json(tiny_registry, tmp_path):
+    result = asr_in_process("--registry", tiny_registry, "models", "list", "--json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert [(r["name"], r["version"], r["kind"], r["source"]) for r in rows] == [("tiny", 1, "model", "trained")]
-    assert Path(rows[0]["path"]) == registry / "tiny" / "1"
+    assert Path(rows[0]["path"]) == tiny_registry / "tiny" / "1"
     empty = asr_in_process("--registry", tmp_path / "empty", "models", "list", "--json")
     assert empty.returncode == 0 and json.loads(empty.stdout) == []
     assert "is empty" in asr_in_process("--registry", tmp_path / "empty", "models", "list").stdout
@@ -232,19 +225,19 @@ def test_models_list_json(registry, tmp_path):
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--device", "cuda"], "no usable CUDA GPU"),
 ])
-def test_bad_options_exit_2_in_one_line(args, fragment, registry, good_wav):
+def test_bad_options_exit_2_in_one_line(args, fragment, tiny_registry, good_wav):
     import torch
 
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     for command in (["transcribe", good_wav], ["eval", "--manifest", _one_line_manifest(good_wav, good_wav.parent)]):
-        asr_in_process("--registry", registry, *command, "--model", "tiny", *args).assert_one_line_error(fragment)
+        asr_in_process("--registry", tiny_registry, *command, "--model", "tiny", *args).assert_one_line_error(fragment)
 
 
-def test_a_garbage_mp3_gets_one_line_naming_the_problem(registry, tmp_path):
+def test_a_garbage_mp3_gets_one_line_naming_the_problem(tiny_registry, tmp_path):
     """The real process: libmpg123 prints its own notes straight to file descriptor 2 unless muted."""
     path = tmp_path / "garbage.mp3"
     path.write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + np.random.default_rng(3).bytes(20_000))
-    result = asr_console("--registry", registry, "transcribe", path, "--model", "tiny")
+    result = asr_console("--registry", tiny_registry, "transcribe", path, "--model", "tiny")
     line = result.assert_one_line_error("garbage.mp3", "not a readable audio file (unrecognised or corrupt data)")
     assert "does not exist" not in line and result.stdout == ""

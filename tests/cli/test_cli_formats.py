@@ -11,18 +11,11 @@ import soundfile as sf
 
 from model.audio import AudioError, decode_audio
 
-from tests.cli.helpers import asr_console, asr_in_process, publish_tiny_model
+from tests.cli.helpers import asr_console, asr_in_process
 
 # MP3 frame counts in the header include encoder padding (~270 samples here); allow 20 ms.
 DURATION_TOLERANCE_S = 0.02
 FSDD_CLIPS = 5
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("registry")
-    publish_tiny_model(root)
-    return root
 
 
 def _one_file_per_format(speech_root: Path) -> list[Path]:
@@ -62,7 +55,7 @@ def _check_results(result, files: list[Path], expected_durations: dict[Path, flo
     return results
 
 
-def test_transcribe_every_sample_format(registry, speech_root):
+def test_transcribe_every_sample_format(tiny_registry, speech_root):
     files = _one_file_per_format(speech_root)
     infos = {f: sf.info(f) for f in files}
     formats = {(i.format, i.samplerate, i.channels, i.subtype) for i in infos.values()}
@@ -77,23 +70,23 @@ def test_transcribe_every_sample_format(registry, speech_root):
     for f in files:
         assert abs(expected[f] - infos[f].duration) <= DURATION_TOLERANCE_S, f
     # ONE process for the whole group: the real console script.
-    result = asr_console("--registry", registry, "transcribe", "--json", *files, "--model", "tiny")
+    result = asr_console("--registry", tiny_registry, "transcribe", "--json", *files, "--model", "tiny")
     _check_results(result, files, expected)
 
 
-def test_transcribe_8khz_fsdd_clips(registry, speech_root):
+def test_transcribe_8khz_fsdd_clips(tiny_registry, speech_root):
     listed = _manifest_durations(speech_root / "fsdd_test.json")
     files = [speech_root / rel for rel in sorted(listed)[:FSDD_CLIPS]]
     assert all(sf.info(f).samplerate == 8_000 for f in files)
     expected = {f: listed[str(f.relative_to(speech_root))] for f in files}
-    result = asr_in_process("--registry", registry, "transcribe", "--json", *files, "--model", "tiny",
+    result = asr_in_process("--registry", tiny_registry, "transcribe", "--json", *files, "--model", "tiny",
                             "--batch-size", "2")
     _check_results(result, files, expected)
 
 
-def test_plain_text_output_has_one_line_per_file(registry, speech_root):
+def test_plain_text_output_has_one_line_per_file(tiny_registry, speech_root):
     files = [speech_root / rel for rel in sorted(_manifest_durations(speech_root / "fsdd_test.json"))[:2]]
-    result = asr_in_process("--registry", registry, "transcribe", *files, "--model", "tiny")
+    result = asr_in_process("--registry", tiny_registry, "transcribe", *files, "--model", "tiny")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 2 and [line.split("\t")[0] for line in lines] == [str(f) for f in files]

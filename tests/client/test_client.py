@@ -14,8 +14,9 @@ import pytest
 from client.cli import add_client_arguments
 from model.audio import decode_audio
 from service.domain import TranscriptionRequest
-from tests.service.test_grpc_support import (AN4_TEST_MANIFEST, REPO_ROOT, an4_test_set, free_port,
-                                             publish_tiny_model, service_config, serving)
+from tests.service.test_grpc_support import (AN4_TEST_MANIFEST, REPO_ROOT, an4_test_set, free_port, service_config,
+                                             serving)
+from tests.tiny_model import publish_tiny_model
 
 pytestmark = pytest.mark.skipif(not AN4_TEST_MANIFEST.exists(), reason="shared AN4 data not found")
 

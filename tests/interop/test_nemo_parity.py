@@ -265,16 +265,22 @@ UNSUPPORTED = {
 }
 
 
+def _assert_refused(path: Path, registry: Path, fragment: str, match: str | None = None) -> str:
+    """import_nemo raises NemoImportError naming ``fragment``; `asr models import-nemo` exits 2 in one line
+    and publishes nothing. Returns the error message."""
+    with pytest.raises(NemoImportError, match=match) as excinfo:
+        import_nemo(path)
+    assert fragment in str(excinfo.value)
+    asr_in_process("--registry", registry, "models", "import-nemo", path, "--name", "x").assert_one_line_error(fragment)
+    assert not (registry / "x").exists()  # nothing half-published
+    return str(excinfo.value)
+
+
 @pytest.mark.parametrize("case", sorted(UNSUPPORTED))
 def test_unsupported_configs_are_refused_naming_the_feature(case, tmp_path):
     edit, fragment = UNSUPPORTED[case]
     path = _modified_copy(tmp_path / f"{case}.nemo", edit)
-    with pytest.raises(NemoImportError, match="unsupported NeMo config") as excinfo:
-        import_nemo(path)
-    assert fragment in str(excinfo.value)
-    result = asr_in_process("--registry", tmp_path / "registry", "models", "import-nemo", path, "--name", "x")
-    result.assert_one_line_error(fragment)
-    assert not (tmp_path / "registry" / "x").exists()  # nothing half-published
+    _assert_refused(path, tmp_path / "registry", fragment, match="unsupported NeMo config")
 
 
 def _not_a_tar(path: Path) -> Path:
@@ -333,12 +339,8 @@ BROKEN = {
 def test_broken_archives_are_refused(case, tmp_path):
     make, fragment = BROKEN[case]
     path = make(tmp_path / f"{case}.nemo")
-    with pytest.raises(NemoImportError) as excinfo:
-        import_nemo(path)
-    assert fragment in str(excinfo.value) and str(path) in str(excinfo.value)
-    assert "\n" not in str(excinfo.value)
-    asr_in_process("--registry", tmp_path / "registry", "models", "import-nemo", path, "--name", "x"
-                   ).assert_one_line_error(fragment)
+    message = _assert_refused(path, tmp_path / "registry", fragment)
+    assert str(path) in message and "\n" not in message
 
 
 def test_missing_file_is_refused(tmp_path):

@@ -61,6 +61,17 @@ async def wait_until(condition, what: str) -> None:
         await asyncio.sleep(0.001)
 
 
+async def start_held(pool, item: int = 0, size_key: int = 1, **options):
+    """A batcher over a FakeBatchFn that holds its first batch, ``item``, running; returns (fn, batcher, future)."""
+    fn = FakeBatchFn()
+    fn.release.clear()
+    batcher = DynamicBatcher(fn, pool, **options)
+    future = asyncio.ensure_future(batcher.submit(item, size_key=size_key))
+    await asyncio.to_thread(fn.started.wait, WAIT_S)
+    assert fn.started.is_set(), "the held batch never started"
+    return fn, batcher, future
+
+
 async def settle() -> None:
     """A few event-loop steps, so the dispatcher acts on everything submitted so far."""
     for _ in range(10):
@@ -113,12 +124,9 @@ async def test_partial_batch_dispatches_after_the_delay(pool, monkeypatch) -> No
 
 
 async def test_batches_group_items_of_similar_length(pool) -> None:
-    fn = FakeBatchFn()
-    fn.release.clear()  # hold the first batch so the rest queue up together
-    batcher = DynamicBatcher(fn, pool, max_batch_size=3, max_queue_delay_ms=1, max_concurrent_batches=1)
-    first = asyncio.ensure_future(batcher.submit(0, size_key=0))
-    await asyncio.to_thread(fn.started.wait, WAIT_S)
-    assert fn.started.is_set(), "the first batch never started"
+    # The first batch is held, so the rest queue up together.
+    fn, batcher, first = await start_held(pool, size_key=0, max_batch_size=3, max_queue_delay_ms=1,
+                                          max_concurrent_batches=1)
     lengths = {1: 100, 2: 5000, 3: 110, 4: 5100, 5: 90, 6: 4900}
     rest = [asyncio.ensure_future(batcher.submit(i, size_key=n)) for i, n in lengths.items()]
     await wait_until(lambda: batcher.queue_depth == len(lengths), "the other items to queue")
@@ -130,12 +138,8 @@ async def test_batches_group_items_of_similar_length(pool) -> None:
 
 
 async def test_full_queue_rejects_immediately(pool) -> None:
-    fn = FakeBatchFn()
-    fn.release.clear()
-    batcher = DynamicBatcher(fn, pool, max_batch_size=1, max_queue_delay_ms=0, max_queue_size=2)
-    running = asyncio.ensure_future(batcher.submit(0, size_key=1))
-    await asyncio.to_thread(fn.started.wait, WAIT_S)  # item 0 is now running, not queued
-    assert fn.started.is_set(), "item 0 never started"
+    # Item 0 is running, not queued.
+    fn, batcher, running = await start_held(pool, max_batch_size=1, max_queue_delay_ms=0, max_queue_size=2)
     queued = [asyncio.ensure_future(batcher.submit(i, size_key=1)) for i in (1, 2)]
     await wait_until(lambda: batcher.queue_depth == 2, "two queued items")
     rejected = batcher.submit(3, size_key=1)
@@ -147,12 +151,7 @@ async def test_full_queue_rejects_immediately(pool) -> None:
 
 
 async def test_expired_items_are_dropped_before_dispatch(pool) -> None:
-    fn = FakeBatchFn()
-    fn.release.clear()
-    batcher = DynamicBatcher(fn, pool, max_batch_size=4, max_queue_delay_ms=0, max_concurrent_batches=1)
-    blocker = asyncio.ensure_future(batcher.submit(0, size_key=1))
-    await asyncio.to_thread(fn.started.wait, WAIT_S)
-    assert fn.started.is_set(), "the blocking batch never started"
+    fn, batcher, blocker = await start_held(pool, max_batch_size=4, max_queue_delay_ms=0, max_concurrent_batches=1)
     with pytest.raises(DeadlineExceededError):
         await batcher.submit(1, size_key=1, deadline=time.monotonic() + 0.02)
     # The worker is still blocked: the sweep did not wait for the running batch to finish.

@@ -1,5 +1,5 @@
-"""Shared helpers (no tests) for test_grpc_* and test_stream_*: a tiny published model, an in-process
-Engine + gRPC server on a free port, AN4 test clips, and a simulated real-time stream driver."""
+"""Shared helpers (no tests) for test_grpc_* and test_stream_*: an in-process Engine + gRPC server on a free
+port, AN4 test clips, and a simulated real-time stream driver (the tiny model is tests/tiny_model.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,7 @@ import socket
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 
-from model import (BlockConfig, MelFeaturizerConfig, QuartzNetConfig, RecognizerConfig, Registry, SpeechRecognizer,
-                   Vocabulary, publish_model)
 from service.config import ServiceConfig
 from service.streaming import StreamingOptions, StreamingSession
 
@@ -26,26 +22,6 @@ AN4_TEST_MANIFEST = SPEECH_ROOT / "an4_test.json"
 # ASR_TEST_AN4_REGISTRY points the tests at another registry holding an an4-quartznet.
 AN4_REGISTRY = Path(os.environ.get("ASR_TEST_AN4_REGISTRY") or REPO_ROOT / "registry")
 AN4_MODEL = "an4-quartznet"
-
-
-def publish_tiny_model(root: Path, name: str = "tiny", seed: int = 0) -> Registry:
-    """Publishes a random 3-block model (16 kHz, 20 ms frames) and returns its registry."""
-    torch.manual_seed(seed)
-    cfg = RecognizerConfig(MelFeaturizerConfig(),
-                           QuartzNetConfig((BlockConfig(32, 1, 11, stride=2), BlockConfig(32, 2, 7, residual=True),
-                                            BlockConfig(64, 1, 1, separable=False)), num_labels=28),
-                           Vocabulary())
-    registry = Registry(root)
-    publish_model(registry, name, SpeechRecognizer(cfg).eval(), source="trained")
-    return registry
-
-
-@pytest.fixture(scope="module")
-def tiny_registry(tmp_path_factory) -> Path:
-    """A registry holding publish_tiny_model's "tiny"@1 (for the gRPC test modules)."""
-    root = tmp_path_factory.mktemp("registry")
-    publish_tiny_model(root)
-    return root
 
 
 def free_port() -> int:

@@ -10,9 +10,8 @@ import pytest
 from model.audio import decode_audio
 from service.asr_pb import asr_pb2, asr_pb2_grpc
 from service.domain import TranscriptionRequest
-from tests.service.test_grpc_support import (tiny_registry,  # noqa: F401 - a fixture
-                                             AN4_TEST_MANIFEST, an4_test_set, publish_tiny_model, run,
-                                             service_config, serving)
+from tests.service.test_grpc_support import AN4_TEST_MANIFEST, an4_test_set, run, service_config, serving
+from tests.tiny_model import publish_tiny_model
 
 pytestmark = pytest.mark.skipif(not AN4_TEST_MANIFEST.exists(), reason="shared AN4 data not found")
 

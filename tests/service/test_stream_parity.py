@@ -14,8 +14,9 @@ import pytest
 from model.audio import decode_audio
 from service.domain import TranscriptionRequest
 from service.streaming import StreamingOptions
-from tests.service.test_grpc_support import (AN4_MODEL, AN4_REGISTRY, AN4_TEST_MANIFEST, an4_test_set,
-                                             publish_tiny_model, run, service_config, serving, stream_simulated)
+from tests.service.test_grpc_support import (AN4_MODEL, AN4_REGISTRY, AN4_TEST_MANIFEST, an4_test_set, run,
+                                             service_config, serving, stream_simulated)
+from tests.tiny_model import publish_tiny_model
 
 pytestmark = pytest.mark.skipif(not AN4_TEST_MANIFEST.exists(), reason="shared AN4 data not found")
 

@@ -1,4 +1,4 @@
-"""Wall-clock timing for the bench scripts, standard library only (the NeMo-side scripts run in NeMo's venv)."""
+"""Wall-clock timing for `asr bench` and bench/; standard library only, as NeMo's venv imports it too."""
 
 from __future__ import annotations
 
