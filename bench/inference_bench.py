@@ -13,7 +13,7 @@ Every row is front end + network; greedy decoding is left out because NeMo's for
 (`asr bench` times the service's path, decoding included). Parity: the imported model's
 log-probs against NeMo's on a real clip (fp32 form and ONNX Runtime).
 
-    python bench/inference_bench.py [--nemo-python /work/nemo-venv/bin/python] [--threads 2] [--runs 7]
+    python bench/inference_bench.py [--nemo-python /work/nemo-venv/bin/python] [--threads 2] [--runs 7] [--rounds 3]
 
 Writes bench/results/inference_<date>.json and prints a markdown table.
 """
@@ -66,7 +66,8 @@ def batch_tensors(clips: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.stack(clips)), torch.full((len(clips),), len(clips[0]), dtype=torch.int64)
 
 
-def our_rows(model, onnx_path: Path, batches: dict, runs: int) -> dict:
+def our_forms(model, onnx_path: Path) -> tuple[dict, object]:
+    """The eager model, its inference forms at each precision this CPU runs, and an ONNX Runtime session."""
     import onnxruntime as ort
 
     forms = {"eager": model}
@@ -77,6 +78,11 @@ def our_rows(model, onnx_path: Path, batches: dict, runs: int) -> dict:
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    return forms, session
+
+
+def our_rows(forms: dict, session, batches: dict, runs: int) -> dict:
+    """Seconds of each of ``runs`` calls per case and form (front end + network), ONNX Runtime included."""
     featurizer = forms["fp32"].featurizer
 
     def onnx_runtime(audio, lengths):
@@ -92,7 +98,17 @@ def our_rows(model, onnx_path: Path, batches: dict, runs: int) -> dict:
                 rows[case][name] = {"median_s": statistics.median(times), "times_s": times}
             times = timed(lambda: onnx_runtime(audio, lengths), runs)
             rows[case]["onnxruntime"] = {"median_s": statistics.median(times), "times_s": times}
-    return rows, forms, session
+    return rows
+
+
+def pool_times(rows: dict, more: dict) -> None:
+    """Adds ``more``'s times to ``rows`` (nested dicts ending in {"median_s", "times_s"}) and re-takes the medians."""
+    for key, row in rows.items():
+        if "times_s" in row:
+            row["times_s"] = row["times_s"] + more[key]["times_s"]
+            row["median_s"] = statistics.median(row["times_s"])
+        else:
+            pool_times(row, more[key])
 
 
 def parity(forms: dict, session, nemo_npy: Path) -> dict:
@@ -129,6 +145,9 @@ def main() -> int:
     parser.add_argument("--presets", nargs="+", default=["quartznet_15x5", "quartznet_5x3"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate NeMo's timings and ours this many times (runs each), pooling the times: "
+                             "on a machine whose speed drifts, the ratios then compare the same minutes")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -139,7 +158,7 @@ def main() -> int:
     report = {"benchmark": "inference_bench", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": args.threads,
                           "torch": torch.__version__, "load_average_start": os.getloadavg()},
-              "runs": args.runs, "cases": {c: {"batch": n, "clip_s": s} for c, (n, s) in CASES.items()},
+              "runs": args.runs, "rounds": args.rounds, "cases": {c: {"batch": n, "clip_s": s} for c, (n, s) in CASES.items()},
               "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -150,7 +169,12 @@ def main() -> int:
             model, _ = import_nemo(nemo["nemo_file"])
             onnx_path = tmp / f"{preset}.onnx"
             export_onnx(model, onnx_path)
-            rows, forms, session = our_rows(model, onnx_path, batches, args.runs)
+            forms, session = our_forms(model, onnx_path)
+            rows = our_rows(forms, session, batches, args.runs)
+            for _ in range(args.rounds - 1):
+                pool_times(nemo["cases"], nemo_side(args.nemo_python, preset, audio_npz, tmp, args.threads,
+                                                    args.runs)["cases"])
+                pool_times(rows, our_rows(forms, session, batches, args.runs))
             entry = {"nemo": {k: v for k, v in nemo.items() if k not in ("cases", "nemo_file", "parity_npy")},
                      "parity_max_abs_vs_nemo": parity(forms, session, Path(nemo["parity_npy"])), "cases": {}}
             for case, (n, seconds) in CASES.items():

@@ -26,14 +26,15 @@ _QUINT8_LEVELS = 255
 
 
 def activation_levels() -> int:
-    """Levels an int8 product's input may use: 255, or 127 on x86 CPUs without VNNI.
+    """Levels an int8 product's input may use: 255 on CPUs with AVX512-VNNI (AMX included), else 127.
 
     Without VNNI, fbgemm multiplies pairs of uint8 inputs by int8 weights into one int16
     (``vpmaddubsw``), which saturates once a pair sums past 32767: up to 39 output levels off
     on the starter. Inputs held to 0..127 cannot reach it (2 * 127 * 127 < 32767), which is
-    PyTorch's ``reduce_range``.
+    PyTorch's ``reduce_range``. Where VNNI cannot be confirmed, 127 is the safe choice.
     """
-    return _QUINT8_LEVELS if torch.cpu._is_vnni_supported() else _QUINT8_LEVELS // 2
+    has_vnni = getattr(torch.cpu, "_is_vnni_supported", lambda: False)()
+    return _QUINT8_LEVELS if has_vnni else _QUINT8_LEVELS // 2
 
 
 def calibration_clips(sample_rate: int, folder: Path = CALIBRATION_DIR) -> list[np.ndarray]:
