@@ -158,7 +158,8 @@ def main() -> int:
     report = {"benchmark": "inference_bench", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": args.threads,
                           "torch": torch.__version__, "load_average_start": os.getloadavg()},
-              "runs": args.runs, "rounds": args.rounds, "cases": {c: {"batch": n, "clip_s": s} for c, (n, s) in CASES.items()},
+              "runs": args.runs, "rounds": args.rounds,
+              "cases": {c: {"batch": n, "clip_s": s} for c, (n, s) in CASES.items()},
               "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -8,13 +8,10 @@ _Client = TypeVar("_Client", bound="Closing")  # typing.Self needs 3.11; the cli
 
 
 class Closing:
-    """Mixin for a client with a ``close()``: ``with Client(...) as c:`` closes it on the way out."""
+    """Mixin for a client that defines ``close()``: ``with Client(...) as c:`` closes it on the way out."""
 
     def __enter__(self: _Client) -> _Client:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def close(self) -> None:
-        raise NotImplementedError

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cli.main import main
-from tests.tiny_model import TINY_CONFIG, publish_tiny_model  # noqa: F401 - re-exported for the CLI tests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Starting the console script costs ~3 s (torch import), so most tests call main() in-process

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import json
 
-import torch
-
 from model.checkpoint import publish_model
 from model.features import MelFeaturizerConfig
 from model.quartznet import BlockConfig, QuartzNetConfig
 from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.registry import Registry
 from model.vocabulary import Vocabulary
-from tests.cli.helpers import TINY_CONFIG, asr_in_process
+from tests.cli.helpers import asr_in_process
 from tests.service.conftest import AN4_TEST, SPEECH_DIR
+from tests.tiny_model import publish_tiny_model
 
 
 def _publish_members(root) -> None:
     for seed in (0, 1):
-        torch.manual_seed(seed)
-        publish_model(Registry(root), "tiny", SpeechRecognizer(TINY_CONFIG).eval(), source="trained")
+        publish_tiny_model(root, seed=seed)
     other = RecognizerConfig(MelFeaturizerConfig(), QuartzNetConfig(
         (BlockConfig(32, 1, 11, stride=2), BlockConfig(64, 1, 1, separable=False)), num_labels=3),
         Vocabulary((" ", "a", "b")))
