@@ -18,7 +18,7 @@ import yaml
 
 from model.features import MelFeaturizerConfig
 from model.presets import scaled_kernel
-from model.quartznet import BlockConfig, QuartzNetConfig
+from model.network_config import BlockConfig, QuartzNetConfig
 from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.vocabulary import Vocabulary
 

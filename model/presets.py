@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from model.quartznet import BlockConfig, QuartzNetConfig
+from model.network_config import BlockConfig, QuartzNetConfig
 
 # ---- presets: (filters, kernel) per B-block; each preset repeats them per its size ----
 

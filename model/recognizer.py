@@ -11,7 +11,8 @@ from torch import nn
 
 from model.decoding import Transcript, greedy_decode
 from model.features import MelFeaturizer, MelFeaturizerConfig
-from model.quartznet import QuartzNet, QuartzNetConfig
+from model.network_config import QuartzNetConfig
+from model.quartznet import QuartzNet
 from model.vocabulary import Vocabulary
 
 

@@ -18,7 +18,8 @@ from service.upload import UnsupportedMediaTypeError
 
 log = logging.getLogger(__name__)
 
-# Most specific first: every one of these is a RequestError subclass.
+# Most specific first: (class, HTTP status, OpenAI error type, OpenAI error code). The realtime
+# WebSocket reports the same type and code, and derives its close code from the status.
 _STATUS = (
     (UnauthenticatedError, 401, "invalid_request_error", "invalid_api_key"),
     (UnsupportedMediaTypeError, 415, "invalid_request_error", "unsupported_media_type"),
@@ -39,23 +40,30 @@ def error_body(message: str, type_: str, code: str | None, param: str | None = N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def status_for(exc: BaseException) -> int:
-    for cls, status, _, _ in _STATUS:
+def known_error(exc: BaseException) -> tuple[int, str, str] | None:
+    """The HTTP status, OpenAI error type and code of a failure the client caused or can retry; None if internal."""
+    for cls, status, type_, code in _STATUS:
         if isinstance(exc, cls):
-            return status
-    return 500
+            return status, type_, code
+    return None
+
+
+def status_for(exc: BaseException) -> int:
+    known = known_error(exc)
+    return 500 if known is None else known[0]
 
 
 def error_response(exc: BaseException, param: str | None = None) -> JSONResponse:
     """Converts any exception into a JSON error response; internals are logged, never echoed."""
-    for cls, status, type_, code in _STATUS:
-        if isinstance(exc, cls):
-            headers = {"Retry-After": "1"} if status in (429, 503) else None
-            if status == 401:
-                headers = {"WWW-Authenticate": "Bearer"}
-            return JSONResponse(error_body(str(exc), type_, code, getattr(exc, "param", param)), status, headers=headers)
-    log.exception("internal error while serving a request", exc_info=exc)
-    return JSONResponse(error_body("internal server error", "server_error", "internal"), 500)
+    known = known_error(exc)
+    if known is None:
+        log.exception("internal error while serving a request", exc_info=exc)
+        return JSONResponse(error_body("internal server error", "server_error", "internal"), 500)
+    status, type_, code = known
+    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    return JSONResponse(error_body(str(exc), type_, code, getattr(exc, "param", param)), status, headers=headers)
 
 
 def count_failure(metrics, exc: BaseException) -> None:

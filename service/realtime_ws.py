@@ -18,11 +18,9 @@ from starlette.websockets import WebSocketDisconnect
 
 from model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from service.auth import check_api_key
-from service.domain import (DeadlineExceededError, PayloadTooLargeError, QueueFullError, RequestError,
-                            ServiceUnavailableError, UnauthenticatedError, UnknownModelError, WrongModelKindError)
+from service.domain import PayloadTooLargeError, RequestError
 from service.http_api import words_json
-from service.http_errors import count_failure
-from service.model_slot import ModelLoadError
+from service.http_errors import count_failure, known_error
 from service.openai_api import OPENAI_MODEL_IDS
 from service.streaming import STABLE_STABILITY, StreamingOptions, StreamingSession, StreamResult, pcm16_to_float32
 
@@ -53,29 +51,21 @@ class _ClientGone(Exception):
     """The client closed the socket; nothing more can be sent."""
 
 
-# Most specific first: every domain error is a RequestError. (close code, error type, error code)
-_ERRORS = (
-    (UnauthenticatedError, 1008, "invalid_request_error", "invalid_api_key"),
-    (UnknownModelError, 1008, "invalid_request_error", "model_not_found"),
-    (WrongModelKindError, 1008, "invalid_request_error", "wrong_model_kind"),
-    (PayloadTooLargeError, 1009, "invalid_request_error", "too_large"),
-    (QueueFullError, 1013, "server_busy", "queue_full"),
-    (ServiceUnavailableError, 1013, "unavailable", "unavailable"),
-    (ModelLoadError, 1013, "unavailable", "model_load_failed"),
-    (DeadlineExceededError, 1011, "timeout", "deadline_exceeded"),
-    (RequestError, 1008, "invalid_request_error", "bad_request"),
-)
+# RFC 6455 close codes by the HTTP status REST gives the same failure: too big 1009, try again
+# later 1013, server-side failure 1011; any other client error is a policy violation (1008).
+_CLOSE_CODES = {413: 1009, 429: 1013, 503: 1013, 504: 1011}
 
 
 def error_for(exc: BaseException) -> tuple[int, dict]:
     """The close code and ``error`` object a failure is reported with; internals are never echoed."""
     if isinstance(exc, _EventError):
         return exc.close_code, {"type": "invalid_request_error", "code": exc.code, "message": str(exc)}
-    for cls, close_code, type_, code in _ERRORS:
-        if isinstance(exc, cls):
-            return close_code, {"type": type_, "code": code, "message": str(exc).splitlines()[0]}
-    log.error("realtime transcription failed", exc_info=exc)
-    return 1011, {"type": "server_error", "code": "internal", "message": "internal server error"}
+    known = known_error(exc)
+    if known is None:
+        log.error("realtime transcription failed", exc_info=exc)
+        return 1011, {"type": "server_error", "code": "internal", "message": "internal server error"}
+    status, type_, code = known
+    return _CLOSE_CODES.get(status, 1008), {"type": type_, "code": code, "message": str(exc).splitlines()[0]}
 
 
 @router.websocket("/v1/realtime")

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from model.presets import PRESETS, preset_config
-from model.quartznet import BlockConfig
+from model.network_config import BlockConfig
 from model.vocabulary import ENGLISH_LABELS, Vocabulary
 from training.augment import AugmentConfig
 
@@ -33,7 +33,7 @@ class ModelConfig(_Section):
     """Which network to build: a named preset or an explicit block list (exactly one)."""
 
     preset: str | None = None
-    # model.quartznet.BlockConfig, field for field: its defaults and its checks.
+    # model.network_config.BlockConfig, field for field: its defaults and its checks.
     blocks: list[BlockConfig] | None = None
     # The CTC labels, blank excluded (model.vocabulary.Vocabulary checks them).
     labels: tuple[str, ...] = ENGLISH_LABELS

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.quartznet import QuartzNetConfig
+from model.network_config import QuartzNetConfig
 from model.recognizer import SpeechRecognizer
 from training.augment import spec_augment
 from training.config import TrainConfig

@@ -6,7 +6,7 @@ import json
 
 from model.checkpoint import publish_model
 from model.features import MelFeaturizerConfig
-from model.quartznet import BlockConfig, QuartzNetConfig
+from model.network_config import BlockConfig, QuartzNetConfig
 from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.registry import Registry
 from model.vocabulary import Vocabulary

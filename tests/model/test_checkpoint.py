@@ -12,7 +12,7 @@ import torch
 from model.checkpoint import (ARTIFACT_FORMAT, CONFIG_FILE, WEIGHTS_FILE, ArtifactError, artifact_files,
                               load_artifact, load_model, publish_model)
 from model.features import MelFeaturizerConfig
-from model.quartznet import BlockConfig, QuartzNetConfig
+from model.network_config import BlockConfig, QuartzNetConfig
 from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.registry import IntegrityError, NotFoundError, Registry
 from model.vocabulary import Vocabulary

@@ -14,7 +14,7 @@ from model.decoding import greedy_decode
 import model.ensemble as ensemble_module
 from model.ensemble import EnsembleConfig, EnsembleRecognizer, onto_frames
 from model.features import MelFeaturizerConfig
-from model.quartznet import BlockConfig, QuartzNetConfig
+from model.network_config import BlockConfig, QuartzNetConfig
 from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.registry import Registry
 from model.rescoring import blank_frames, ctc_log_likelihood, ensemble_log_likelihood, mean_posteriors

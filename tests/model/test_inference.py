@@ -14,7 +14,7 @@ from model.ensemble import EnsembleRecognizer
 from model.features import MelFeaturizerConfig
 from model.inference import InferenceEnsemble, InferenceRecognizer, for_inference
 from model.precision import PrecisionError, cpu_has_native_bf16, cpu_has_native_fp16, resolve_precision
-from model.quartznet import BlockConfig, QuartzNetConfig
+from model.network_config import BlockConfig, QuartzNetConfig
 from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.registry import Registry
 from model.vocabulary import Vocabulary

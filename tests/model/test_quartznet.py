@@ -13,7 +13,8 @@ from model.audio import decode_audio
 from model.features import MelFeaturizerConfig
 from model.presets import (PRESETS, citrinet_256, jasper_10x5dr, preset_config, quartznet_5x3, quartznet_5x5,
                            quartznet_10x5, quartznet_15x5)
-from model.quartznet import BlockConfig, QuartzNet, QuartzNetConfig, SqueezeExcite, count_parameters
+from model.network_config import BlockConfig, QuartzNetConfig
+from model.quartznet import QuartzNet, SqueezeExcite, count_parameters
 from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.vocabulary import Vocabulary
 

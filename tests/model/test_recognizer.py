@@ -8,7 +8,7 @@ import torch
 
 from model.decoding import Transcript, greedy_decode
 from model.features import MelFeaturizerConfig
-from model.quartznet import BlockConfig, QuartzNetConfig
+from model.network_config import BlockConfig, QuartzNetConfig
 from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.vocabulary import Vocabulary
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.quartznet import BlockConfig, MaskedConv1d, QuartzNet, QuartzNetConfig, _Dropout, use_fast_cpu_convs
+from model.network_config import BlockConfig, QuartzNetConfig
+from model.quartznet import MaskedConv1d, QuartzNet, _Dropout, use_fast_cpu_convs
 from tests.model.test_quartznet import DENSE_CONFIG, SEPARABLE_CONFIG
 
 # Every conv kind the fast path rewrites: strided and dilated depthwise (odd kernel), an even

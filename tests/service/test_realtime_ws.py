@@ -18,8 +18,12 @@ import uvicorn
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from model.audio import decode_audio, resample
+from model.audio import AudioError, decode_audio, resample
 from service.app import create_app
+from service.domain import (DeadlineExceededError, PayloadTooLargeError, QueueFullError, ServiceUnavailableError,
+                            UnknownModelError)
+from service.model_slot import ModelLoadError
+from service.realtime_ws import error_for
 from tests.conftest import REPO_ROOT
 from tests.service.conftest import make_config
 from tests.service.test_grpc_support import AN4_TEST_MANIFEST, an4_test_set, free_port
@@ -246,3 +250,20 @@ def test_missing_or_wrong_key_and_wrong_intent_are_refused(strict_server):
     assert (error["code"], closed_with) == ("unsupported_intent", 1008), error
     metrics = httpx.get(strict_server.url + "/metrics").text
     assert 'asr_requests_total{api="realtime",status="1008"}' in metrics
+
+
+@pytest.mark.parametrize("exc, close_code, type_, code", [
+    (QueueFullError("busy"), 1013, "server_busy", "queue_full"),
+    (ServiceUnavailableError("draining"), 1013, "unavailable", "unavailable"),
+    (ModelLoadError("bad file"), 1013, "unavailable", "model_load_failed"),
+    (DeadlineExceededError("late"), 1011, "timeout", "deadline_exceeded"),
+    (PayloadTooLargeError("big"), 1009, "invalid_request_error", "too_large"),
+    (UnknownModelError("no such model"), 1008, "invalid_request_error", "model_not_found"),
+    (AudioError("not audio"), 1008, "invalid_request_error", "bad_audio"),
+    (RuntimeError("a bug"), 1011, "server_error", "internal"),
+])
+def test_each_failure_closes_with_the_code_and_error_rest_gives_it(exc, close_code, type_, code):
+    """The error type and code are REST's (one table); the close code follows REST's status."""
+    got_code, error = error_for(exc)
+    assert (got_code, error["type"], error["code"]) == (close_code, type_, code)
+    assert error["message"] == ("internal server error" if code == "internal" else str(exc))

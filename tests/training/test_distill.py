@@ -14,7 +14,7 @@ from cli.main import main
 from model.checkpoint import load_model, publish_model
 from model.ensemble import EnsembleRecognizer
 from model.features import MelFeaturizerConfig
-from model.quartznet import BlockConfig, QuartzNetConfig
+from model.network_config import BlockConfig, QuartzNetConfig
 from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.registry import Registry
 from model.vocabulary import Vocabulary
