@@ -17,8 +17,8 @@ import torch
 import yaml
 
 from model.features import MelFeaturizerConfig
-from model.presets import scaled_kernel
 from model.network_config import BlockConfig, QuartzNetConfig
+from model.presets import scaled_kernel
 from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.vocabulary import Vocabulary
 

@@ -23,8 +23,8 @@ from torch import nn
 
 from model.ensemble import EnsembleConfig, EnsembleRecognizer
 from model.features import MelFeaturizer
-from model.precision import FLOAT_DTYPES, resolve_precision
 from model.network_config import QuartzNetConfig
+from model.precision import FLOAT_DTYPES, resolve_precision
 from model.quartznet import JasperBlock, QuartzNet
 from model.recognizer import BatchInference, OneNetwork, RecognizerConfig, SpeechRecognizer
 

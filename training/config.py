@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from model.presets import PRESETS, preset_config
 from model.network_config import BlockConfig
+from model.presets import PRESETS, preset_config
 from model.vocabulary import ENGLISH_LABELS, Vocabulary
 from training.augment import AugmentConfig
 

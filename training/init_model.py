@@ -8,8 +8,8 @@ from typing import Any
 
 from model.checkpoint import load_artifact
 from model.features import MelFeaturizerConfig
-from model.presets import preset_config
 from model.network_config import QuartzNetConfig
+from model.presets import preset_config
 from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.vocabulary import Vocabulary
 from training.config import TrainConfig

@@ -13,8 +13,8 @@ from model.checkpoint import load_model
 from model.ensemble import EnsembleRecognizer
 from model.features import MelFeaturizerConfig
 from model.inference import InferenceEnsemble, InferenceRecognizer, for_inference
-from model.precision import PrecisionError, cpu_has_native_bf16, cpu_has_native_fp16, resolve_precision
 from model.network_config import BlockConfig, QuartzNetConfig
+from model.precision import PrecisionError, cpu_has_native_bf16, cpu_has_native_fp16, resolve_precision
 from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.registry import Registry
 from model.vocabulary import Vocabulary
