@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.depthwise import depthwise_conv
 from model.network_config import BlockConfig, QuartzNetConfig
 
 # BatchNorm settings NeMo uses in every Jasper/QuartzNet block; checkpoints depend on them.
@@ -38,8 +39,8 @@ class MaskedConv1d(nn.Conv1d):
     ``fast_cpu`` (off by default, so the reference runs NeMo's exact operations; training turns
     it on with ``use_fast_cpu_convs``) computes the same convolution with kernels oneDNN runs
     faster on CPU: a depthwise conv as a grouped conv2d over a channels-last (B, C, 1, T) copy
-    (dilated ones as one undilated conv over the d interleaved phases of the signal), and a 1x1
-    conv as a batched matrix product.
+    (dilated ones as one undilated conv over the d interleaved phases of the signal), with its
+    backward as forward convs (model.depthwise), and a 1x1 conv as a batched matrix product.
     """
 
     fast_cpu = False
@@ -65,6 +66,8 @@ class MaskedConv1d(nn.Conv1d):
         if d > 1:
             return super().forward(x)
         x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        if s == 1 and self.bias is None and p < k:
+            return depthwise_conv(x4, self.weight.unsqueeze(2), p).squeeze(2).contiguous()
         y = F.conv2d(x4, self.weight.unsqueeze(2), self.bias, stride=(1, s), padding=(0, p), groups=self.groups)
         return y.squeeze(2).contiguous()
 
@@ -76,8 +79,11 @@ class MaskedConv1d(nn.Conv1d):
         if spans * d != frames:  # zeros past the end are what the conv's own padding would read
             x = F.pad(x, (0, spans * d - frames))
         phases = x.view(batch, channels, spans, d).permute(0, 3, 2, 1).reshape(batch * d, spans, channels)
-        y = F.conv2d(phases.transpose(1, 2).unsqueeze(2), self.weight.unsqueeze(2), self.bias,
-                     padding=(0, (k - 1) // 2), groups=self.groups)  # channels-last in and out
+        phases = phases.transpose(1, 2).unsqueeze(2)  # channels-last in and out
+        if self.bias is None:
+            y = depthwise_conv(phases, self.weight.unsqueeze(2), (k - 1) // 2)
+        else:
+            y = F.conv2d(phases, self.weight.unsqueeze(2), self.bias, padding=(0, (k - 1) // 2), groups=self.groups)
         y = y.squeeze(2).transpose(1, 2).reshape(batch, d, spans, channels).permute(0, 3, 2, 1)
         return y.reshape(batch, channels, spans * d)[:, :, :frames]
 
