@@ -136,17 +136,27 @@ class _ResidualPane(nn.Module):
 
 
 class _Dropout(nn.Dropout):
-    """Inverted dropout whose keep-mask comes from ``rand`` (vectorised) rather than ``bernoulli_``.
+    """Inverted dropout whose keep-mask comes from 16-bit random integers rather than ``bernoulli_``.
 
-    The same distribution as nn.Dropout, drawn twice as fast on CPU (3.2 vs 6.7 ms for a
-    (8, 512, 200) activation), which is 7 % of a QuartzNet 5x3 training step.
+    CPU random numbers come from one serial generator, so the draws are the cost: 64-bit draws
+    split four ways give 16-bit uniforms with a quarter of the draws ``rand`` needs (4 vs 14 ms
+    for a (32, 512, 250) activation, and ``bernoulli_`` takes 31). The drop probability is
+    therefore a multiple of 2^-16 (0.2 becomes 0.1999969), and kept values are scaled by the
+    inverse of the exact keep probability, so the expectation is unchanged.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        keep = torch.rand_like(x) >= self.p
-        return x * keep * (1.0 / (1.0 - self.p))
+        drops = min(round(self.p * _LEVELS), _LEVELS - 1)  # of the 2^16 values a draw can take
+        count = x.numel()
+        draws = torch.empty((count + 3) // 4, dtype=torch.int64, device=x.device).random_(-2**63, 2**63 - 1)
+        uniform = draws.view(torch.int16)[:count].view(x.shape)  # each in [-2^15, 2^15), equally likely
+        keep = uniform >= drops - _LEVELS // 2
+        return x * keep * (_LEVELS / (_LEVELS - drops))
+
+
+_LEVELS = 1 << 16
 
 
 class SqueezeExcite(nn.Module):
