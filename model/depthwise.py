@@ -51,6 +51,8 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch
 
     ``weight`` is (C, 1, 1, K) with ``padding <= K - 1``; no bias.
     """
+    if weight.shape[0] != x.shape[1] or weight.shape[1] != 1:
+        raise ValueError(f"a depthwise weight for {x.shape[1]} channels is (C, 1, 1, K), got {tuple(weight.shape)}")
     if padding > weight.shape[-1] - 1:
         raise ValueError(f"padding {padding} exceeds kernel {weight.shape[-1]} - 1")
     return _DepthwiseConv.apply(x, weight, padding)

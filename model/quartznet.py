@@ -59,7 +59,7 @@ class MaskedConv1d(nn.Conv1d):
         if k == 1 and s == 1 and self.groups == 1:
             y = torch.matmul(self.weight[:, :, 0], x)
             return y if self.bias is None else y + self.bias[:, None]
-        if self.groups != self.in_channels:  # full convs keep oneDNN's own kernel
+        if not self.in_channels == self.groups == self.out_channels:  # full convs and channel multipliers: oneDNN's own
             return super().forward(x)
         if d > 1 and s == 1 and k % 2 == 1 and p == d * (k - 1) // 2:
             return self._depthwise_by_phases(x)

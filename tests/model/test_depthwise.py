@@ -53,3 +53,9 @@ def test_padding_beyond_the_kernel_is_refused():
     x, weight = _inputs(1, 2, 10, 3)
     with pytest.raises(ValueError, match="padding"):
         depthwise_conv(x, weight, 3)
+
+
+def test_a_weight_for_other_channels_is_refused():
+    x, _ = _inputs(1, 2, 10, 3)
+    with pytest.raises(ValueError, match="depthwise weight"):
+        depthwise_conv(x, torch.randn(4, 1, 1, 3, dtype=torch.float64), 1)

@@ -107,6 +107,33 @@ def test_dilated_convs_run_as_contiguous_phases(monkeypatch, batch):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
+@pytest.mark.skipif(not inference_module._ONEDNN_OPS, reason="this torch build has no oneDNN ops")
+def test_weights_are_packed_once_and_repacked_when_they_change():
+    """oneDNN gets its own layout of each weight, made on the first call and reused after it."""
+    linear = inference_module._Linear(torch.randn(24, 16), torch.randn(24))
+    x = torch.randn(1, 7, 16)
+    with torch.no_grad():
+        first = linear(x, relu=True)
+        packed = linear.packed.tensor
+        torch.testing.assert_close(first, torch.relu(torch.nn.functional.linear(x, linear.weight, linear.bias)),
+                                   rtol=0, atol=1e-5)
+        linear(torch.randn(3, 50, 16))  # another row count runs on the same packed weight
+        assert linear.packed.tensor is packed
+        linear.weight = linear.weight * 2  # new storage: packed again, not a stale copy of the old one
+        doubled = linear(x)
+        assert linear.packed.tensor is not packed
+        torch.testing.assert_close(doubled, torch.nn.functional.linear(x, linear.weight, linear.bias),
+                                   rtol=0, atol=1e-5)
+
+
+def test_a_used_form_can_be_copied(an4_clips):  # noqa: F811
+    """Packed weights are opaque oneDNN tensors; a deep copy packs its own on first use."""
+    fast = for_inference(_recognizer(SEPARABLE_CONFIG), "fp32")
+    want = fast.log_probs_batch(an4_clips[:2])
+    clone = copy.deepcopy(fast)
+    assert _max_diff(clone.log_probs_batch(an4_clips[:2]), want) == 0.0
+
+
 def test_a_wrong_mask_would_be_caught(monkeypatch, an4_clips):  # noqa: F811
     """The parity test above can fail: without the masks, padded items' last frames change."""
     eager = _recognizer(SEPARABLE_CONFIG)
