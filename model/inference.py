@@ -43,18 +43,17 @@ class _Prepacked:
     """A weight in oneDNN's own blocked layout, made on first use and kept beside the plain one.
 
     Handed a plain weight, oneDNN reorders it on every call: 20-80 us per 512 x 512 matrix, which
-    is a quarter of the network's time for a 0.6 s input and 5-7 % for 10 s. Rebuilt when the
-    weight changes (new storage or dtype); never copied, saved or moved: a copy of the module
-    packs again when it is first used.
+    is a quarter of the network's time for a 0.6 s input and 5-7 % for 10 s. Packed again when
+    the module's weight is another tensor (``.to()``, reassignment); the form's weights are never
+    changed in place. Never copied or saved: a copy of the module packs on its own first use.
     """
 
     def __init__(self, pack: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        self.pack, self.key, self.tensor = pack, None, None
+        self.pack, self.source, self.tensor = pack, None, None
 
     def __call__(self, weight: torch.Tensor) -> torch.Tensor:
-        key = (weight.data_ptr(), weight.dtype)
-        if key != self.key:
-            self.tensor, self.key = self.pack(weight), key
+        if weight is not self.source:  # holding the source keeps its identity from being reused
+            self.tensor, self.source = self.pack(weight), weight
         return self.tensor
 
     def __deepcopy__(self, memo: dict) -> "_Prepacked":
@@ -96,8 +95,9 @@ class _TimeConv(nn.Module):
         if _use_onednn(x):
             geometry = (stride, padding, dilation)
             if geometry not in self.packed:
+                groups = self.groups
                 self.packed[geometry] = _Prepacked(lambda w: torch.ops.mkldnn._reorder_convolution_weight(
-                    w, [0, padding], [1, stride], [1, dilation], self.groups))
+                    w, [0, padding], [1, stride], [1, dilation], groups))
             y = torch.ops.mkldnn._convolution_pointwise(x4, self.packed[geometry](self.weight), self.bias,
                                                         [0, padding], [1, stride], [1, dilation], self.groups,
                                                         "none", [], "")
