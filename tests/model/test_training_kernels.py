@@ -13,6 +13,7 @@ from tests.model.test_quartznet import DENSE_CONFIG, SEPARABLE_CONFIG
 # dilated kernel it must leave alone, pointwise, and full convs.
 KERNEL_CONFIG = QuartzNetConfig((
     BlockConfig(24, 1, 11, stride=2),
+    BlockConfig(24, 1, 17, residual=True),  # long enough for model.depthwise's own backward
     BlockConfig(24, 2, 9, dilation=3, residual=True),
     BlockConfig(32, 1, 6, dilation=2),
     BlockConfig(32, 1, 1, separable=False),
