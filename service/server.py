@@ -54,30 +54,7 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
 
 def run_server(config: ServiceConfig) -> int:
     """Serves until SIGTERM/SIGINT; returns the process exit code (0 after a clean drain)."""
-    _return_large_frees_to_the_os()
     return asyncio.run(serve(config))
-
-
-def _return_large_frees_to_the_os() -> None:
-    """Fixes glibc's mmap threshold at 256 kB (and trims the heap past 1 MB of free space).
-
-    Long audio is decoded and run a window at a time in worker threads, so the server allocates
-    and frees many multi-MB temporaries. glibc raises its mmap threshold after each large free
-    (up to 32 MB), after which such blocks come from per-thread heaps and stay resident: one hour
-    of 48 kHz stereo audio then left the process 317 MB larger; with the threshold fixed, 173 MB
-    at the peak and 31 MB after. No-op where the C library is not glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-    mallopt(m_mmap_threshold, 256 * 1024)
-    mallopt(m_trim_threshold, 1024 * 1024)
 
 
 async def serve(config: ServiceConfig) -> int:
