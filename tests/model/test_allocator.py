@@ -4,12 +4,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from model.allocator import _is_glibc
 
 pytestmark = pytest.mark.skipif(not _is_glibc(), reason="the thresholds are glibc's")
+REPO = Path(__file__).resolve().parents[2]
 
 # Allocates, touches and frees a 16 MB block, reporting how much of it the process still holds.
 _PROBE = textwrap.dedent("""
@@ -30,7 +32,7 @@ _PROBE = textwrap.dedent("""
 def _probe(mode: str, **env: str) -> tuple[bool, int]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     done = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True,
-                          env={**clean, **env}, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+                          env={**clean, **env}, cwd=REPO)
     applied, released = done.stdout.split()
     return applied == "True", int(released)
 

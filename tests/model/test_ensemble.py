@@ -208,6 +208,31 @@ def test_speed_views_run_each_member_on_speed_changed_audio(tmp_path) -> None:
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.parametrize("inference_form", [False, True], ids=["eager", "inference form"])
+def test_members_with_one_front_end_featurize_each_batch_once(monkeypatch, inference_form) -> None:
+    from model.features import MelFeaturizer
+    from model.inference import for_inference
+
+    members = [tiny(0), tiny(1), tiny(2)]
+    ensemble = EnsembleRecognizer.of(members, speeds=(1.0, 1.1)).eval()
+    ensemble = for_inference(ensemble, "fp32") if inference_form else ensemble
+    clips = [np.random.default_rng(i).normal(0, 0.1, n).astype(np.float32) for i, n in enumerate((16000, 7000))]
+    calls = []
+    featurize = MelFeaturizer.forward
+    monkeypatch.setattr(MelFeaturizer, "forward", lambda self, *a: calls.append(self) or featurize(self, *a))
+    shared = ensemble.log_probs_batch(clips)
+    assert len(calls) == 1  # both speeds share one pass here, and all three members its features
+    # A member whose filterbank differs (an imported model can carry its own) keeps its own front end.
+    with torch.no_grad():
+        ensemble.members[2].featurizer.fb[..., ::2] *= 2  # not a plain scale, which normalisation cancels
+    calls.clear()
+    separate = ensemble.log_probs_batch(clips)
+    assert len(calls) == 3
+    for got, want in zip(separate, shared):
+        np.testing.assert_array_equal(got[:, [0, 1, 3, 4]], want[:, [0, 1, 3, 4]])
+        assert not np.allclose(got[:, [2, 5]], want[:, [2, 5]], atol=1e-3)  # views: speed-major, member-minor
+
+
 def test_speeds_share_a_forward_pass_only_in_small_batches(monkeypatch) -> None:
     ensemble = EnsembleRecognizer.of([tiny(0), tiny(1)], speeds=(0.9, 1.0, 1.1)).eval()
     clips = [np.random.default_rng(i).normal(0, 0.1, n).astype(np.float32) for i, n in enumerate((16000, 5000, 11000))]

@@ -190,3 +190,19 @@ def test_config_round_trip_and_validation():
                 dict(num_mels=0)):
         with pytest.raises(ValueError):
             MelFeaturizerConfig(**bad)
+
+
+@pytest.mark.parametrize("slice_samples", [16_000, 48_000], ids=["one row", "three rows"])
+def test_slices_of_rows_give_the_whole_batchs_features_bit_for_bit(monkeypatch, slice_samples):
+    import model.features as features_module
+
+    featurizer = MelFeaturizer(MelFeaturizerConfig()).eval()
+    lengths = torch.tensor([16_000, 9_000, 16_000, 4_000, 12_345])
+    audio = torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, (len(lengths), 16_000)).astype(np.float32))
+    audio[torch.arange(16_000)[None, :] >= lengths[:, None]] = 0.0
+    with torch.no_grad():
+        monkeypatch.setattr(features_module, "_ROWS_SAMPLES", 10**9)
+        whole, whole_lengths = featurizer(audio, lengths)
+        monkeypatch.setattr(features_module, "_ROWS_SAMPLES", slice_samples)
+        sliced, sliced_lengths = featurizer(audio, lengths)
+    assert torch.equal(sliced_lengths, whole_lengths) and torch.equal(sliced, whole)
