@@ -125,7 +125,7 @@ class EnsembleRecognizer(BatchInference, nn.Module):
                 stacked = torch.cat([nn.functional.pad(clips[k], (0, longest - clips[k].shape[1])) for k in group])
                 stacked_lengths = torch.cat([clip_lengths[k] for k in group])
             # Members trained here share one front end: compute it once, not once per member
-            # (a tenth of @7's serving time on CPU went to featurizing the same audio four times).
+            # (featurizing the same audio four times cost @7 over a third of its offline CPU time).
             shared = self._shared_featurizer()
             features = shared(stacked, stacked_lengths) if shared is not None else None
             for member in self.members:
