@@ -313,7 +313,7 @@ class InferenceNetwork(nn.Module):
         xs, lengths = [features.to(self.dtype).transpose(1, 2).contiguous()], feature_lengths
         # No item shorter than the tensor stays so through every conv (same length formula): then
         # no block needs a mask, and the per-block check (~40 us each) is skipped.
-        padded = self.traceable or bool((lengths < xs[-1].shape[1]).any())
+        padded = not self.traceable and bool((lengths < xs[-1].shape[1]).any())
         for index, block in enumerate(self.blocks):
             if self.traceable:
                 mask = _zero_padding_traceable
