@@ -15,8 +15,10 @@ class AugmentConfig:
     """What the training pipeline perturbs, and how much.
 
     Attributes:
-        speed_rates: playback-speed factors to pick from uniformly, each in [0.9, 1.1];
-            rate > 1 is faster (shorter) audio, see :func:`speed_perturb`.
+        speed_rates: playback-speed factors to pick from uniformly, each in [0.8, 1.25];
+            rate > 1 is faster (shorter) audio, see :func:`speed_perturb`. Batches are planned
+            from manifest durations, so a rate r < 1 lets one hold up to 1/r times
+            ``max_batch_audio_s``.
         speed_prob: chance that an utterance is speed-perturbed at all, in [0, 1].
         freq_masks: SpecAugment frequency masks per utterance.
         freq_width: widest frequency mask, in mel bins (width drawn from 0..freq_width).
@@ -64,8 +66,8 @@ class AugmentConfig:
     __pydantic_config__ = {"extra": "forbid"}
 
     def __post_init__(self) -> None:
-        if not self.speed_rates or any(not 0.9 <= r <= 1.1 for r in self.speed_rates):
-            raise ValueError(f"speed_rates must be a non-empty tuple within [0.9, 1.1], got {self.speed_rates}")
+        if not self.speed_rates or any(not 0.8 <= r <= 1.25 for r in self.speed_rates):
+            raise ValueError(f"speed_rates must be a non-empty tuple within [0.8, 1.25], got {self.speed_rates}")
         if not 0.0 <= self.speed_prob <= 1.0:
             raise ValueError(f"speed_prob must lie in [0, 1], got {self.speed_prob}")
         if not 0.0 <= self.narrowband_prob <= 1.0:

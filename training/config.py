@@ -172,8 +172,9 @@ class DistillConfig(_Section):
     ctc_weight: Annotated[float, Field(ge=0.0)] = 1.0
     pseudo_label_weight: Annotated[float, Field(ge=0.0)] = 0.0
     temperature: Annotated[float, Field(gt=0.0)] = 1.0
-    # How an ensemble teacher's views become the KL target: per_view | mean | best_view.
-    targets: Literal["per_view", "mean", "best_view"] = "per_view"
+    # The KL target (training.distill): per_view | mean | best_view on every frame, or token (each
+    # token's label distribution at its own peak frame, for teachers whose frames the student's do not match).
+    targets: Literal["per_view", "mean", "best_view", "token"] = "per_view"
     # The teacher's inference precision (model.precision); auto is bf16 where the CPU has it.
     teacher_precision: Literal["fp32", "bf16", "int8", "auto"] = "auto"
     # Clean utterances whose targets each worker keeps (about 8 kB each for 3 s of AN4 audio).

@@ -102,7 +102,8 @@ def build_run(worker: WorkerConfig) -> Run:
     teacher = None
     if cfg.distill is not None:
         teacher = Teacher.load(worker.teacher_dir, precision=cfg.distill.teacher_precision,
-                               device=ctx.device, cache_items=cfg.distill.cache_items)
+                               device=ctx.device, cache_items=cfg.distill.cache_items,
+                               token_peaks=cfg.distill.targets == "token")
     optimizer = _optimizer(cfg, recognizer, list(train_step.inter_ctc_heads.parameters()))
     steps_per_epoch = max(1, math.ceil(len(sampler) / cfg.optim.grad_accum_steps))
     scheduler = build_warmup_cosine_scheduler(optimizer, warmup_steps=cfg.optim.warmup_steps,

@@ -85,7 +85,7 @@ def test_speed_rate_one_is_a_no_op_and_choice_is_seeded():
 
 def test_config_validation():
     with pytest.raises(ValueError, match="speed_rates"):
-        AugmentConfig(speed_rates=(0.8,))
+        AugmentConfig(speed_rates=(0.75,))
     with pytest.raises(ValueError, match="time_width"):
         AugmentConfig(time_width=1.5)
     with pytest.raises(ValueError, match="narrowband_prob"):

@@ -20,7 +20,7 @@ from model.registry import Registry
 from model.vocabulary import Vocabulary
 from tests.training.conftest import TINY_BLOCKS, write_config, write_manifest
 from model.vocabulary import ENGLISH_LABELS as DEFAULT_LABELS
-from training.distill import Teacher, TeacherTargets, kl_to_teacher, teacher_token_batch
+from training.distill import Teacher, TeacherTargets, kl_to_teacher, peak_frames, teacher_token_batch
 from training.losses import fill_unlabelled
 
 
@@ -81,6 +81,80 @@ def test_kl_is_zero_when_the_student_is_the_teacher_and_has_its_gradient():
     kl_to_teacher(other, torch.tensor([5, 3]), targets).backward()
     assert other.grad[1, 3:].abs().max() == 0  # padding frames get no gradient
     assert other.grad[1, :3].abs().max() > 0
+
+
+# ---- the token-level term ----
+
+# Labels {a, b} and blank (index 2). Over 4 frames "a" peaks at frame 1 and "b" at frame 3.
+_SPIKES = torch.log(torch.tensor([[0.05, 0.05, 0.9], [0.6, 0.2, 0.2], [0.05, 0.05, 0.9], [0.1, 0.7, 0.2]]))
+
+
+def test_peak_frames_follow_the_viterbi_alignment():
+    assert peak_frames(_SPIKES, (0, 1), blank=2).tolist() == [1, 3]
+    # "b" held over two frames: its peak is the likelier of them.
+    held = torch.log(torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.5, 0.4], [0.1, 0.8, 0.1]]))
+    assert peak_frames(held, (0, 1), blank=2).tolist() == [0, 2]
+    # "a a" needs a blank between the two: 3 frames hold it (a, blank, a), 2 do not.
+    assert peak_frames(_SPIKES[:3], (0, 0), blank=2).tolist() == [0, 2]
+    assert peak_frames(_SPIKES[:2], (0, 0), blank=2) is None
+    assert peak_frames(_SPIKES, (), blank=2) is None
+
+
+def _token_targets(at_peaks: np.ndarray, ids) -> TeacherTargets:
+    """Targets carrying only the teacher's log-probs at its token peaks, (U, K, V+1)."""
+    return TeacherTargets(torch.zeros(1, 1, at_peaks.shape[-1], dtype=torch.float16), tuple(ids), 0,
+                          torch.from_numpy(np.log(at_peaks)).to(torch.float16))
+
+
+def test_token_kl_matches_a_hand_computation():
+    # The student's labels at its peaks, blank dropped and renormalised: frame 1 (0.75, 0.25),
+    # frame 3 (0.125, 0.875). Two teacher views per token, averaged after the blank is dropped:
+    #   "a": view 1 (0.25, 0.25 | blank 0.5) -> (0.5, 0.5); view 2 (0.9, 0.1 | 0) -> (0.9, 0.1);
+    #        mean (0.7, 0.3): KL = 0.7 ln(0.7/0.75) + 0.3 ln(0.3/0.25) = 0.006400
+    #   "b": both views (0, 1): KL = ln(1/0.875) = 0.133531
+    # One utterance: 0.139931; with a second that cannot align (1 frame for 2 tokens) the batch
+    # mean halves it: 0.069966.
+    at_peaks = np.array([[[0.25, 0.25, 0.5], [0.9, 0.1, 1e-6]], [[1e-6, 0.5, 0.5], [1e-6, 0.9, 0.1]]])
+    target = _token_targets(at_peaks, (0, 1))
+    one = kl_to_teacher(_SPIKES[None], torch.tensor([4]), [target], kind="token")
+    assert float(one) == pytest.approx(0.139931, abs=2e-3)  # float16 teacher, 1e-6 floors: ~1e-3
+    batch = torch.stack([_SPIKES, _SPIKES])
+    two = kl_to_teacher(batch, torch.tensor([4, 1]), [target, target], kind="token")
+    assert float(two) == pytest.approx(float(one) / 2, rel=1e-6)
+
+
+def test_token_kl_is_zero_for_a_matching_student_and_reaches_only_its_peak_frames():
+    at_peaks = torch.stack([_SPIKES[1], _SPIKES[3]])[:, None].exp().numpy()
+    target = _token_targets(at_peaks, (0, 1))
+    assert float(kl_to_teacher(_SPIKES[None], torch.tensor([4]), [target], kind="token")) == pytest.approx(0, abs=2e-3)
+    student = torch.log(torch.tensor([[[0.05, 0.05, 0.9], [0.3, 0.3, 0.4], [0.05, 0.05, 0.9], [0.3, 0.4, 0.3]]]))
+    student.requires_grad_(True)
+    kl_to_teacher(student, torch.tensor([4]), [target], kind="token").backward()
+    moved = (student.grad[0].abs().sum(dim=1) > 0).tolist()
+    assert moved == [False, True, False, True]
+    assert student.grad[0, :, 2].abs().max() == 0  # blank is left out
+
+
+class _TwoViews:
+    """A stand-in ensemble over labels {a, b}: two views that say "ab", spiking one frame apart."""
+
+    vocabulary = Vocabulary(("a", "b"))
+    frame_duration_s = 0.08
+
+    def log_probs_sorted(self, clips, batch_size):
+        first = [[0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.1, 0.7, 0.2], [0.1, 0.1, 0.8], [0.1, 0.1, 0.8]]
+        second = [[0.1, 0.1, 0.8], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]]
+        return [np.log(np.array([first, second], dtype=np.float32)).transpose(1, 0, 2) for _ in clips]
+
+
+def test_the_teacher_keeps_each_view_at_its_own_token_peaks_only_when_asked():
+    clip = [np.zeros(1600, dtype=np.float32)]
+    assert Teacher(_TwoViews()).targets(clip)[0].token_log_probs is None
+    taught = Teacher(_TwoViews(), token_peaks=True).targets(clip)[0]
+    assert taught.token_ids == (0, 1)
+    views = taught.log_probs.float()
+    want = torch.stack([views[[0, 2], 0], views[[1, 3], 1]], dim=1)  # (tokens, views, labels + blank)
+    assert torch.equal(taught.token_log_probs.float(), want)
 
 
 # ---- the pseudo-label term ----
