@@ -49,14 +49,11 @@ async def test_hot_swap_under_load_has_no_failures(registry_root, an4_paths) -> 
                 seen.append((r.status_code, r.json()["model"]["version"] if r.status_code == 200 else -1))
 
         users = [asyncio.create_task(user()) for _ in range(32)]
-        await asyncio.sleep(0.5)
+        await _until(lambda: sum(v == 1 for _, v in seen) >= 8, timeout_s=60)  # v1 serves first
         swap = await client.post("/admin/models/activate", json={"name": "tiny", "version": 2}, headers=auth)
         assert swap.status_code == 200, swap.text
         assert swap.json() == {"active": {"name": "tiny", "version": 2}, "previous": {"name": "tiny", "version": 1}}
-        for _ in range(600):  # let requests run on v2 too (slow on a loaded CI machine)
-            if sum(v == 2 for _, v in seen) >= 8:
-                break
-            await asyncio.sleep(0.1)
+        await _until(lambda: sum(v == 2 for _, v in seen) >= 8, timeout_s=60)  # and then v2
         stop.set()
         await asyncio.gather(*users)
         assert seen and all(code == 200 for code, _ in seen), {code for code, _ in seen}
