@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from machine import cpu_model  # noqa: E402  (bench/machine.py; scripts run from bench/)
 
 SPEECH = ROOT.parent / "shared" / "speech"
-HOLDOUT = {"fbbh", "fkai", "mcen", "mjes", "mtos"}  # training/recipes/an4.yaml's validation speakers
+RECIPE = ROOT / "training" / "recipes" / "an4.yaml"  # its validation speakers are left out
 
 
 def peak_beliefs(log_probs: np.ndarray, token_ids: list[int], blank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,6 +46,7 @@ def main() -> None:
     from model import Registry, decode_audio, load_model
     from model.audio import change_speed
     from model.inference import for_inference
+    from training.config import load_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registry", default=str(ROOT / "registry"))
@@ -61,7 +62,8 @@ def main() -> None:
     form = for_inference(model, "fp32")
     vocabulary, blank = model.vocabulary, model.vocabulary.blank_id
     lines = [json.loads(line) for line in (SPEECH / "an4_train.json").read_text().splitlines() if line.strip()]
-    train = [x for x in lines if Path(x["audio_filepath"]).parent.name not in HOLDOUT]
+    holdout = set(load_config(RECIPE).data.holdout_speakers)
+    train = [x for x in lines if Path(x["audio_filepath"]).parent.name not in holdout]
     sample = random.Random(args.seed).sample(train, min(args.utterances, len(train)))
 
     on_label_views, entropy_views, on_label_mean, entropy_mean, offsets = [], [], [], [], []
