@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from dataclasses import asdict
 
 import numpy as np
 
-from model.audio import decode_audio
+from model.audio import AudioError, decode_audio
 from model.checkpoint import read_config
 from model.decoding import Transcript, greedy_decode
 from model.recognizer import SpeechRecognizer
@@ -65,6 +66,11 @@ def decode_files(model: SpeechRecognizer, paths: list[str], args, registry, mode
                  batch_size: int = 8) -> list[dict]:
     """Transcribes files; any undecodable file aborts with its AudioError before any compute."""
     audio = [decode_clip(path, model.sample_rate) for path in paths]
+    shortest = math.ceil(model.frame_duration_s * model.sample_rate)  # one output frame
+    for path, clip in zip(paths, audio):
+        if len(clip.samples) < shortest:
+            raise AudioError(f"{path}: audio is {1000 * clip.duration_s:.1f} ms long; the model needs at least "
+                             f"{1000 * model.frame_duration_s:.0f} ms (one output frame)")
     decoder = BatchDecoder(model, args, registry, model_path)
     results = []
     for path, clip, lp in zip(paths, audio, model.log_probs_sorted([a.samples for a in audio], batch_size)):

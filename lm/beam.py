@@ -7,7 +7,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,8 @@ class BeamHypothesis:
             and hotwords.
         words: ``(word, start_frame, end_frame)`` per word; frames index ``log_probs`` rows,
             ``end_frame`` exclusive.
+        lm_state: the language model's state after the text (None without an LM), to go on
+            decoding the frames that follow (``decode``'s ``lm_start_state``).
     """
 
     text: str
@@ -46,6 +48,7 @@ class BeamHypothesis:
     logit_score: float
     lm_score: float
     words: tuple[tuple[str, int, int], ...]
+    lm_state: object = field(default=None, compare=False, repr=False)
 
 
 def _make_decoder_class():
@@ -183,8 +186,9 @@ class BeamDecoder:
         beta: float | None = None,
         beam_prune_logp: float = -10.0,
         token_min_logp: float = -5.0,
+        lm_start_state: object = None,
     ) -> list[BeamHypothesis]:
-        """Decodes one utterance.
+        """Decodes one utterance, or the next part of one (``lm_start_state``).
 
         An ensemble's ``[T, K, len(labels) + 1]`` log-probs are decoded view by view; the
         views' best hypotheses are then ranked by their mean CTC likelihood over all views
@@ -204,6 +208,8 @@ class BeamDecoder:
             beam_prune_logp: beams scoring this much below the best are dropped.
             token_min_logp: per frame, labels below this log-prob are not expanded (the
                 frame's best label always is).
+            lm_start_state: the ``lm_state`` of the hypothesis decoded from the frames before
+                these; None starts a new utterance.
 
         Returns:
             Up to ``num_best`` hypotheses, best first. An empty input yields one empty text.
@@ -224,7 +230,8 @@ class BeamDecoder:
                 raise ValueError("log_probs contains NaN or +inf")
             arr = np.maximum(arr, np.float32(-1e30))
         options = dict(beam_width=beam_width, hotwords=hotwords, hotword_weight=hotword_weight, alpha=alpha,
-                       beta=beta, beam_prune_logp=beam_prune_logp, token_min_logp=token_min_logp)
+                       beta=beta, beam_prune_logp=beam_prune_logp, token_min_logp=token_min_logp,
+                       lm_start_state=lm_start_state)
         if arr.ndim == 3:
             return self._decode_ensemble(arr, num_best, options)
         return self._decode_one(arr, num_best, **options)
@@ -246,7 +253,7 @@ class BeamDecoder:
         return rescored[:num_best]
 
     def _decode_one(self, arr: np.ndarray, num_best: int, *, beam_width, hotwords, hotword_weight, alpha, beta,
-                    beam_prune_logp, token_min_logp) -> list[BeamHypothesis]:
+                    beam_prune_logp, token_min_logp, lm_start_state) -> list[BeamHypothesis]:
         decoder = self._decoder(
             float(self.alpha if alpha is None else alpha), float(self.beta if beta is None else beta)
         )
@@ -258,9 +265,10 @@ class BeamDecoder:
             prune_history=num_best == 1,
             hotwords=[h for h in hotwords if h and h.strip()] or None,
             hotword_weight=float(hotword_weight),
+            lm_start_state=lm_start_state,
         )
         results = []
-        for text, _state, word_frames, logit_score, combined in beams[:num_best]:
+        for text, lm_state, word_frames, logit_score, combined in beams[:num_best]:
             words = tuple((word, int(start), int(end)) for word, (start, end) in word_frames)
             results.append(
                 BeamHypothesis(
@@ -269,6 +277,7 @@ class BeamDecoder:
                     logit_score=float(logit_score),
                     lm_score=float(combined - logit_score),
                     words=words,
+                    lm_state=lm_state,
                 )
             )
         return results

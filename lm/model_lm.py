@@ -30,6 +30,7 @@ from lm.store import load_lm_files
 from model.decoding import Transcript, WordTiming
 from model.registry import Registry
 from model.rescoring import mean_posteriors
+from model.segments import Segment, SegmentLimits, Segmenter
 
 # Config keys of an acoustic model's config.json that name its LM and the weights tuned for it.
 DEFAULT_LM_KEY = "default_lm"
@@ -108,17 +109,72 @@ def beam_transcripts(decoder: BeamDecoder, log_probs: np.ndarray, frame_duration
     Args:
         log_probs: (T, V+1) log-probabilities, or (T, K, V+1) for an ensemble of K views.
     """
-    hyps = decoder.decode(log_probs, beam_width=beam_width, hotwords=hotwords, hotword_weight=hotword_weight,
-                          num_best=num_best, alpha=choice.alpha, beta=choice.beta)
-    frame_probs = _frame_confidences(np.asarray(log_probs))
-    transcripts = []
-    for hyp in hyps:
-        words = tuple(WordTiming(word, round(time_offset_s + start * frame_duration_s, 3),
-                                 round(time_offset_s + end * frame_duration_s, 3),
-                                 _span_confidence(frame_probs, start, end))
-                      for word, start, end in hyp.words)
-        transcripts.append(Transcript(text=" ".join(hyp.text.split()), words=words, score=float(hyp.score)))
-    return transcripts
+    search = BeamTranscriber(decoder, frame_duration_s, choice, beam_width=beam_width, hotwords=hotwords,
+                             hotword_weight=hotword_weight, num_best=num_best, time_offset_s=time_offset_s)
+    search.feed(log_probs)
+    return search.finish()
+
+
+class BeamTranscriber:
+    """Beam search over log-probs fed in time order, a segment at a time (model.segments), in linear time.
+
+    Each segment is searched alone, starting from the language-model state the best hypothesis
+    of the segment before it ended in, so word history carries across the cuts (which fall in
+    pauses); the N-best list is the ``num_best`` best combinations of the segments' hypotheses
+    by total score. A clip of up to 30 s is one segment: exactly ``BeamDecoder.decode``.
+    Arguments are ``beam_transcripts``'.
+    """
+
+    def __init__(self, decoder: BeamDecoder, frame_duration_s: float, choice: LMChoice, *,
+                 beam_width: int = DEFAULT_BEAM_WIDTH, hotwords: Sequence[str] = (),
+                 hotword_weight: float = DEFAULT_HOTWORD_WEIGHT, num_best: int = 1, time_offset_s: float = 0.0,
+                 limits: SegmentLimits | None = None) -> None:
+        self.decoder = decoder
+        self.frame_duration_s = frame_duration_s
+        self.num_best = num_best
+        self.time_offset_s = time_offset_s
+        self._options = dict(beam_width=beam_width, hotwords=hotwords, hotword_weight=hotword_weight,
+                             num_best=num_best, alpha=choice.alpha, beta=choice.beta)
+        self._segmenter = Segmenter(limits or SegmentLimits.of(frame_duration_s))
+        self._best: list[Transcript] = [Transcript("")]  # the N best combinations of the segments so far
+        self._lm_state = None
+        self._segments = 0
+
+    def feed(self, log_probs: np.ndarray) -> None:
+        """Adds the next (t, V+1) or (t, K, V+1) frames."""
+        for segment in self._segmenter.feed(np.asarray(log_probs)):
+            self._search(segment)
+
+    def finish(self) -> list[Transcript]:
+        """Up to ``num_best`` transcripts of everything fed, best first."""
+        for segment in self._segmenter.finish():
+            self._search(segment)
+        if not self._segments:  # nothing was fed: the decoder's answer to an empty input
+            self._search(Segment(0, np.zeros((0, len(self.decoder.labels) + 1), dtype=np.float32)))
+        return self._best
+
+    def _search(self, segment: Segment) -> None:
+        hyps = self.decoder.decode(segment.log_probs, lm_start_state=self._lm_state, **self._options)
+        self._lm_state = hyps[0].lm_state
+        self._segments += 1
+        frame_probs = _frame_confidences(segment.log_probs)
+        offset_s = self.time_offset_s + segment.first_frame * self.frame_duration_s
+        found = [Transcript(" ".join(hyp.text.split()), self._words(hyp, frame_probs, offset_s), float(hyp.score))
+                 for hyp in hyps]
+        combined = [_concatenated(before, after) for before in self._best for after in found]
+        combined.sort(key=lambda t: t.score, reverse=True)  # stable: ties keep the earlier hypotheses' order
+        self._best = combined[: self.num_best]
+
+    def _words(self, hyp, frame_probs, offset_s: float) -> tuple[WordTiming, ...]:
+        frame_s = self.frame_duration_s
+        return tuple(WordTiming(word, round(offset_s + start * frame_s, 3), round(offset_s + end * frame_s, 3),
+                                _span_confidence(frame_probs, start, end))
+                     for word, start, end in hyp.words)
+
+
+def _concatenated(before: Transcript, after: Transcript) -> Transcript:
+    text = f"{before.text} {after.text}".strip()
+    return Transcript(text, before.words + after.words, before.score + after.score)
 
 
 def _frame_confidences(log_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

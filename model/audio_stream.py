@@ -8,6 +8,11 @@ and resamples one span at a time: memory follows the span, not the file.
 A span is resampled with some context on both sides and then cut, at a start that falls on the
 rates' common grid, so that spans match the same samples of a whole-file decode (to float32
 rounding of the resampler's edges, which the context keeps out of the span).
+
+A stream is read from worker threads while its owner (a request) may end at any moment: a
+client that disconnects, a deadline. libsndfile must never touch a closed handle (that is a
+crash, not an exception), so the handle is used only under one lock, ``close`` takes that lock,
+and a read in progress stops at its next block once ``close`` has been called.
 """
 
 from __future__ import annotations
@@ -69,6 +74,10 @@ def probe_audio(source: str | os.PathLike | BinaryIO, name: str = "audio") -> Au
     return info
 
 
+class AudioStreamClosed(Exception):
+    """A read after ``AudioStream.close``: the request that owned the stream has ended."""
+
+
 class AudioStream:
     """An open audio file read as mono float32 spans at ``sample_rate``; use as a context manager.
 
@@ -83,7 +92,8 @@ class AudioStream:
         self.sample_rate = sample_rate
         self.name = name
         self._handle = _open(source, name)
-        self._lock = threading.Lock()  # windows are read from worker threads; a handle seeks
+        self._lock = threading.Lock()  # held while the handle is used: reads seek, and close must wait
+        self._closed = False
         gcd = math.gcd(self.info.sample_rate, sample_rate)
         self._grid_target, self._grid_source = sample_rate // gcd, self.info.sample_rate // gcd
 
@@ -101,6 +111,7 @@ class AudioStream:
 
         Raises:
             AudioError: the span holds NaN or infinite samples, or the file breaks off early.
+            AudioStreamClosed: ``close`` was called before or during the read.
         """
         end = min(end, self.num_samples)
         if end <= start:
@@ -121,9 +132,11 @@ class AudioStream:
         mono = np.empty(frames, dtype=np.float32)
         with self._lock:
             try:
+                self._check_open()
                 self._handle.seek(offset)
                 done = 0
                 while done < frames:
+                    self._check_open()  # a closing owner waits for one block at most
                     block = self._handle.read(min(_BLOCK_FRAMES, frames - done), dtype="float32", always_2d=True)
                     if len(block) == 0:
                         raise AudioError(f"{self.name}: the file ends before its header says it does")
@@ -135,8 +148,15 @@ class AudioStream:
             raise AudioError(f"{self.name}: audio contains NaN or infinite samples")
         return mono
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AudioStreamClosed(f"{self.name}: the audio was closed while it was being read")
+
     def close(self) -> None:
-        self._handle.close()
+        """Closes the file once no read uses it (a read in progress stops after its current block)."""
+        self._closed = True
+        with self._lock:
+            self._handle.close()
 
     def __enter__(self) -> "AudioStream":
         return self

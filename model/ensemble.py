@@ -106,6 +106,11 @@ class EnsembleRecognizer(BatchInference, nn.Module):
     def frame_duration_s(self) -> float:
         return self.config.members[0].frame_duration_s
 
+    @property
+    def num_views(self) -> int:
+        """K of its (T, K, V+1) log-probs: every member at every speed."""
+        return len(self.config.members) * len(self.config.speeds)
+
     def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) audio + (B,) lengths -> log_probs (B, T', K, V+1), output_lengths (B,)."""
         batch, speeds = len(audio), self.config.view_speeds

@@ -109,6 +109,11 @@ class OneNetwork:
     def frame_duration_s(self) -> float:
         return self.config.frame_duration_s
 
+    @property
+    def num_views(self) -> int:
+        """Log-prob slices per frame: one network's output is (T, V+1), not (T, K, V+1)."""
+        return 1
+
 
 class SpeechRecognizer(OneNetwork, BatchInference, nn.Module):
     """Waveform in, CTC log-probabilities out; the unit the registry stores and the service runs."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
+import socket
 import re
 import shutil
 import time
@@ -16,6 +19,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 METADATA_FILE = "metadata.json"
+# Per name, beside its version folders: which version serves, and how it came to (Registry.serving_state).
+STATE_FILE = "serving.json"
+STATE_LOCK_FILE = ".serving.lock"
+# Changes of the active version kept in a name's history, newest last.
+MAX_STATE_HISTORY = 100
 KINDS = ("model", "lm")
 SOURCES = ("trained", "imported", "ensemble")
 MAX_NAME_CHARS = 64
@@ -99,6 +107,26 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive POSIX lock on ``path`` (created if needed) for the block; lockf also works over NFS."""
+    with open(path, "a") as handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
+def _who() -> str:
+    """Who made a change, for the history: the user and host of the writing process."""
+    try:
+        user = os.getlogin()
+    except OSError:
+        user = os.environ.get("USER") or str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
 
 
 def _write_file(dest: Path, source: bytes | bytearray | memoryview | str | os.PathLike) -> dict:
@@ -249,6 +277,51 @@ class Registry:
         """Resolves ``spec`` and (by default) verifies it; returns the ref and its metadata."""
         ref = self.resolve(spec)
         return ref, (self.verify(ref) if verify else self.metadata(ref))
+
+    def serving_state(self, name: str) -> dict:
+        """What ``record_active`` last wrote for ``name``: ``{"active": version or None, "history": [...]}``.
+
+        Raises:
+            IntegrityError: the state file exists but cannot be read.
+        """
+        path = self.root / validate_name(name) / STATE_FILE
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {"active": None, "history": []}
+        except (OSError, ValueError) as e:
+            raise IntegrityError(f"'{name}': {STATE_FILE} is unreadable ({e})") from None
+        if not isinstance(state, dict) or not isinstance(state.get("history", []), list):
+            raise IntegrityError(f"'{name}': {STATE_FILE} is not a serving state")
+        return {"active": state.get("active"), "history": state.get("history", [])}
+
+    def record_active(self, name: str, version: int, *, action: str, by: str | None = None,
+                      reason: str | None = None) -> dict:
+        """Records ``name@version`` as the version that serves, with a history entry; returns the new state.
+
+        Written as publishing writes (a temporary file, fsync, rename, fsync of the folder) under
+        a lock file, so concurrent writers (several replicas, the CLI) never lose an entry and a
+        reader sees the old state or the new one, never a torn file.
+
+        Raises:
+            NotFoundError: no such version.
+        """
+        ref = self.resolve(f"{name}@{version}")
+        folder = self.root / ref.name
+        with _locked(folder / STATE_LOCK_FILE):
+            state = self.serving_state(ref.name)
+            entry = {"at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "action": action,
+                     "version": ref.version, "previous": state["active"], "by": by or _who(), "reason": reason}
+            state = {"active": ref.version, "history": (state["history"] + [entry])[-MAX_STATE_HISTORY:]}
+            part = folder / f".{STATE_FILE}.{uuid.uuid4().hex}.part"
+            with open(part, "w", encoding="utf-8") as f:
+                json.dump(state, f, indent=2)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(part, folder / STATE_FILE)
+            _fsync_dir(folder)
+        return state
 
     def publish(
         self,

@@ -15,7 +15,7 @@ import torch
 
 from model.vocabulary import Vocabulary
 
-__all__ = ["blank_frames", "ctc_log_likelihood", "ensemble_log_likelihood", "mean_posteriors"]
+__all__ = ["ctc_log_likelihood", "ensemble_log_likelihood", "mean_posteriors", "views_log_likelihood"]
 
 
 def ctc_log_likelihood(log_probs: np.ndarray, ids: Sequence[int], blank: int) -> float:
@@ -29,17 +29,18 @@ def ctc_log_likelihood(log_probs: np.ndarray, ids: Sequence[int], blank: int) ->
     Returns:
         The log-likelihood; ``-inf`` when the sequence cannot fit in T frames.
     """
-    return _mean_log_likelihood(np.asarray(log_probs, dtype=np.float32)[:, None], ids, blank)
+    return views_log_likelihood(np.asarray(log_probs, dtype=np.float32)[:, None], ids, blank)
 
 
 def ensemble_log_likelihood(log_probs: np.ndarray, text: str, vocabulary: Vocabulary) -> float:
     """Mean over an ensemble's views of log P(text | x); ``log_probs`` is (T, K, V+1)."""
-    return _mean_log_likelihood(np.asarray(log_probs, dtype=np.float32), vocabulary.encode(text),
+    return views_log_likelihood(np.asarray(log_probs, dtype=np.float32), vocabulary.encode(text),
                                 vocabulary.blank_id)
 
 
-def _mean_log_likelihood(log_probs: np.ndarray, ids: Sequence[int], blank: int) -> float:
-    """Mean over the K views of (T, K, V+1) float32 log-probs of log P(ids | x)."""
+def views_log_likelihood(log_probs: np.ndarray, ids: Sequence[int], blank: int) -> float:
+    """Mean over the K views of (T, K, V+1) float32 log-probs of log P(ids | x); ``-inf`` if they cannot fit."""
+    log_probs = np.asarray(log_probs, dtype=np.float32)
     frames, views = log_probs.shape[:2]
     if not len(ids):
         return float(log_probs[:, :, blank].sum(axis=0).mean())
@@ -63,13 +64,3 @@ def mean_posteriors(log_probs: np.ndarray) -> np.ndarray:
         return log_probs
     peak = log_probs.max(axis=1, keepdims=True)
     return (peak + np.log(np.exp(log_probs - peak).mean(axis=1, keepdims=True)))[:, 0]
-
-
-def blank_frames(log_probs: np.ndarray) -> np.ndarray:
-    """(T,) bool: the blank wins the frame; for an ensemble's (T, K, V+1), in every member.
-
-    Endpointing counts these as silence, so a frame where any member hears speech is speech.
-    """
-    log_probs = np.asarray(log_probs)
-    best_is_blank = log_probs.argmax(axis=-1) == log_probs.shape[-1] - 1
-    return best_is_blank if log_probs.ndim == 2 else best_is_blank.all(axis=1)

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from service.domain import RequestError
-from service.engine import without_paths
+from service.errors import public_message, without_paths
 from service.http_api import engine_of
 from service.upload import read_upload
 from service.http_errors import error_body, error_response
@@ -54,6 +54,11 @@ class ActivateRequest(BaseModel):
     version: int | None = Field(None, ge=1)
 
 
+def _caller(request: Request) -> str:
+    """Who asked, for the registry's history of the active version."""
+    return f"admin API from {request.client.host if request.client else 'unknown'}"
+
+
 def _describe(model) -> dict:
     return {"name": model.name, "version": model.version}
 
@@ -70,10 +75,10 @@ async def activate(request: Request, body: ActivateRequest) -> JSONResponse:
     engine = engine_of(request)
     previous = engine.slot.active
     try:
-        model = await engine.activate(body.name, body.version)
+        model = await engine.activate(body.name, body.version, by=_caller(request))
     except ModelLoadError as e:
         serving = f"; still serving {previous}" if previous else ""
-        return JSONResponse(error_body(f"{e}{serving}", "model_load_failed", "activation_failed"), 409)
+        return JSONResponse(error_body(f"{public_message(e)}{serving}", "model_load_failed", "activation_failed"), 409)
     except RequestError as e:
         return error_response(e)
     return JSONResponse({"active": _describe(model), "previous": _describe(previous) if previous else None})
@@ -84,11 +89,11 @@ async def rollback(request: Request) -> JSONResponse:
     engine = engine_of(request)
     previous = engine.slot.active
     try:
-        model = await engine.rollback()
+        model = await engine.rollback(by=_caller(request))
     except ModelLoadError as e:
-        return JSONResponse(error_body(str(e), "model_load_failed", "rollback_failed"), 409)
+        return JSONResponse(error_body(public_message(e), "model_load_failed", "rollback_failed"), 409)
     except RequestError as e:
-        return JSONResponse(error_body(str(e), "invalid_request_error", "nothing_to_roll_back"), 409)
+        return JSONResponse(error_body(public_message(e), "invalid_request_error", "nothing_to_roll_back"), 409)
     return JSONResponse({"active": _describe(model), "previous": _describe(previous) if previous else None})
 
 

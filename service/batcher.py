@@ -6,8 +6,10 @@ Policy follows Triton's dynamic batcher and Ray Serve's ``_BatchQueue``:
 
 * a batch is dispatched once ``max_batch_size`` items wait, or the oldest has waited
   ``max_queue_delay_ms``, and only while fewer than ``max_concurrent_batches`` run;
-* the oldest item always goes first, and the rest of its batch are the waiting items
-  closest to it in ``size_key``, so padding stays small;
+* the oldest item of the most urgent priority goes first, and the rest of its batch are the
+  waiting items of that priority closest to it in ``size_key``, so padding stays small; a
+  window of an hour-long file (priority 1) waits while a short request's (priority 0) is
+  queued, unless it has waited ``priority_aging_s`` already, so neither can starve the other;
 * a full queue rejects at once (``QueueFullError``); expired deadlines are swept by the
   dispatcher's own timer, independent of batch completion (Triton server#7512);
 * results are per item: the batch function returns one result or exception per item,
@@ -48,6 +50,7 @@ class _Pending:
     size_key: float
     deadline: float | None
     enqueued_at: float
+    priority: int
     future: asyncio.Future = field(repr=False)
 
 
@@ -64,13 +67,17 @@ class DynamicBatcher(Generic[T, R]):
         max_concurrent_batches: batches running at once (usually the worker count).
         max_batch_padded_size: most ``items x largest size_key`` per batch (the padded size a batch of
             clips takes in memory); None for no bound. The oldest item always goes, even alone.
+        priority_aging_s: after waiting this long, an item counts as priority 0 (most urgent).
+        max_low_priority_padded_size: ``max_batch_padded_size`` for batches of priority > 0 items
+            (smaller, so an urgent item never waits long for a running batch); None: the same.
         hooks: metric callbacks.
         name: used in log lines and errors.
     """
 
     def __init__(self, batch_fn: BatchFn, executor: Executor, *, max_batch_size: int = 16,
                  max_queue_delay_ms: float = 10.0, max_queue_size: int = 256, max_concurrent_batches: int = 1,
-                 max_batch_padded_size: float | None = None, hooks: BatcherHooks | None = None,
+                 max_batch_padded_size: float | None = None, priority_aging_s: float = 1.0,
+                 max_low_priority_padded_size: float | None = None, hooks: BatcherHooks | None = None,
                  name: str = "batcher") -> None:
         if max_batch_size < 1 or max_queue_size < 1 or max_concurrent_batches < 1:
             raise ValueError("max_batch_size, max_queue_size and max_concurrent_batches must be >= 1")
@@ -81,6 +88,8 @@ class DynamicBatcher(Generic[T, R]):
         self.max_queue_size = max_queue_size
         self.max_concurrent_batches = max_concurrent_batches
         self.max_batch_padded_size = max_batch_padded_size
+        self.priority_aging_s = priority_aging_s
+        self.max_low_priority_padded_size = max_low_priority_padded_size
         self.hooks = hooks or BatcherHooks()
         self.name = name
         self._queue: list[_Pending] = []
@@ -104,13 +113,14 @@ class DynamicBatcher(Generic[T, R]):
             self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._dispatch_loop(), name=f"{self.name}-dispatch")
 
-    async def submit(self, item: T, *, size_key: float, deadline: float | None = None) -> R:
+    async def submit(self, item: T, *, size_key: float, deadline: float | None = None, priority: int = 0) -> R:
         """Queues ``item`` and waits for its result.
 
         Args:
             item: passed to the batch function as is.
             size_key: length-like number used to group similar items.
             deadline: ``time.monotonic()`` time after which the item is dropped unrun.
+            priority: 0 goes first; larger numbers wait for smaller ones (see ``priority_aging_s``).
 
         Raises:
             QueueFullError: the queue already holds ``max_queue_size`` items.
@@ -127,7 +137,7 @@ class DynamicBatcher(Generic[T, R]):
             raise QueueFullError(f"server busy: {self.max_queue_size} items already queued; retry later")
         self._ensure_started()
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(item, float(size_key), deadline, now, future))
+        self._queue.append(_Pending(item, float(size_key), deadline, now, int(priority), future))
         self.hooks.on_depth_change(1)
         self._wake.set()
         return await future
@@ -173,13 +183,21 @@ class DynamicBatcher(Generic[T, R]):
             self._queue = kept
 
     def _take_batch(self) -> list[_Pending]:
-        """The oldest item plus the queued items nearest to it in size (ties: older first), within the bounds."""
-        oldest = self._queue[0]
-        rest = sorted(range(1, len(self._queue)), key=lambda i: (abs(self._queue[i].size_key - oldest.size_key), i))
-        chosen, largest = {0}, oldest.size_key
+        """The oldest most urgent item plus the queued items of its priority nearest to it in size (ties: older
+        first), within the bounds."""
+        now = time.monotonic()
+        urgency = [0 if now - p.enqueued_at >= self.priority_aging_s else p.priority for p in self._queue]
+        head = min(range(len(self._queue)), key=lambda i: (urgency[i], i))
+        oldest = self._queue[head]
+        rest = sorted((i for i in range(len(self._queue)) if i != head and urgency[i] == urgency[head]),
+                      key=lambda i: (abs(self._queue[i].size_key - oldest.size_key), i))
+        chosen, largest = {head}, oldest.size_key
+        bound = self.max_batch_padded_size
+        if urgency[head] > 0 and self.max_low_priority_padded_size is not None:
+            bound = self.max_low_priority_padded_size
         for i in rest[: self.max_batch_size - 1]:
             padded = max(largest, self._queue[i].size_key) * (len(chosen) + 1)
-            if self.max_batch_padded_size is not None and padded > self.max_batch_padded_size:
+            if bound is not None and padded > bound:
                 break  # items further away in size would pad even more
             chosen.add(i)
             largest = max(largest, self._queue[i].size_key)

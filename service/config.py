@@ -104,7 +104,11 @@ class ServiceConfig(BaseSettings):
     torch_threads: int | None = Field(None, ge=1)
     """torch intra-op threads; None lets torch decide."""
     request_timeout_s: float = Field(60.0, gt=0)
-    """Server-side budget of a request that sets no deadline; expired queued work gets 504."""
+    """Server-side budget of a request that sets no deadline, plus ``request_timeout_per_audio_s`` per
+    second of its audio; expired queued work gets 504 (service.admission)."""
+    request_timeout_per_audio_s: float = Field(0.1, ge=0)
+    """Seconds added to a request's budget per second of its audio (an hour: 60 + 354 s), so long audio
+    gets time in proportion to its length; a client's own deadline still applies when it is sooner."""
 
     # --- limits -------------------------------------------------------------------------
     max_audio_bytes: int = Field(50 * 1024 * 1024, ge=1)
@@ -119,9 +123,17 @@ class ServiceConfig(BaseSettings):
     """Overlap between consecutive windows; the seam sits at its midpoint."""
     long_audio_windows_in_flight: int = Field(4, ge=1)
     """Windows of one long recording decoded and queued at once; its memory follows this, not its length."""
+    long_audio_batch_audio_s: float = Field(32.0, gt=0)
+    """Most padded audio in one forward pass of long recordings' windows (one window by default), so a
+    short request arriving meanwhile waits for one window's compute at most."""
+    long_audio_decode_workers: int = Field(1, ge=1)
+    """Threads that decode long recordings' windows, apart from the pool short requests decode in."""
     max_buffered_audio_s: float = Field(1800.0, gt=0)
-    """Decoded audio all requests together may hold (seconds at the model's rate, ~64 kB each at 16 kHz);
-    a request that would go over it gets 429 / RESOURCE_EXHAUSTED."""
+    """Audio all requests and streams together may hold, in seconds at the model's rate (service.budget:
+    a second is its samples plus its log-probs, 132 kB for the default model); a request or stream that
+    would go over it gets 429 / RESOURCE_EXHAUSTED."""
+    stream_idle_timeout_s: float = Field(30.0, gt=0)
+    """A stream (gRPC or WebSocket) that sends nothing for this long is closed with a timeout status."""
 
     # --- decoding -----------------------------------------------------------------------
     beam: BeamConfig = Field(default_factory=BeamConfig)

@@ -2,8 +2,10 @@
 
 Request knobs are checked against the configured limits here (before any work is queued);
 the LM, its weights, the beam decoders and word confidences come from lm.model_lm, the one
-beam path the CLI uses too. Beam search runs in its own thread pool (the engine's) so a slow
-beam never holds an inference worker.
+beam path the CLI uses too. A request's decoding is fed its log-probs a window at a time and
+decodes them a segment at a time (model.segments), so it holds a segment, not the recording,
+and its time grows with the audio, not its square. Decoding runs in the engine's own thread
+pools, so a slow beam never holds an inference worker.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lm.model_lm import BeamDecoders, LMChoice, beam_transcripts, choose_lm
-from model.decoding import WordTiming, greedy_decode
+from lm.model_lm import BeamDecoders, BeamTranscriber, LMChoice, choose_lm
+from model.decoding import GreedyDecoder, Transcript, WordTiming
 from model.registry import NotFoundError, Registry, RegistryError
 from service.config import BeamConfig
 from service.domain import Alternative, RequestError, TranscriptionRequest, UnknownModelError
@@ -104,22 +106,35 @@ class CTCDecoding:
         if self.registry.metadata(ref).get("kind") != "lm":
             raise RequestError(f"{ref} is not a language model")
 
-    def decode(self, log_probs: np.ndarray, labels: tuple[str, ...], frame_duration_s: float,
-               plan: DecodingPlan) -> tuple[Alternative, ...]:
-        """Args: log_probs: (T, V+1) float32, or (T, K, V+1) for an ensemble. Returns: alternatives, best first."""
+    def start(self, labels: tuple[str, ...], frame_duration_s: float, plan: DecodingPlan) -> "Decode":
+        """A decoding to feed one recording's (t, V+1) or (t, K, V+1) log-probs, in time order."""
         if not plan.use_beam:
-            transcript = greedy_decode(log_probs, labels, frame_duration_s)
-            words = transcript.words if plan.word_timestamps else ()
-            return (Alternative(transcript.text, mean_confidence(transcript.words), words),)
+            return Decode(GreedyDecoder(labels, frame_duration_s), plan)
         try:
             decoder = self._decoders.get(labels, plan.lm.spec)
         except NotFoundError as e:
             raise UnknownModelError(f"language model: {e}") from None
-        transcripts = beam_transcripts(decoder, log_probs, frame_duration_s, plan.lm, beam_width=plan.beam_width,
-                                       hotwords=plan.hotwords, hotword_weight=plan.hotword_boost,
-                                       num_best=plan.num_alternatives)
-        return tuple(Alternative(t.text, mean_confidence(t.words), t.words if plan.word_timestamps else ())
-                     for t in transcripts)
+        return Decode(BeamTranscriber(decoder, frame_duration_s, plan.lm, beam_width=plan.beam_width,
+                                      hotwords=plan.hotwords, hotword_weight=plan.hotword_boost,
+                                      num_best=plan.num_alternatives), plan)
+
+
+class Decode:
+    """One recording's decoding: ``feed`` its frames as they come (from a worker thread), then ``finish``."""
+
+    def __init__(self, search: GreedyDecoder | BeamTranscriber, plan: DecodingPlan) -> None:
+        self._search = search
+        self._plan = plan
+
+    def feed(self, log_probs: np.ndarray) -> None:
+        self._search.feed(log_probs)
+
+    def finish(self) -> tuple[Alternative, ...]:
+        """The alternatives, best first."""
+        found = self._search.finish()
+        transcripts: list[Transcript] = [found] if isinstance(found, Transcript) else found
+        with_words = self._plan.word_timestamps
+        return tuple(Alternative(t.text, mean_confidence(t.words), t.words if with_words else ()) for t in transcripts)
 
 
 def mean_confidence(words: tuple[WordTiming, ...]) -> float:

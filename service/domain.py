@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model.decoding import WordTiming
-from service.errors import (DeadlineExceededError, PayloadTooLargeError, QueueFullError, RequestError,
+from service.errors import (DeadlineExceededError, IdleTimeoutError, PayloadTooLargeError, QueueFullError, RequestError,
                             ServiceUnavailableError, UnauthenticatedError, UnknownModelError, WrongModelKindError)
 
 __all__ = [
     "TranscriptionRequest", "Alternative", "TranscriptionResult", "LogProbsResult",
     "RequestError", "UnknownModelError", "QueueFullError", "DeadlineExceededError",
-    "PayloadTooLargeError", "ServiceUnavailableError", "UnauthenticatedError", "WrongModelKindError",
+    "PayloadTooLargeError", "ServiceUnavailableError", "IdleTimeoutError", "UnauthenticatedError", "WrongModelKindError",
     "error_reason", "WordTiming",
 ]
 

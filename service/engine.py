@@ -1,8 +1,12 @@
 """Engine: the one object both transports call; owns models, batchers, worker pools and decoding.
 
-Flow of ``transcribe``: check the request -> lease a model version -> cut long audio into
-windows -> queue each window on that version's DynamicBatcher -> an InferenceWorker runs
-the batch -> stitch the windows' log-probs -> decode in the decode pool -> result.
+Flow of ``transcribe``: check the request -> lease a model version -> give it a deadline for
+its length and admit it (service.admission) -> reserve its memory (service.budget) -> cut long
+audio into windows -> queue a few windows at a time on that version's DynamicBatcher (long
+recordings behind short requests) -> an InferenceWorker runs each batch -> each window's frames
+are decoded in time order as they come, in the decode pool for the request's kind -> result.
+Nothing holds a whole recording's samples or log-probs, and a request that ends early (a client
+gone, a deadline) stops at its next window.
 """
 
 from __future__ import annotations
@@ -10,39 +14,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
+import math
 import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from lm.model_lm import recorded_lm
+from model.allocator import release_free_memory, share_arenas
 from model.audio_stream import AudioStream
 from model.card import model_card
 from model.checkpoint import load_model, read_config
 from model.precision import resolve_precision
 from model.registry import RegistryError, Registry
+from service.admission import LongJob, admit_long, request_deadline
 from service.batcher import BatcherHooks, DynamicBatcher
+from service.budget import AudioBudget
 from service.config import ServiceConfig
-from service.decoding import CTCDecoding, DecodingPlan, plan_decoding
-from service.domain import (Alternative, DeadlineExceededError, LogProbsResult, PayloadTooLargeError, QueueFullError,
-                            RequestError, WrongModelKindError,
-                            ServiceUnavailableError, TranscriptionRequest, TranscriptionResult)
-from service.long_audio import plan_windows, stitch_log_probs
+from service.decoding import CTCDecoding, Decode, DecodingPlan, plan_decoding
+from service.domain import (DeadlineExceededError, LogProbsResult, PayloadTooLargeError, RequestError,
+                            WrongModelKindError, ServiceUnavailableError, TranscriptionRequest, TranscriptionResult)
+from service.errors import public_message, without_paths
+from service.long_audio import AudioWindow, plan_windows
 from service.metrics import Metrics
 from service.model_slot import LoadedModel, ModelLoadError, ModelSlot
-from service.worker import InferenceWorker, WindowOutput, pick_devices
+from service.worker import InferenceWorker, pick_devices
 
 log = logging.getLogger(__name__)
 
-
-_PATH = re.compile(r"(?<![\w.])/[^\s:'\"()]+")
-
-
-def without_paths(message: str) -> str:
-    """A message with the server's file paths taken out: clients learn what failed, not where files live."""
-    return " ".join(_PATH.sub("<path>", message).split())
+# Batcher priorities: a short request's window goes before a long recording's.
+_SHORT, _LONG = 0, 1
 
 
 class Engine:
@@ -57,19 +61,28 @@ class Engine:
     def __init__(self, config: ServiceConfig, metrics: Metrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
+        share_arenas()  # before the engine's threads exist (model.allocator)
         self.registry = Registry(config.registry)
         self.devices = pick_devices(config.device, config.num_cpu_workers)
         # A precision this hardware cannot run is a configuration error: refuse to start, never fall back.
         self.precision = resolve_precision(config.precision, self.devices[0])
         self._inference_pool = ThreadPoolExecutor(len(self.devices), thread_name_prefix="asr-infer")
-        self._decode_pool = ThreadPoolExecutor(config.beam_pool_workers, thread_name_prefix="asr-decode")
+        # One pool per kind of work, so an hour-long file's decoding never queues ahead of a short request's.
+        self._decode_pools = {
+            _SHORT: ThreadPoolExecutor(config.beam_pool_workers, thread_name_prefix="asr-decode"),
+            _LONG: ThreadPoolExecutor(config.long_audio_decode_workers, thread_name_prefix="asr-decode-long")}
+        self._read_pool = ThreadPoolExecutor(config.long_audio_windows_in_flight, thread_name_prefix="asr-read")
+        self.budget = AudioBudget(config.max_buffered_audio_s)
+        self.metrics.buffered_audio.set_function(lambda: self.budget.held_s)
+        self._long_jobs: list[LongJob] = []
+        self._trim: asyncio.Task | None = None
         self.decoding = CTCDecoding(self.registry, max_cached_lms=config.beam.max_cached_lms)
         self.slot = ModelSlot(self.registry, self._load_version, self._unload_version,
                               max_loaded=config.max_loaded_models, on_change=self._publish_model_info)
         self.startup_error: str | None = None
+        self.startup_warnings: list[str] = []
         self._draining = False
         self._in_flight = 0
-        self._buffered_s = 0.0
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -83,20 +96,65 @@ class Engine:
     async def load_initial_models(self) -> None:
         """Loads and warms the default model (made active) and every ``preload_models`` entry.
 
+        ``default_model`` NAME serves the version the registry records as active for NAME
+        (``Registry.record_active``: what the last activation or rollback chose), else its newest
+        version. If that one cannot be loaded, the next older version that can is served, and why
+        is kept in ``startup_warnings``: a broken new version never keeps a server down. NAME@N
+        serves exactly N. A preload that fails is a warning too.
+
         Raises:
-            UnknownModelError / ModelLoadError: the default model is missing or broken
+            UnknownModelError / ModelLoadError: no version of the default model can be loaded
             (the message is also kept in ``startup_error`` for /health/ready).
         """
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
+        name, _, version = self.config.default_model.partition("@")
         try:
-            name, _, version = self.config.default_model.partition("@")
-            await self.slot.activate(name, int(version) if version and version != "latest" else None)
-            for spec in self.config.preload_models:
-                await self.slot.get(self.slot.resolve_key(spec))
+            if version and version != "latest":
+                await self.slot.activate(name, int(version))
+            else:
+                await self._activate_recorded(name)
         except Exception as e:
-            self.startup_error = f"default model {self.config.default_model!r} failed to load: {e}"
+            self.startup_error = f"default model {self.config.default_model!r} failed to load: {public_message(e)}"
             raise
+        for spec in self.config.preload_models:
+            try:
+                await self.slot.get(self.slot.resolve_key(spec))
+            except Exception as e:  # noqa: BLE001 - the default model serves; say what did not load
+                self._warn(f"preloading {spec!r} failed: {public_message(e)}")
+
+    async def _activate_recorded(self, name: str) -> None:
+        """Activates the recorded active version of ``name``, else the newest that loads (see above)."""
+        try:
+            state = await asyncio.to_thread(self.registry.serving_state, name)
+        except RegistryError as e:
+            self._warn(f"{public_message(e)}; serving the newest version of {name!r} that loads")
+            state = {"active": None, "history": []}
+        recorded = state["active"]
+        versions = sorted(self.registry.versions(name), reverse=True)
+        if recorded is not None and recorded not in versions:
+            self._warn(f"the recorded active version {name}@{recorded} is not in the registry; serving the newest "
+                       f"version of {name!r} that loads")
+        candidates = ([recorded] if recorded in versions else []) + [v for v in versions if v != recorded]
+        if not candidates:
+            await self.slot.activate(name)  # raises UnknownModelError naming what the registry has
+        failures = []
+        for candidate in candidates:
+            try:
+                await self.slot.activate(name, candidate)
+                break
+            except (ModelLoadError, RequestError) as e:
+                failures.append(public_message(e))
+                self._warn(f"{name}@{candidate} was not served: {failures[-1]}")
+        else:
+            raise ModelLoadError(f"no version of {name!r} could be loaded: {'; '.join(failures)}")
+        previous = state["history"][-1].get("previous") if state["history"] else None
+        if recorded == candidate and previous is not None:
+            self.slot.remember_previous(name, previous)  # a rollback after a restart goes where it would have
+
+    def _warn(self, message: str) -> None:
+        log.warning(message)
+        self.startup_warnings.append(message)
 
     # --- state --------------------------------------------------------------------------
 
@@ -158,12 +216,23 @@ class Engine:
         except RegistryError:
             return None  # a broken version is still listed, with its error
 
-    async def activate(self, name: str, version: int | None = None) -> LoadedModel:
-        """Hot-swaps the active model (see ModelSlot.activate)."""
-        return await self.slot.activate(name, version)
+    async def activate(self, name: str, version: int | None = None, *, by: str | None = None) -> LoadedModel:
+        """Hot-swaps the active model (see ModelSlot.activate) and records it in the registry, so a restart serves it."""
+        model = await self.slot.activate(name, version)
+        await self._record(model, "activate", by)
+        return model
 
-    async def rollback(self) -> LoadedModel:
-        return await self.slot.rollback()
+    async def rollback(self, *, by: str | None = None) -> LoadedModel:
+        """Re-activates the version that was active before the last activation, and records it."""
+        model = await self.slot.rollback()
+        await self._record(model, "rollback", by)
+        return model
+
+    async def _record(self, model: LoadedModel, action: str, by: str | None) -> None:
+        try:
+            await asyncio.to_thread(self.registry.record_active, model.name, model.version, action=action, by=by)
+        except (OSError, RegistryError) as e:  # a read-only registry still serves; it cannot remember
+            log.warning("%s@%s is active but could not be recorded in the registry: %s", model.name, model.version, e)
 
     # --- requests -----------------------------------------------------------------------
 
@@ -174,22 +243,37 @@ class Engine:
 
         Raises:
             RequestError and subclasses (bad parameters, unknown model, queue full, deadline,
-            too long, unavailable); any other exception is an internal error.
+            too long, too short, unavailable); any other exception is an internal error.
         """
         started = time.monotonic()
-        deadline = self._deadline(req.deadline_s, started)
         async with self.slot.lease(req.model) as model:
             plan = plan_decoding(req, self.config.beam, model.recorded_lm)
             self.decoding.check_lm(plan.lm.spec)
-            duration_s = self._check_audio(req.audio, model.sample_rate)
-            with self._buffered_audio(self._window_budget_s(duration_s)):
-                log_probs, queue_s, inference_s = await self._acoustic(model, req.audio, deadline)
-            decode_started = time.monotonic()
-            alternatives = await self._decode_in_pool(log_probs, model, plan)
-            decode_s = time.monotonic() - decode_started
+            duration_s = self._check_audio(req.audio, model)
+            deadline = request_deadline(started, duration_s, req.deadline_s, timeout_s=self.config.request_timeout_s,
+                                        timeout_per_audio_s=self.config.request_timeout_per_audio_s)
+            windows = self._windows(model, req.audio)
+            kind = _LONG if len(windows) > 1 else _SHORT
+            job = admit_long(duration_s, model.worker.rate, deadline - time.monotonic(),
+                             self._long_jobs) if kind == _LONG else None
+            pool = self._decode_pools[kind]
+            loop = asyncio.get_running_loop()
+            with self._long_job(job), self.budget.reserve(self._held_s(req.audio, duration_s), "request"):
+                decode = await loop.run_in_executor(pool, self.decoding.start, model.labels,
+                                                    model.frame_duration_s, plan)
+
+                async def feed(window: AudioWindow, frames: np.ndarray) -> None:
+                    await loop.run_in_executor(pool, decode.feed, frames)
+                    if job is not None:
+                        job.remaining_audio_s = max(0.0, job.remaining_audio_s - len(frames) * model.frame_duration_s)
+
+                queue_s, inference_s, decode_s = await self._run_windows(model, req.audio, windows, deadline, kind,
+                                                                         feed)
+                decode_started = time.monotonic()
+                alternatives = await self._before(deadline, loop.run_in_executor(pool, decode.finish))
+                decode_s += time.monotonic() - decode_started
         self.metrics.audio_seconds.inc(duration_s)
-        if duration_s > 0:
-            self.metrics.real_time_factor.observe((inference_s + decode_s) / duration_s)
+        self.metrics.real_time_factor.observe((inference_s + decode_s) / duration_s)
         best = alternatives[0]
         timings = {"queue_s": round(queue_s, 6), "inference_s": round(inference_s, 6), "decode_s": round(decode_s, 6),
                    "total_s": round(time.monotonic() - started, 6), "precision": model.precision}
@@ -200,6 +284,8 @@ class Engine:
                         api: str = "grpc") -> LogProbsResult:
         """Acoustic model only, batched like ``transcribe``; for streaming and custom decoders.
 
+        Audio shorter than one output frame has no frames (streams may commit a few ms).
+
         Args:
             audio: (L,) float32 mono at the model's sample rate (see ``resolve_model``).
             model: NAME[@VERSION]; None/"default" = the active model.
@@ -208,16 +294,32 @@ class Engine:
         """
         started = time.monotonic()
         async with self.slot.lease(model) as loaded:
-            self._check_audio(audio, loaded.sample_rate)
-            log_probs, _, _ = await self._acoustic(loaded, audio, self._deadline(deadline_s, started))
+            if isinstance(audio, np.ndarray) and audio.ndim == 1 and 0 < audio.size < _min_samples(loaded):
+                frames = np.zeros((0, *loaded.frame_shape), dtype=np.float32)
+                return LogProbsResult(frames, loaded.frame_duration_s, loaded.labels, loaded.name, loaded.version)
+            duration_s = self._check_audio(audio, loaded)
+            deadline = request_deadline(started, duration_s, deadline_s, timeout_s=self.config.request_timeout_s,
+                                        timeout_per_audio_s=self.config.request_timeout_per_audio_s)
+            parts: list[np.ndarray] = []
+
+            async def collect(window: AudioWindow, frames: np.ndarray) -> None:
+                parts.append(frames)
+
+            await self._run_windows(loaded, audio, self._windows(loaded, audio), deadline, _SHORT, collect)
+        log_probs = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         return LogProbsResult(log_probs, loaded.frame_duration_s, loaded.labels, loaded.name, loaded.version)
 
     async def decode(self, lp: LogProbsResult, req: TranscriptionRequest) -> TranscriptionResult:
         """Decodes log-probs from ``log_probs`` with ``req``'s decoder settings, in the decode pool."""
         plan = self._plan_for(lp, req)
         started = time.monotonic()
-        alternatives = await asyncio.get_running_loop().run_in_executor(
-            self._decode_pool, self.decoding.decode, lp.log_probs, lp.labels, lp.frame_duration_s, plan)
+
+        def run() -> tuple:
+            decode = self.decoding.start(lp.labels, lp.frame_duration_s, plan)
+            decode.feed(lp.log_probs)
+            return decode.finish()
+
+        alternatives = await asyncio.get_running_loop().run_in_executor(self._decode_pools[_SHORT], run)
         return self._result_from(lp, req, alternatives, time.monotonic() - started)
 
     # --- internals ----------------------------------------------------------------------
@@ -230,21 +332,23 @@ class Engine:
         return plan
 
     @staticmethod
-    def _result_from(lp: LogProbsResult, req: TranscriptionRequest, alternatives: tuple[Alternative, ...],
+    def _result_from(lp: LogProbsResult, req: TranscriptionRequest, alternatives: tuple,
                      decode_s: float) -> TranscriptionResult:
         best = alternatives[0]
         return TranscriptionResult(best.text, best.words, alternatives,
                                    round(len(lp.log_probs) * lp.frame_duration_s, 4), lp.model_name,
                                    lp.model_version, req.decoder, {"decode_s": round(decode_s, 6)})
 
-    def _deadline(self, deadline_s: float | None, now: float) -> float:
-        budget = now + self.config.request_timeout_s
-        return budget if deadline_s is None else min(deadline_s, budget)
+    def _check_audio(self, audio: np.ndarray | AudioStream, model: LoadedModel) -> float:
+        """The audio's duration in seconds, once it is known to be usable by ``model``.
 
-    def _check_audio(self, audio: np.ndarray | AudioStream, sample_rate: int) -> float:
+        Raises:
+            RequestError: not mono samples, another rate, empty or shorter than one output frame.
+            PayloadTooLargeError: longer than ``max_audio_duration_s``.
+        """
         if isinstance(audio, AudioStream):
-            if audio.sample_rate != sample_rate:
-                raise RequestError(f"audio was opened at {audio.sample_rate} Hz for a {sample_rate} Hz model")
+            if audio.sample_rate != model.sample_rate:
+                raise RequestError(f"audio was opened at {audio.sample_rate} Hz for a {model.sample_rate} Hz model")
             samples = audio.num_samples
         else:
             if not isinstance(audio, np.ndarray) or audio.ndim != 1:
@@ -252,7 +356,10 @@ class Engine:
             samples = audio.size
         if samples == 0:
             raise RequestError("audio is empty (0 samples)")
-        duration_s = samples / sample_rate
+        if samples < _min_samples(model):
+            raise RequestError(f"audio is {1000 * samples / model.sample_rate:.1f} ms long; {model} needs at least "
+                               f"{1000 * model.frame_duration_s:.0f} ms (one output frame)")
+        duration_s = samples / model.sample_rate
         self.check_duration(duration_s)
         return duration_s
 
@@ -280,66 +387,105 @@ class Engine:
             if self._in_flight == 0:
                 self._idle.set()
 
-    def _window_budget_s(self, duration_s: float) -> float:
-        """Decoded audio a request holds at once: all of it, or its windows in flight for long audio."""
+    def _windows(self, model: LoadedModel, audio: np.ndarray | AudioStream) -> tuple[AudioWindow, ...]:
+        num_samples = audio.num_samples if isinstance(audio, AudioStream) else len(audio)
+        return plan_windows(num_samples, model.sample_rate, model.frame_duration_s,
+                            window_s=self.config.long_audio_window_s, overlap_s=self.config.long_audio_overlap_s)
+
+    def _held_s(self, audio: np.ndarray | AudioStream, duration_s: float) -> float:
+        """Seconds of the memory budget a request holds (service.budget).
+
+        An in-memory clip is held whole. A file read a window at a time holds its windows in
+        flight, one more whose frames are being decoded, and the decoder's pending segment
+        (at most one long-audio window of frames, model.segments).
+        """
         cfg = self.config
-        return min(duration_s, cfg.long_audio_windows_in_flight * (cfg.long_audio_window_s + cfg.long_audio_overlap_s))
+        window_s = cfg.long_audio_window_s + cfg.long_audio_overlap_s
+        working = min(duration_s, (cfg.long_audio_windows_in_flight + 1) * window_s + cfg.long_audio_window_s)
+        return working + (0.0 if isinstance(audio, AudioStream) else duration_s)
 
     @contextlib.contextmanager
-    def _buffered_audio(self, seconds: float):
-        """Reserves ``seconds`` of the server-wide decoded-audio budget, or refuses with 429."""
-        limit = self.config.max_buffered_audio_s
-        if self._buffered_s + seconds > limit and self._buffered_s > 0:
-            raise QueueFullError(f"the server holds {self._buffered_s:.0f} s of decoded audio; the limit is "
-                                 f"{limit:.0f} s, so retry shortly")
-        self._buffered_s += seconds
+    def _long_job(self, job: LongJob | None):
+        """Counts a long request's remaining work for admission, and trims the heap once the server is idle after it."""
+        if job is None:
+            yield
+            return
+        self._long_jobs.append(job)
         try:
             yield
         finally:
-            self._buffered_s -= seconds
+            self._long_jobs.remove(job)
+            if not self._long_jobs and (self._trim is None or self._trim.done()):
+                self._trim = asyncio.get_running_loop().create_task(self._trim_when_idle())
 
-    async def _acoustic(self, model: LoadedModel, audio: np.ndarray, deadline: float
-                        ) -> tuple[np.ndarray, float, float]:
-        """Runs every window through the batcher; returns (stitched log-probs, queue_s, inference_s)."""
-        if isinstance(audio, AudioStream):
-            num_samples = audio.num_samples
-        else:
-            audio = np.ascontiguousarray(audio, dtype=np.float32)
-            num_samples = len(audio)
-        windows = plan_windows(num_samples, model.sample_rate, model.frame_duration_s,
-                               window_s=self.config.long_audio_window_s, overlap_s=self.config.long_audio_overlap_s)
-        # One long file must neither fill the whole queue nor hold all its audio: a few windows at a time.
-        gate = asyncio.Semaphore(max(1, min(self.config.max_batch_size, self.config.long_audio_windows_in_flight)))
+    async def _trim_when_idle(self) -> None:
+        """Hands the heap's free pages back once no request is in flight (model.allocator.release_free_memory)."""
+        await self._idle.wait()
+        await asyncio.to_thread(release_free_memory)
 
-        async def run(window) -> tuple[WindowOutput, float]:
-            async with gate:
-                if isinstance(audio, AudioStream):  # decoded now, from the file, and dropped after its batch
-                    clip = await asyncio.to_thread(audio.read, window.start_sample, window.end_sample)
-                else:
-                    clip = audio[window.start_sample:window.end_sample]
-                submitted = time.monotonic()
-                out = await model.batcher.submit(clip, size_key=len(clip), deadline=deadline)
-                return out, max(0.0, out.started_at - submitted)
-
-        tasks = [asyncio.ensure_future(run(w)) for w in windows]
+    async def _before(self, deadline: float, work: Awaitable):
+        """Awaits ``work``, or raises DeadlineExceededError once ``deadline`` (``time.monotonic()``) passes."""
         try:
-            done = await asyncio.wait_for(asyncio.gather(*tasks), timeout=max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                return await work
+        except TimeoutError:
             raise DeadlineExceededError("deadline exceeded while the audio was being processed") from None
-        finally:
-            for task in tasks:
-                task.cancel()
-        outputs = [out for out, _ in done]
-        queue_s = max(wait for _, wait in done)
-        # Windows of one request can share a batch; count each batch's compute once.
-        inference_s = sum({out.started_at: out.inference_s for out in outputs}.values())
-        return stitch_log_probs(windows, [out.log_probs for out in outputs]), queue_s, inference_s
 
-    async def _decode_in_pool(self, log_probs: np.ndarray, model: LoadedModel,
-                              plan: DecodingPlan) -> tuple[Alternative, ...]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decode_pool, self.decoding.decode, log_probs, model.labels,
-                                          model.frame_duration_s, plan)
+    async def _run_windows(self, model: LoadedModel, audio: np.ndarray | AudioStream,
+                           windows: tuple[AudioWindow, ...], deadline: float, priority: int,
+                           consume: Callable[[AudioWindow, np.ndarray], Awaitable[None]]
+                           ) -> tuple[float, float, float]:
+        """Runs ``windows`` through the batcher and hands each one's kept frames to ``consume``, in time order.
+
+        At most ``long_audio_windows_in_flight`` windows are read or queued at once, and a window
+        counts until ``consume`` has taken it, so a slow decoder holds back reading, not memory.
+        If the request ends early (deadline, cancellation, an error), windows not yet run are
+        dropped and the audio is read no further.
+
+        Returns:
+            (longest queue wait, compute seconds of the batches it ran in, seconds in ``consume``).
+        """
+        limit = max(1, min(self.config.max_batch_size, self.config.long_audio_windows_in_flight))
+        upcoming = iter(windows)
+        in_flight: deque[asyncio.Task] = deque()
+        queue_s = consume_s = 0.0
+        batches: dict[float, float] = {}  # windows of one request can share a batch: count its compute once
+
+        async def run_all() -> None:
+            nonlocal queue_s, consume_s
+            while True:
+                while len(in_flight) < limit and (window := next(upcoming, None)) is not None:
+                    task = asyncio.ensure_future(self._window(model, audio, window, deadline, priority))
+                    task.add_done_callback(_retrieve)  # a window's failure after the request ended is not news
+                    in_flight.append(task)
+                if not in_flight:
+                    return
+                window, out, wait_s = await in_flight[0]
+                in_flight.popleft()
+                queue_s = max(queue_s, wait_s)
+                batches[out.started_at] = out.inference_s
+                consume_started = time.monotonic()
+                await consume(window, window.kept(out.log_probs))
+                consume_s += time.monotonic() - consume_started
+
+        try:
+            await self._before(deadline, run_all())
+        finally:
+            for task in in_flight:
+                task.cancel()
+        return queue_s, sum(batches.values()), consume_s
+
+    async def _window(self, model: LoadedModel, audio: np.ndarray | AudioStream, window: AudioWindow,
+                      deadline: float, priority: int):
+        if isinstance(audio, AudioStream):  # decoded now, from the file, and dropped once consumed
+            clip = await asyncio.get_running_loop().run_in_executor(self._read_pool, audio.read, window.start_sample,
+                                                                    window.end_sample)
+        else:
+            clip = audio[window.start_sample:window.end_sample]
+        submitted = time.monotonic()
+        out = await model.batcher.submit(np.ascontiguousarray(clip, dtype=np.float32), size_key=len(clip),
+                                         deadline=deadline, priority=priority)
+        return window, out, max(0.0, out.started_at - submitted)
 
     async def _load_version(self, name: str, version: int) -> LoadedModel:
         """ModelSlot loader: read + verify the artifact, build the worker, warm up, attach a batcher."""
@@ -351,7 +497,9 @@ class Engine:
             lm, card = recorded_lm(config), model_card(metadata, config)
             worker = InferenceWorker(recognizer, self.devices, precision=self.precision,
                                      on_batch_done=self.metrics.inference_duration.observe)
-            worker.warm_up(recognizer.sample_rate)
+            worker.warm_up(recognizer.sample_rate, self.config.long_audio_window_s + self.config.long_audio_overlap_s)
+            if recognizer.num_views > 1:
+                _check_members(recognizer, worker)
             return recognizer, worker, lm, card
 
         started = time.monotonic()
@@ -369,10 +517,11 @@ class Engine:
         batcher = DynamicBatcher(worker, self._inference_pool, max_batch_size=cfg.max_batch_size,
                                  max_queue_delay_ms=cfg.max_queue_delay_ms, max_queue_size=cfg.max_queue_size,
                                  max_batch_padded_size=cfg.max_batch_audio_s * recognizer.sample_rate,
+                                 max_low_priority_padded_size=cfg.long_audio_batch_audio_s * recognizer.sample_rate,
                                  max_concurrent_batches=len(self.devices), hooks=hooks, name=f"batcher[{spec}]")
         return LoadedModel(name, version, recognizer.sample_rate, recognizer.frame_duration_s,
                            tuple(recognizer.vocabulary.labels), lm, batcher, worker,
-                           precision=worker.precision, card=card)
+                           precision=worker.precision, card=card, views=recognizer.num_views)
 
     async def _unload_version(self, model: LoadedModel) -> None:
         await model.batcher.stop()
@@ -402,5 +551,31 @@ class Engine:
         self.begin_drain()
         await self.wait_idle(timeout_s)
         await self.slot.close()
-        self._inference_pool.shutdown(wait=False, cancel_futures=True)
-        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._inference_pool, self._read_pool, *self._decode_pools.values()):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _check_members(ensemble, worker: InferenceWorker) -> None:
+    """Refuses an ensemble with a member that is broken or hears other words than the rest (model.agreement)."""
+    from model.agreement import MAX_MEMBER_DISAGREEMENT, member_disagreement
+    from model.int8 import calibration_clips
+
+    members = len(ensemble.members)
+    outputs = worker.outputs(calibration_clips(ensemble.sample_rate))
+    rates = member_disagreement(outputs, members, ensemble.vocabulary.labels, ensemble.frame_duration_s)
+    bad = [(m, rate) for m, rate in enumerate(rates) if not rate <= MAX_MEMBER_DISAGREEMENT]
+    if bad:
+        said = ", ".join(f"member {m} {'gives non-finite output' if rate == float('inf') else f'{rate:.2f}'}"
+                         for m, rate in bad)
+        raise RuntimeError(f"ensemble members disagree on the calibration speech ({said}; character edits per "
+                           f"character of the ensemble's transcript, limit {MAX_MEMBER_DISAGREEMENT})")
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _min_samples(model: LoadedModel) -> int:
+    """The shortest audio a model gives a frame for: one output frame."""
+    return math.ceil(model.frame_duration_s * model.sample_rate)

@@ -1,6 +1,25 @@
-"""The request error types; kept free of torch/model imports so the batcher can raise them."""
+"""The request error types, and the one sanitiser every transport passes an error's message through.
+
+Kept free of torch/model imports so the batcher can raise them.
+"""
 
 from __future__ import annotations
+
+import re
+
+# An absolute path: a "/" that does not follow a word character or a dot, then no spaces, quotes or brackets.
+_PATH = re.compile(r"(?<![\w.])/[^\s:'\"()]+")
+
+
+def without_paths(message: str) -> str:
+    """A message with the server's file paths taken out: clients learn what failed, not where files live."""
+    return " ".join(_PATH.sub("<path>", message).split())
+
+
+def public_message(exc: BaseException) -> str:
+    """What a client is told of a known failure: the first line of its message, with no server path in it."""
+    text = str(exc)
+    return without_paths(text.splitlines()[0]) if text.strip() else type(exc).__name__
 
 
 class RequestError(ValueError):
@@ -33,10 +52,30 @@ class QueueFullError(RequestError):
     reason = "queue_full"
 
 
+class MemoryBudgetError(QueueFullError):
+    """The process-wide memory budget is spent (service.budget); retry later (REST 429 / gRPC RESOURCE_EXHAUSTED)."""
+
+    reason = "memory_budget"
+
+
 class DeadlineExceededError(RequestError):
     """The deadline passed before the work finished (REST 504 / gRPC DEADLINE_EXCEEDED)."""
 
     reason = "deadline"
+
+
+class ClientGoneError(RequestError):
+    """The client closed the connection before the answer was ready; its work was stopped (REST 499, as nginx
+    logs it / gRPC CANCELLED)."""
+
+    reason = "cancelled"
+
+
+class IdleTimeoutError(RequestError):
+    """A stream that sent nothing for ``stream_idle_timeout_s`` (REST 408, WebSocket 1001 / gRPC OUT_OF_RANGE,
+    as Google's streaming API answers an audio timeout)."""
+
+    reason = "idle_timeout"
 
 
 class PayloadTooLargeError(RequestError):

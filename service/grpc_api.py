@@ -25,11 +25,14 @@ from google.protobuf import duration_pb2
 from model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError, resample
 from model.audio_stream import AudioStream
 from service.asr_pb import asr_pb2, asr_pb2_grpc
-from service.domain import (DeadlineExceededError, PayloadTooLargeError, QueueFullError, RequestError,
+from service.domain import (DeadlineExceededError, IdleTimeoutError, PayloadTooLargeError, QueueFullError, RequestError,
                             ServiceUnavailableError, TranscriptionRequest, TranscriptionResult, UnauthenticatedError,
                             UnknownModelError, WordTiming, WrongModelKindError, error_reason)
+from service.budget import Reservation
+from service.errors import ClientGoneError, public_message
 from service.model_slot import ModelLoadError
-from service.streaming import StreamingOptions, StreamingSession, StreamResult, pcm16_to_float32
+from service.streaming import (MAX_STREAM_BACKLOG_S, StreamingOptions, StreamingSession, StreamResult,
+                               pcm16_to_float32)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ _STATUS_BY_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (WrongModelKindError, grpc.StatusCode.FAILED_PRECONDITION),
     (QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (IdleTimeoutError, grpc.StatusCode.OUT_OF_RANGE),
+    (ClientGoneError, grpc.StatusCode.CANCELLED),
     (ServiceUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (PayloadTooLargeError, grpc.StatusCode.INVALID_ARGUMENT),
     (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -57,8 +62,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status and one-line message a request failure is reported with."""
     for error_type, code in _STATUS_BY_ERROR:
         if isinstance(exc, error_type):
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return code, message
+            return code, public_message(exc)
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see server logs"
 
 
@@ -104,12 +108,13 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
                                        _streaming_options(stream_config), deadline_s=_deadline(context))
             model_ref = asr_pb2.ModelRef(name=name, version=version)
             self.metrics.active_streams.inc()
-            reader = _AudioReader(request_iterator, session, channels, self.config.max_audio_bytes,
-                                  self.config.max_audio_duration_s)
+            reader = _AudioReader(request_iterator, session, channels, self.config,
+                                  self.engine.budget.reserve(0.0, "stream"))
             try:
                 async for results in reader.drive():
                     yield _streaming_response(results, model_ref)
             finally:
+                reader.reservation.release()
                 self.metrics.active_streams.dec()
 
     async def ListModels(self, request: asr_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -203,17 +208,22 @@ class _AudioReader:
     """Reads a stream's audio messages in the background while the session runs the model.
 
     Reading and inference overlap, so a slow window never stalls the client's sends, and the
-    next window covers all audio that arrived meanwhile.
+    next window covers all audio that arrived meanwhile. Reading pauses while more than
+    ``MAX_STREAM_BACKLOG_S`` of audio waits for the model (gRPC's flow control then holds the
+    client back), so a client pushing an hour at once holds seconds, not the hour. What the
+    stream holds is reserved from the memory budget (service.budget); a client silent for
+    ``stream_idle_timeout_s`` ends the stream with OUT_OF_RANGE.
     """
 
-    def __init__(self, requests: AsyncIterator, session: StreamingSession, channels: int,
-                 max_bytes: int, max_duration_s: float) -> None:
+    def __init__(self, requests: AsyncIterator, session: StreamingSession, channels: int, config,
+                 reservation: Reservation) -> None:
         self.requests = requests
         self.session = session
         self.channels = channels
-        self.max_bytes = max_bytes
-        self.max_duration_s = max_duration_s
+        self.config = config
+        self.reservation = reservation
         self._wake = asyncio.Event()
+        self._stepped = asyncio.Event()
         self._done = False
         self._error: BaseException | None = None
         self._carry = b""
@@ -228,6 +238,8 @@ class _AudioReader:
                     raise self._error
                 if self.session.ready():
                     results = await self.session.step()
+                    self.reservation.resize(self.session.held_s)
+                    self._stepped.set()
                 elif self._done:
                     break
                 else:
@@ -244,11 +256,23 @@ class _AudioReader:
 
     async def _read(self) -> None:
         try:
-            async for message in self.requests:
+            messages = aiter(self.requests)
+            while True:
+                try:
+                    async with asyncio.timeout(self.config.stream_idle_timeout_s):
+                        message = await anext(messages)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise IdleTimeoutError(f"no audio for {self.config.stream_idle_timeout_s:g} s; the stream "
+                                           "was closed (send audio in real time, or half-close when done)") from None
                 if message.WhichOneof("streaming_request") != "audio_content":
                     raise RequestError("streaming_config may only be sent once, as the first message")
                 self._add(message.audio_content)
                 self._wake.set()
+                while self.session.backlog_s > MAX_STREAM_BACKLOG_S:
+                    self._stepped.clear()
+                    await self._stepped.wait()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - handed to drive(), which reports it as the call's status
@@ -258,14 +282,15 @@ class _AudioReader:
 
     def _add(self, data: bytes) -> None:
         self._received += len(data)
-        if self._received > self.max_bytes:
-            raise PayloadTooLargeError(f"stream audio exceeds {self.max_bytes} bytes")
+        if self._received > self.config.max_audio_bytes:
+            raise PayloadTooLargeError(f"stream audio exceeds {self.config.max_audio_bytes} bytes")
         data = self._carry + data
         usable = len(data) - len(data) % (2 * self.channels)  # a message may end inside a PCM frame
         self._carry = data[usable:]
         self.session.add_audio(pcm16_to_float32(data[:usable], self.channels))
-        if self.session.audio_received_s > self.max_duration_s:
-            raise PayloadTooLargeError(f"stream audio exceeds {self.max_duration_s:.0f} s")
+        self.reservation.resize(self.session.held_s)
+        if self.session.audio_received_s > self.config.max_audio_duration_s:
+            raise PayloadTooLargeError(f"stream audio exceeds {self.config.max_audio_duration_s:.0f} s")
 
 
 # ---- proto -> domain --------------------------------------------------------------------

@@ -74,10 +74,14 @@ _DENY_DRAIN_S = 1.0
 
 
 class _ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses asr.v1 calls without a valid API key (service.auth) with UNAUTHENTICATED; health and reflection stay open."""
+    """Refuses asr.v1 calls without a valid API key (service.auth) with UNAUTHENTICATED; health and reflection stay open.
 
-    def __init__(self, keys) -> None:
+    A refusal is counted like any other failed call (``asr_requests_total``, ``asr_errors_total``).
+    """
+
+    def __init__(self, keys, metrics) -> None:
         self.keys = keys
+        self.metrics = metrics
 
     async def intercept_service(self, continuation, handler_call_details):
         if not handler_call_details.method.startswith(_GUARDED):
@@ -102,7 +106,10 @@ class _ApiKeyInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
                 yield  # an async generator, as streaming handlers are
 
-            if handler is not None and handler.request_streaming:
+            streaming = handler is not None and handler.request_streaming
+            self.metrics.count_error(exc.reason)
+            self.metrics.observe_request("grpc_stream" if streaming else "grpc", grpc.StatusCode.UNAUTHENTICATED.name, 0.0)
+            if streaming:
                 return grpc.stream_stream_rpc_method_handler(deny_stream)
             return grpc.unary_unary_rpc_method_handler(deny)
         return await continuation(handler_call_details)
@@ -142,7 +149,7 @@ async def start_grpc(engine, config: ServiceConfig) -> grpc.aio.Server:
         RuntimeError: the port could not be bound.
     """
     limit = max_message_bytes(config)
-    interceptors = [_ApiKeyInterceptor(config.api_keys)] if config.api_keys else []
+    interceptors = [_ApiKeyInterceptor(config.api_keys, engine.metrics)] if config.api_keys else []
     server = grpc.aio.server(interceptors=interceptors,
                              options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", limit), *_KEEPALIVE_OPTIONS])

@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
@@ -22,12 +23,14 @@ from fastapi.responses import JSONResponse
 from model.audio_stream import AudioStream
 from service.auth import check_api_key
 from service.domain import RequestError, TranscriptionRequest, TranscriptionResult, UnauthenticatedError
+from service.errors import ClientGoneError
 from service.engine import Engine
 from service.http_errors import count_failure, error_response, status_for
 from service.metrics import CONTENT_TYPE_LATEST
 from service.upload import Upload, read_upload
 
 router = APIRouter()
+T = TypeVar("T")
 
 _TRANSCRIBE_PARAMS = ("model", "decoder", "word_timestamps", "hotwords", "beam_width", "lm_alpha", "lm_beta", "lm",
                       "alternatives")
@@ -125,11 +128,40 @@ async def open_audio(engine: Engine, upload: Upload, sample_rate: int) -> AudioS
     return audio
 
 
-async def transcribe_upload(engine: Engine, upload: Upload, request: TranscriptionRequest) -> TranscriptionResult:
-    """Transcribes an upload with the model version pinned when it is resolved, for the whole request."""
+async def transcribe_upload(engine: Engine, upload: Upload, request: TranscriptionRequest,
+                            http_request: Request) -> TranscriptionResult:
+    """Transcribes an upload with the model version pinned when it is resolved, for the whole request.
+
+    A client that disconnects meanwhile stops the work at its next window (``while_connected``).
+    """
     name, version, sample_rate = engine.resolve_model(request.model)
     with await open_audio(engine, upload, sample_rate) as audio:
-        return await engine.transcribe(replace(request, audio=audio, model=f"{name}@{version}"))
+        return await while_connected(http_request,
+                                     engine.transcribe(replace(request, audio=audio, model=f"{name}@{version}")))
+
+
+async def while_connected(request: Request, work: Awaitable[T]) -> T:
+    """Awaits ``work`` unless the client disconnects first; then cancels it and raises ClientGoneError.
+
+    Call it once the request body has been read: the disconnect is the next ASGI message.
+    """
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise ClientGoneError("the client closed the connection before the transcript was ready")
+        return task.result()
+    finally:
+        gone.cancel()
+        task.cancel()
+
+
+async def _disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def words_json(words) -> list[dict]:
@@ -181,7 +213,7 @@ async def _transcribe(request: Request, engine: Engine, upload: Upload) -> Respo
         beam_width=parse_number("beam_width", get("beam_width"), int),
         lm_alpha=parse_number("lm_alpha", get("lm_alpha")), lm_beta=parse_number("lm_beta", get("lm_beta")),
         lm=get("lm") or None, num_alternatives=1 if alternatives is None else alternatives, api="rest")
-    result = await transcribe_upload(engine, upload, req)
+    result = await transcribe_upload(engine, upload, req, request)
     return JSONResponse(result_json(result), headers=model_header(result))
 
 
@@ -213,7 +245,8 @@ async def ready(request: Request) -> JSONResponse:
     engine = engine_of(request)
     if engine.ready:
         active = engine.slot.active
-        return JSONResponse({"status": "ready", "model": {"name": active.name, "version": active.version}})
+        return JSONResponse({"status": "ready", "model": {"name": active.name, "version": active.version},
+                             "warnings": engine.startup_warnings})
     if engine.startup_error:
         message = engine.startup_error
     elif engine.slot.active is None:

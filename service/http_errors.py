@@ -10,9 +10,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.audio import AudioError
-from service.domain import (DeadlineExceededError, PayloadTooLargeError, QueueFullError, RequestError,
+from service.domain import (DeadlineExceededError, IdleTimeoutError, PayloadTooLargeError, QueueFullError, RequestError,
                             ServiceUnavailableError, UnauthenticatedError, UnknownModelError, WrongModelKindError,
                             error_reason)
+from service.errors import ClientGoneError, public_message
 from service.model_slot import ModelLoadError
 from service.upload import UnsupportedMediaTypeError
 
@@ -27,6 +28,8 @@ _STATUS = (
     (WrongModelKindError, 400, "invalid_request_error", "wrong_model_kind"),
     (QueueFullError, 429, "server_busy", "queue_full"),
     (DeadlineExceededError, 504, "timeout", "deadline_exceeded"),
+    (IdleTimeoutError, 408, "timeout", "idle_timeout"),
+    (ClientGoneError, 499, "invalid_request_error", "client_closed_request"),
     (PayloadTooLargeError, 413, "invalid_request_error", "too_large"),
     (ServiceUnavailableError, 503, "unavailable", "unavailable"),
     (ModelLoadError, 503, "unavailable", "model_load_failed"),
@@ -63,7 +66,8 @@ def error_response(exc: BaseException, param: str | None = None) -> JSONResponse
     headers = {"Retry-After": "1"} if status in (429, 503) else None
     if status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
-    return JSONResponse(error_body(str(exc), type_, code, getattr(exc, "param", param)), status, headers=headers)
+    return JSONResponse(error_body(public_message(exc), type_, code, getattr(exc, "param", param)), status,
+                        headers=headers)
 
 
 def count_failure(metrics, exc: BaseException) -> None:

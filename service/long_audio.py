@@ -1,6 +1,7 @@
 """Pure functions that cut long audio into overlapping windows and stitch their CTC log-probs back.
 
-Each window is run as its own batch item, so memory stays bounded for hour-long files.
+Each window is run as its own batch item and decoded as it comes (service.engine), so memory
+stays bounded for hour-long files.
 Frames near a window's edges see zero padding instead of real context, so at every seam
 only the central frames are kept: the overlap is split at its midpoint, and each side
 keeps the half nearer its own centre. Window starts are multiples of the model's frame
@@ -40,6 +41,12 @@ class AudioWindow:
     def first_frame(self) -> int:
         """Global index of this window's frame 0."""
         return self.start_sample // self.samples_per_frame
+
+    def kept(self, log_probs: np.ndarray) -> np.ndarray:
+        """The frames of this window's (T, ...) log-probs that it contributes (see ``plan_windows``)."""
+        lo = max(0, self.keep_from_frame - self.first_frame)
+        hi = len(log_probs) if self.keep_to_frame is None else self.keep_to_frame - self.first_frame
+        return log_probs[lo:max(lo, min(len(log_probs), hi))]
 
 
 def plan_windows(num_samples: int, sample_rate: int, frame_duration_s: float, *,
@@ -87,10 +94,5 @@ def stitch_log_probs(windows: Sequence[AudioWindow], log_probs: Sequence[np.ndar
         raise ValueError(f"{len(windows)} windows but {len(log_probs)} log-prob arrays")
     if len(windows) == 1:
         return log_probs[0]
-    parts = []
-    for window, lp in zip(windows, log_probs):
-        lo = max(0, window.keep_from_frame - window.first_frame)
-        hi = len(lp) if window.keep_to_frame is None else max(lo, min(len(lp), window.keep_to_frame - window.first_frame))
-        parts.append(lp[lo:hi])
-    return np.concatenate(parts, axis=0)
+    return np.concatenate([window.kept(lp) for window, lp in zip(windows, log_probs)], axis=0)
 

@@ -15,8 +15,8 @@ _LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30
 _QUEUE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 _RTF_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
-ERROR_REASONS = ("bad_audio", "unknown_model", "queue_full", "deadline", "too_large", "bad_request", "internal",
-                 "unavailable")
+ERROR_REASONS = ("bad_audio", "unknown_model", "queue_full", "memory_budget", "deadline", "too_large", "bad_request",
+                 "internal", "unavailable", "unauthenticated", "wrong_model_kind", "idle_timeout", "cancelled")
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST", "ERROR_REASONS"]
 
@@ -46,6 +46,8 @@ class Metrics:
                                           buckets=_RTF_BUCKETS, registry=r)
         self.queue_depth = Gauge("asr_queue_depth", "Audio windows waiting in batch queues.", registry=r)
         self.active_streams = Gauge("asr_active_streams", "Open streaming sessions.", registry=r)
+        self.buffered_audio = Gauge("asr_buffered_audio_seconds",
+                                    "Audio held by requests and streams, in seconds of the memory budget.", registry=r)
         self.model_info = Gauge("asr_model_info", "1 per loaded model version; state is active or loaded.",
                                 ["name", "version", "state"], registry=r)
         self.errors = Counter("asr_errors", "Failed requests by reason.", ["reason"], registry=r)

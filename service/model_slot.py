@@ -43,6 +43,7 @@ class LoadedModel:
         worker: the InferenceWorker (closed on unload).
         precision: the precision its inference form runs at (model.precision), reported in timings.
         card: its model card (model.card): training data, vocabulary, measured WERs.
+        views: log-prob slices per frame: 1 for one network, an ensemble's member x speed count.
         leases: requests currently using this version.
         retired: unload as soon as ``leases`` reaches 0 (unless it is active again).
     """
@@ -57,6 +58,7 @@ class LoadedModel:
     worker: Any
     precision: str = "fp32"
     card: dict | None = None
+    views: int = 1
     leases: int = 0
     retired: bool = False
     last_used: float = field(default_factory=time.monotonic)
@@ -69,6 +71,11 @@ class LoadedModel:
     @property
     def key(self) -> tuple[str, int]:
         return self.name, self.version
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        """One frame of its log-probs: (V+1,), or an ensemble's (views, V+1)."""
+        return (len(self.labels) + 1,) if self.views == 1 else (self.views, len(self.labels) + 1)
 
     def __str__(self) -> str:
         return f"{self.name}@{self.version}"
@@ -213,6 +220,10 @@ class ModelSlot:
             log.info("active model is now %s (was %s)", target, previous)
             self._on_change()
             return target
+
+    def remember_previous(self, name: str, version: int) -> None:
+        """Seeds the rollback history (after a restart, from the registry's record)."""
+        self._history.append((name, version))
 
     async def rollback(self) -> LoadedModel:
         """Re-activates the version that was active before the last ``activate``."""

@@ -59,12 +59,12 @@ async def create_transcription(request: Request) -> Response:
 
     async def handle() -> Response:
         with await read_upload(request, max_bytes=engine.config.max_audio_bytes) as upload:
-            return await _create_transcription(engine, upload)
+            return await _create_transcription(engine, upload, request)
 
     return await serve(request, "openai", handle)
 
 
-async def _create_transcription(engine, upload) -> Response:
+async def _create_transcription(engine, upload, request: Request) -> Response:
     model = (upload.field("model") or "").strip()
     model = None if model in ("", "default", *OPENAI_MODEL_IDS) else model
     response_format = (upload.field("response_format") or "json").strip().lower()
@@ -87,7 +87,8 @@ async def _create_transcription(engine, upload) -> Response:
     if stream and response_format not in ("json", "text"):
         raise _ParamError(f"stream=true returns text deltas; response_format must be json or text, got "
                           f"{response_format!r}", "response_format")
-    result = await transcribe_upload(engine, upload, TranscriptionRequest(audio=None, model=model, api="openai"))
+    result = await transcribe_upload(engine, upload, TranscriptionRequest(audio=None, model=model, api="openai"),
+                                     request)
     if stream:
         return StreamingResponse(_events(result), media_type="text/event-stream", headers=model_header(result))
     return format_result(result, response_format, "word" in granularities)

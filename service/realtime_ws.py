@@ -18,11 +18,13 @@ from starlette.websockets import WebSocketDisconnect
 
 from model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from service.auth import check_api_key
-from service.domain import PayloadTooLargeError, RequestError
+from service.domain import IdleTimeoutError, PayloadTooLargeError, RequestError
+from service.errors import public_message
 from service.http_api import words_json
 from service.http_errors import count_failure, known_error
 from service.openai_api import OPENAI_MODEL_IDS
-from service.streaming import STABLE_STABILITY, StreamingOptions, StreamingSession, StreamResult, pcm16_to_float32
+from service.streaming import (MAX_STREAM_BACKLOG_S, STABLE_STABILITY, StreamingOptions, StreamingSession, StreamResult,
+                               pcm16_to_float32)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,10 @@ DEFAULT_SILENCE_MS = 800
 # Browsers cannot set headers on a WebSocket, so the key may ride in a subprotocol (OpenAI's way).
 SUBPROTOCOL = "realtime"
 KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
+# The shortest item a commit may hold (OpenAI's own minimum; longer than any model's output frame).
+MIN_COMMIT_S = 0.1
+# Client events received but not yet applied, beyond which the socket is not read.
+_MAX_QUEUED_EVENTS = 64
 _EVENTS = ("transcription_session.update", "input_audio_buffer.append", "input_audio_buffer.commit",
            "input_audio_buffer.clear")
 
@@ -52,20 +58,21 @@ class _ClientGone(Exception):
 
 
 # RFC 6455 close codes by the HTTP status REST gives the same failure: too big 1009, try again
-# later 1013, server-side failure 1011; any other client error is a policy violation (1008).
-_CLOSE_CODES = {413: 1009, 429: 1013, 503: 1013, 504: 1011}
+# later 1013, server-side failure 1011, an idle socket 1001 (going away); any other client error
+# is a policy violation (1008).
+_CLOSE_CODES = {408: 1001, 413: 1009, 429: 1013, 503: 1013, 504: 1011}
 
 
 def error_for(exc: BaseException) -> tuple[int, dict]:
     """The close code and ``error`` object a failure is reported with; internals are never echoed."""
     if isinstance(exc, _EventError):
-        return exc.close_code, {"type": "invalid_request_error", "code": exc.code, "message": str(exc)}
+        return exc.close_code, {"type": "invalid_request_error", "code": exc.code, "message": public_message(exc)}
     known = known_error(exc)
     if known is None:
         log.error("realtime transcription failed", exc_info=exc)
         return 1011, {"type": "server_error", "code": "internal", "message": "internal server error"}
     status, type_, code = known
-    return _CLOSE_CODES.get(status, 1008), {"type": type_, "code": code, "message": str(exc).splitlines()[0]}
+    return _CLOSE_CODES.get(status, 1008), {"type": type_, "code": code, "message": public_message(exc)}
 
 
 @router.websocket("/v1/realtime")
@@ -151,7 +158,9 @@ class _Connection:
         self.sent_stable = ""  # stable text already sent as deltas for the open item
         self.received_s = 0.0  # all items' audio, for max_audio_duration_s
         self._carry = b""  # an append may end inside a 16-bit sample
-        self._events: asyncio.Queue = asyncio.Queue()
+        # Bounded: a client sending faster than the model runs is held back by TCP, not by our memory.
+        self._events: asyncio.Queue = asyncio.Queue(maxsize=_MAX_QUEUED_EVENTS)
+        self.reservation = engine.budget.reserve(0.0, "stream")
 
     async def run(self) -> None:
         """Serves events until the client closes; raises the first error."""
@@ -160,9 +169,12 @@ class _Connection:
         try:
             while True:
                 # Apply every event that has arrived before running the model, so each window
-                # covers all audio received meanwhile (the gRPC stream's reader does the same).
-                if self._events.empty() and self.stream is not None and self.stream.ready():
+                # covers all audio received meanwhile (the gRPC stream's reader does the same),
+                # unless that audio is already more than the model should take in one window.
+                if self.stream is not None and self.stream.ready() and (
+                        self._events.empty() or self.stream.backlog_s > MAX_STREAM_BACKLOG_S):
                     await self._publish(await self.stream.step())
+                    self.reservation.resize(self.stream.held_s if self.stream is not None else 0.0)
                     continue
                 event = await self._events.get()
                 if isinstance(event, BaseException):
@@ -173,6 +185,7 @@ class _Connection:
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+            self.reservation.release()
 
     async def send(self, event_type: str, **fields) -> None:
         try:
@@ -185,7 +198,12 @@ class _Connection:
         received_bytes = 0
         try:
             while True:
-                message = await self.ws.receive()
+                try:
+                    async with asyncio.timeout(self.config.stream_idle_timeout_s):
+                        message = await self.ws.receive()
+                except TimeoutError:
+                    raise IdleTimeoutError(f"no event for {self.config.stream_idle_timeout_s:g} s; the socket was "
+                                           "closed (send audio in real time, and close the socket when done)") from None
                 if message["type"] == "websocket.disconnect":
                     self.client_close_code = message.get("code") or 1000
                     break
@@ -210,11 +228,17 @@ class _Connection:
             if self.stream is None:
                 raise _EventError("input_audio_buffer_commit_empty", "nothing to commit: no audio was appended "
                                                                      "since the last commit")
+            if self.stream.audio_received_s < MIN_COMMIT_S:
+                raise _EventError("input_audio_buffer_commit_empty", f"buffer too small: "
+                                  f"{1000 * self.stream.audio_received_s:.0f} ms of audio; commit at least "
+                                  f"{1000 * MIN_COMMIT_S:.0f} ms")
             results = await self.stream.finish()
             self.stream, self._carry = None, b""
+            self.reservation.resize(0.0)
             await self._complete(results[0] if results else None)
         else:  # input_audio_buffer.clear
             self.stream, self._carry = None, b""
+            self.reservation.resize(0.0)
             await self.send("input_audio_buffer.cleared")
 
     def _update(self, session) -> None:
@@ -258,6 +282,7 @@ class _Connection:
         usable = len(data) - len(data) % 2
         self._carry = data[usable:]
         self.stream.add_audio(pcm16_to_float32(data[:usable]))
+        self.reservation.resize(self.stream.held_s)
         self.received_s += usable / 2 / self.source_rate
         if self.received_s > self.config.max_audio_duration_s:
             raise PayloadTooLargeError(f"stream audio exceeds {self.config.max_audio_duration_s:.0f} s")

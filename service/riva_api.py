@@ -29,6 +29,7 @@ from riva.client.proto import riva_asr_pb2, riva_asr_pb2_grpc, riva_audio_pb2
 
 from service.asr_pb import asr_pb2
 from service.domain import RequestError
+from service.errors import public_message
 from service.grpc_api import SpeechRecognitionServicer
 
 SERVICE_NAME = riva_asr_pb2.DESCRIPTOR.services_by_name["RivaSpeechRecognition"].full_name
@@ -50,7 +51,7 @@ class RivaSpeechRecognitionServicer(riva_asr_pb2_grpc.RivaSpeechRecognitionServi
             config = to_asr_config(request.config)
         except RequestError as exc:  # counted and reported like asr.v1's own refusals
             self.asr.metrics.count_error(exc.reason)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, public_message(exc))
         response = await self.asr.Recognize(asr_pb2.RecognizeRequest(config=config, audio=request.audio,
                                                                      request_id=request.id.value), context)
         return riva_asr_pb2.RecognizeResponse(

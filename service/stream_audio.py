@@ -52,6 +52,11 @@ class StreamAudio:
         return (self._first + self._size) * self.model_rate // self.source_rate
 
     @property
+    def held_samples(self) -> int:
+        """Source-rate samples held (4 bytes each), spare room of the buffer included."""
+        return len(self._data)
+
+    @property
     def start(self) -> int:
         """First model-rate sample still held."""
         return -(-self._first * self.model_rate // self.source_rate)

@@ -26,6 +26,10 @@ The method is NeMo's buffered CTC inference (FrameBatchASR), run incrementally:
 Every model run goes through ``Engine.log_probs``, so stream windows batch with other work.
 Endpointing reads committed frames only, so a silence is declared after ``silence_ms`` plus at
 most ``right_context_s + chunk_s`` of audio.
+
+Committed frames go into an incremental greedy decoder (model.decoding.GreedyDecoder) as they
+are committed, which holds at most a 30 s segment of them: a stream's memory is bounded by its
+audio buffer (``max_redecode_s`` plus ``final_left_context_s``) however long a segment runs.
 """
 
 from __future__ import annotations
@@ -37,12 +41,16 @@ from typing import Protocol
 import numpy as np
 
 from model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
-from model.decoding import WordTiming, greedy_decode
-from model.rescoring import blank_frames
+from model.decoding import GreedyDecoder, Transcript, WordTiming, greedy_decode
+from model.segments import blank_frames
 from service.domain import LogProbsResult, RequestError
 from service.stream_audio import StreamAudio, pcm16_to_float32
 
-__all__ = ["StreamingOptions", "StreamResult", "StreamingSession", "pcm16_to_float32"]
+__all__ = ["MAX_STREAM_BACKLOG_S", "StreamingOptions", "StreamResult", "StreamingSession", "pcm16_to_float32"]
+
+# Audio a stream may have received ahead of its model runs before its transport stops reading the
+# client (whose sends then wait on flow control): a client pushing an hour at once holds seconds.
+MAX_STREAM_BACKLOG_S = 5.0
 
 # Interim results are split where the committed frames end. Text on committed frames changes
 # only if the final one-pass decode (other normalisation statistics) disagrees; the tail can
@@ -148,6 +156,7 @@ class StreamingSession:
         self.model_rate = model_rate
         self._audio = StreamAudio(source_rate, model_rate)
         self._labels: tuple[str, ...] = ()
+        self._frame_shape: tuple[int, ...] = ()  # one frame's log-probs: (V+1,), an ensemble's (K, V+1)
         self._frame_s = 0.0
         self._spf = 0  # model-rate samples per output frame; known after the first model run
         self._num_finals = 0
@@ -158,6 +167,19 @@ class StreamingSession:
     @property
     def audio_received_s(self) -> float:
         return self._audio.end / self.model_rate
+
+    @property
+    def backlog_s(self) -> float:
+        """Audio received that no model run has covered yet, in seconds."""
+        covered = self._seg_start if self._last_run_end is None else self._last_run_end
+        return max(0, self._audio.end - covered) / self.model_rate
+
+    @property
+    def held_s(self) -> float:
+        """What the stream holds, in the memory budget's seconds (service.budget): its audio buffer's
+        float32 samples (at the source rate, so 48 kHz counts thrice) plus the frames its decoder holds."""
+        pending = self._decoder.pending_frames if self._decoder is not None else 0
+        return self._audio.held_samples / self.model_rate + pending * self._frame_s
 
     def add_audio(self, samples: np.ndarray) -> None:
         """Appends mono float32 samples at ``source_rate``."""
@@ -184,17 +206,22 @@ class StreamingSession:
         if end - window_start < max(self._spf, 1):
             return []
         frames = await self._run(window_start, end)
+        if not self._spf:
+            return []  # too little audio for a frame yet
         first_frame = window_start // self._spf
         num_chunks = max(0, (end - self._right_samples() - self._commit) // self._chunk_samples())
         new_commit = self._commit + num_chunks * self._chunk_samples()
         old_commit = self._commit
-        cut = self._commit_frames(frames[old_commit // self._spf - first_frame:
-                                         new_commit // self._spf - first_frame])
+        settled = frames[old_commit // self._spf - first_frame: new_commit // self._spf - first_frame]
+        cut = self._scan_for_endpoint(settled)
         self._commit = new_commit
         if cut is not None:
+            self._feed(settled[:cut])
             final = await self._endpoint_final(old_commit + cut * self._spf, end)
             if final is not None:
                 return [final]
+            settled = settled[cut:]
+        self._feed(settled)
         tail = frames[new_commit // self._spf - first_frame:]
         self._trim()
         if not self.options.interim_results:
@@ -207,7 +234,7 @@ class StreamingSession:
         had_final = self._num_finals > 0
         if end <= self._seg_start and had_final:
             return []
-        final = self._final_result(await self._segment_frames(end, end))
+        final = self._final_result((await self._segment_transcript(end, end))[0])
         # Trailing silence after an endpoint is not worth an empty final; a stream without
         # any final still gets one, so every stream ends with is_final=True.
         return [] if had_final and not final.text else [final]
@@ -216,8 +243,8 @@ class StreamingSession:
 
     def _start_segment(self, start: int) -> None:
         self._seg_start = start
-        self._commit = start  # committed frames cover [seg_start, commit)
-        self._committed: list[np.ndarray] = []
+        self._commit = start  # committed frames cover [seg_start, commit), fed to _decoder
+        self._decoder: GreedyDecoder | None = None
         self._has_speech = False
         self._trailing_blanks = 0
         self._last_run_end: int | None = None
@@ -243,14 +270,15 @@ class StreamingSession:
         """Log-probs (T, V+1) of model-rate samples [start, end); ``start`` is frame-aligned."""
         result = await self.engine.log_probs(self._audio.read(start, end), self.model,
                                              deadline_s=self.deadline_s, api=self.api)
-        if not self._spf:
+        if not self._spf and len(result.log_probs):
+            self._frame_shape = result.log_probs.shape[1:]
             self._labels = tuple(result.labels)
             self._frame_s = float(result.frame_duration_s)
             self._spf = max(1, round(self._frame_s * self.model_rate))
         return result.log_probs
 
-    def _commit_frames(self, frames: np.ndarray) -> int | None:
-        """Appends newly settled frames; returns how many of them lead up to a candidate endpoint."""
+    def _scan_for_endpoint(self, frames: np.ndarray) -> int | None:
+        """Counts speech and blanks in newly settled frames; returns how many lead up to a candidate endpoint."""
         if not len(frames):
             return None
         silence_ms = self.options.silence_ms
@@ -264,32 +292,35 @@ class StreamingSession:
             self._trailing_blanks += 1
             if cut is None and needed is not None and self._has_speech and self._trailing_blanks >= needed:
                 cut = t + 1
-        self._committed.append(frames)
         return cut
+
+    def _feed(self, frames: np.ndarray) -> None:
+        """Hands settled frames to the segment's decoder."""
+        if self._decoder is None:
+            self._decoder = GreedyDecoder(self._labels, self._frame_s, time_offset_s=self._seg_start / self.model_rate)
+        self._decoder.feed(frames)
 
     def _trim(self) -> None:
         """Bounds memory: drops leading silence, and audio a long segment will never reread."""
         left = self._left_samples()
         if (not self._has_speech
                 and self._commit - self._seg_start > self.options.max_leading_silence_s * self.model_rate):
-            # Keep the last left_context of blank frames; the segment now starts there.
-            frames = self._committed_array()[-(left // self._spf):] if left else self._committed_array()[:0]
-            self._seg_start = self._commit - len(frames) * self._spf
-            self._committed = [frames]
-            self._trailing_blanks = len(frames)
+            # Keep the last left_context of blank frames; the segment now starts there, and its decoder
+            # (which has seen only blanks) starts afresh at the next frame to be committed.
+            self._seg_start = self._commit - left
+            self._decoder = GreedyDecoder(self._labels, self._frame_s, time_offset_s=self._commit / self.model_rate)
+            self._trailing_blanks = left // self._spf
         keep_from = min(self._commit - left, self._audio.end - self._final_context_samples())
         if self._audio.end - self._seg_start <= self.options.max_redecode_s * self.model_rate:
             keep_from = min(keep_from, self._seg_start)  # the one-pass final reads the whole segment
         self._audio.drop_before(max(0, keep_from))
 
-    def _decode(self, frames: np.ndarray):
-        return greedy_decode(frames, self._labels, self._frame_s, time_offset_s=self._seg_start / self.model_rate)
-
     def _interim(self, tail: np.ndarray) -> list[StreamResult]:
-        parts = self._committed + [tail]
-        if not self._labels or not sum(len(p) for p in parts):
+        if not self._labels or (self._decoder is None and not len(tail)):
             return []
-        transcript = self._decode(np.concatenate(parts, axis=0))
+        if self._decoder is None:
+            self._feed(tail[:0])
+        transcript = self._decoder.preview(tail)
         settled_s = self._commit / self.model_rate + 1e-6
         stable = " ".join(w.word for w in transcript.words if w.end_s <= settled_s)
         unstable = " ".join(w.word for w in transcript.words if w.end_s > settled_s)
@@ -312,52 +343,53 @@ class StreamingSession:
         received, ``read_to``) must also see ``silence_ms`` of blanks before ``cut``. If it
         hears speech there, the segment goes on and the blank count starts again.
         """
-        frames = await self._segment_frames(cut, read_to)
+        transcript, last_frames = await self._segment_transcript(cut, read_to)
         needed = math.ceil(self.options.silence_ms / 1000.0 / self._frame_s - 1e-9)
-        tail = frames[-needed:]
-        if len(tail) < needed or not blank_frames(tail).all():
-            self._trailing_blanks = 0
-            return None
-        final = self._final_result(frames)
+        if last_frames is not None:
+            tail = last_frames[-needed:]
+            if len(tail) < needed or not blank_frames(tail).all():
+                self._trailing_blanks = 0
+                return None
+        final = self._final_result(transcript)
         # The frames after the cut are recomputed as the start of the next segment.
         self._start_segment(cut)
         return final
 
-    async def _segment_frames(self, end: int, read_to: int) -> np.ndarray:
-        """Final log-probs (T, V+1) of the segment [seg_start, end); the audio up to ``read_to`` is read.
+    async def _segment_transcript(self, end: int, read_to: int) -> tuple[Transcript, np.ndarray | None]:
+        """The final transcript of the segment [seg_start, end), reading the audio up to ``read_to``, and the
+        frames it was decoded from (None where they are the committed frames, which endpointing already read).
 
         A segment of at most ``max_redecode_s``: one model pass over
-        [seg_start - final_left_context_s, read_to). A longer one: its committed frames plus a
-        flush window over the rest.
+        [seg_start - final_left_context_s, read_to). A longer one: its committed frames (already in
+        the decoder) plus a flush window over the rest.
         """
         start = self._seg_start
         if end - start > self.options.max_redecode_s * self.model_rate or start < self._audio.start:
-            frames = self._committed_array()
+            if not self._labels:
+                return Transcript(""), None
+            self._feed(np.zeros((0, *self._frame_shape), dtype=np.float32))  # the decoder exists
             if end > self._commit:
                 window_start = max(start, self._commit - self._left_samples())
                 flushed = await self._run(window_start, end)
-                frames = np.concatenate([frames, flushed[(self._commit - window_start) // self._spf:]], axis=0)
-            return frames[: -(-(end - start) // self._spf)]
+                first = (self._commit - window_start) // self._spf
+                self._decoder.feed(flushed[first: first + -(-(end - self._commit) // self._spf)])
+            return self._decoder.finish(), None
         if end - start < max(self._spf, 1):
-            return np.zeros((0, len(self._labels) + 1), dtype=np.float32)
+            return Transcript(""), None
         context_start = max(start - self._final_context_samples(), self._aligned(self._audio.start))
         frames = await self._run(context_start, read_to)
+        if not self._spf:  # too little audio for one frame
+            return Transcript(""), None
         first = (start - context_start) // self._spf
-        return frames[first: first + -(-(end - start) // self._spf)]
+        frames = frames[first: first + -(-(end - start) // self._spf)]
+        if not self._labels:
+            return Transcript(""), frames
+        return greedy_decode(frames, self._labels, self._frame_s, time_offset_s=start / self.model_rate), frames
 
-    def _final_result(self, frames: np.ndarray) -> StreamResult:
+    def _final_result(self, transcript: Transcript) -> StreamResult:
         self._num_finals += 1
         processed = self._audio.end / self.model_rate
-        if not self._labels:
-            return StreamResult("", (), True, 0.0, 0.0, processed)
-        transcript = self._decode(frames)
         words = transcript.words
         confidence = round(float(np.mean([w.confidence for w in words])), 4) if words else 0.0
         return StreamResult(transcript.text, words if self.options.word_timestamps else (), True, 0.0,
                             confidence, processed)
-
-    def _committed_array(self) -> np.ndarray:
-        if not self._committed:
-            return np.zeros((0, len(self._labels) + 1), dtype=np.float32)
-        return np.concatenate(self._committed, axis=0)
-

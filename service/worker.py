@@ -18,6 +18,7 @@ import torch
 
 from model.inference import Recognizer, for_inference
 from model.precision import resolve_precision
+from service.admission import RateEstimate
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class InferenceWorker:
         precision: "fp32", "bf16", "fp16", "int8" or "auto" (model.precision); the resolved one is
             ``self.precision``. A precision a device cannot run raises PrecisionError here.
         on_batch_done: called with each batch's compute seconds (metrics).
+
+    Attributes:
+        rate: audio seconds per compute second on long batches (service.admission), seeded by ``warm_up``.
     """
 
     def __init__(self, model: Recognizer, devices: list[torch.device], *, precision: str = "auto",
@@ -64,6 +68,8 @@ class InferenceWorker:
             raise ValueError(f"precision {precision!r} resolves differently across {distinct}: {sorted(resolved)}")
         self.precision = resolved.pop()
         self._replicas = {device: for_inference(model, self.precision, device) for device in distinct}
+        self.sample_rate = model.sample_rate
+        self.rate = RateEstimate()
         self._local = threading.local()
         self._next_index = itertools.count()
         self._on_batch_done = on_batch_done
@@ -84,16 +90,31 @@ class InferenceWorker:
             outputs = model.log_probs_batch(clips, device=device)
         elapsed = time.monotonic() - started
         self._on_batch_done(elapsed)
+        self.rate.observe(sum(len(clip) for clip in clips) / self.sample_rate, elapsed)
         return [WindowOutput(lp, started, elapsed) for lp in outputs]
 
-    def warm_up(self, sample_rate: int) -> None:
-        """Runs every replica once on silence, so the first request pays no lazy-init cost."""
+    def warm_up(self, sample_rate: int, long_window_s: float | None = None) -> None:
+        """Runs every replica once on silence, so the first request pays no lazy-init cost.
+
+        With ``long_window_s``, one window of that length runs twice more, the second time timed: the
+        first measure of ``rate``, so long requests are admitted by a measured speed from the start.
+        """
         clips = [np.zeros(sample_rate, dtype=np.float32), np.zeros(sample_rate // 2, dtype=np.float32)]
-        for device, model in self._replicas.items():
-            with torch.inference_mode():
-                outputs = model.log_probs_batch(clips, device=device)
-            if any(not np.isfinite(lp).all() for lp in outputs):
+        for device in self._replicas:
+            if any(not np.isfinite(lp).all() for lp in self.outputs(clips, device)):
                 raise RuntimeError("warm-up produced non-finite log-probs")
+        if long_window_s:
+            window = [np.zeros(round(long_window_s * sample_rate), dtype=np.float32)]
+            self.outputs(window)
+            started = time.monotonic()
+            self.outputs(window)
+            self.rate.observe(long_window_s, time.monotonic() - started)
+
+    def outputs(self, clips: list[np.ndarray], device: torch.device | None = None) -> list[np.ndarray]:
+        """Log-probs of ``clips`` from one replica (the first by default), outside the batcher's accounting."""
+        device = device if device is not None else next(iter(self._replicas))
+        with torch.inference_mode():
+            return self._replicas[device].log_probs_batch(clips, device=device)
 
     def close(self) -> None:
         """Drops the replicas; on GPU also returns cached blocks to the driver."""

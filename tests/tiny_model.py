@@ -27,3 +27,19 @@ def publish_tiny_model(root: Path, name: str = "tiny", seed: int = 0) -> Registr
     registry = Registry(root)
     publish_model(registry, name, SpeechRecognizer(TINY_CONFIG).eval(), source="trained")
     return registry
+
+
+def agreeing_copy(model: SpeechRecognizer, seed: int, scale: float = 0.05) -> SpeechRecognizer:
+    """A copy of ``model`` with every weight moved by ``scale`` times Gaussian noise (relative).
+
+    Two random models hear nothing alike, and serving refuses an ensemble whose members
+    disagree (model.agreement); a 5 % perturbation keeps them within 0.15 character edits per
+    character of each other on the calibration speech while their transcripts still differ.
+    """
+    copy = SpeechRecognizer(model.config).eval()
+    copy.load_state_dict(model.state_dict())
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in copy.parameters():
+            parameter.mul_(1 + scale * torch.randn(parameter.shape, generator=generator))
+    return copy

@@ -78,3 +78,49 @@ def test_non_finite_samples_and_truncated_files_fail_when_read(tmp_path):
     with AudioStream(cut, 16_000, "cut.flac") as stream:
         with pytest.raises(AudioError, match="cut.flac"):
             stream.read(0, stream.num_samples)
+
+
+def test_close_waits_for_a_read_in_progress_which_then_stops(tmp_path):
+    """An owner that ends mid-read (a cancelled request) must never free the handle under libsndfile."""
+    import threading
+
+    from model.audio_stream import AudioStreamClosed
+
+    path = tmp_path / "long.flac"
+    sf.write(path, _tone(60.0, 48_000, 2), 48_000)
+    stream = AudioStream(io.BytesIO(path.read_bytes()), 16_000, "long.flac")
+    reading, may_go_on = threading.Event(), threading.Event()
+    handle_read = stream._handle.read
+    blocks_after_close = []
+
+    def first_block_waits(*args, **kwargs):
+        reading.set()
+        may_go_on.wait(5)
+        if stream._closed:
+            blocks_after_close.append(1)
+        return handle_read(*args, **kwargs)
+
+    stream._handle.read = first_block_waits
+    outcome = []
+
+    def read_everything():
+        try:
+            outcome.append(len(stream.read(0, stream.num_samples)))
+        except AudioStreamClosed as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read_everything)
+    reader.start()
+    assert reading.wait(5)
+    closer = threading.Thread(target=stream.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # close waits: the handle is in use
+    may_go_on.set()
+    closer.join(5)
+    reader.join(5)
+    assert not closer.is_alive() and not reader.is_alive()
+    assert isinstance(outcome[0], AudioStreamClosed)  # the read stopped at its next block
+    assert blocks_after_close == [1]  # the block already under way finished on an open handle
+    with pytest.raises(AudioStreamClosed):
+        stream.read(0, 100)

@@ -17,7 +17,8 @@ from model.features import MelFeaturizerConfig
 from model.network_config import BlockConfig, QuartzNetConfig
 from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.registry import Registry
-from model.rescoring import blank_frames, ctc_log_likelihood, ensemble_log_likelihood, mean_posteriors
+from model.rescoring import ctc_log_likelihood, ensemble_log_likelihood, mean_posteriors
+from model.segments import blank_frames
 from model.vocabulary import Vocabulary
 
 LABELS = (" ", "a", "b")

@@ -342,3 +342,31 @@ def test_stale_staging_folders_are_cleaned(tmp_path: Path) -> None:
     assert not stale.exists()
     assert fresh.exists(), "a staging folder touched recently may belong to a live publish"
     assert reg.names() == ["an4"]
+
+
+def _record_many(root: str, version: int, times: int) -> None:
+    for _ in range(times):
+        Registry(root).record_active("m", version, action="activate", by=f"writer-{version}")
+
+
+@posix_only
+def test_concurrent_writers_of_the_serving_state_lose_no_entry(tmp_path: Path) -> None:
+    """Replicas and the CLI may record at once: the lock makes each read-modify-write whole."""
+    reg = Registry(tmp_path)
+    for _ in range(4):
+        _publish_weights(reg, "m")
+    assert reg.serving_state("m") == {"active": None, "history": []}
+    writers = [_ctx().Process(target=_record_many, args=(str(tmp_path), version, 10)) for version in (1, 2, 3, 4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+    state = reg.serving_state("m")
+    assert len(state["history"]) == 40 and state["active"] == state["history"][-1]["version"]
+    # Each entry's "previous" is the entry before it: no two writers read the same state.
+    assert [e["previous"] for e in state["history"][1:]] == [e["version"] for e in state["history"][:-1]]
+    with pytest.raises(NotFoundError):
+        reg.record_active("m", 9, action="activate")
+    (tmp_path / "m" / "serving.json").write_text("{not json")
+    with pytest.raises(IntegrityError, match="serving.json is unreadable"):
+        reg.serving_state("m")

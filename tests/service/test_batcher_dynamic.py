@@ -191,3 +191,44 @@ def test_batcher_imports_neither_torch_nor_model() -> None:
     code = "import sys, service.batcher; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'model')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+async def test_an_urgent_item_goes_before_older_low_priority_ones_and_alone(pool) -> None:
+    """A short request's window (priority 0) overtakes queued windows of long files (priority 1)."""
+    fn, batcher, first = await start_held(pool, max_batch_size=4, max_queue_delay_ms=0, max_concurrent_batches=1)
+    bulk = [asyncio.ensure_future(batcher.submit(i, size_key=1, priority=1)) for i in (1, 2, 3)]
+    await wait_until(lambda: batcher.queue_depth == 3, "three long-audio windows")
+    urgent = asyncio.ensure_future(batcher.submit(9, size_key=1))
+    await wait_until(lambda: batcher.queue_depth == 4, "the urgent item")
+    fn.release.set()
+    await asyncio.wait_for(asyncio.gather(first, urgent, *bulk), WAIT_S)
+    assert fn.batches == [[0], [9], [1, 2, 3]]  # never batched with the low-priority windows either
+    await batcher.stop()
+
+
+async def test_a_low_priority_item_that_waited_long_enough_counts_as_urgent(pool, monkeypatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(batcher_module, "time", types.SimpleNamespace(monotonic=clock.monotonic))
+    fn, batcher, first = await start_held(pool, max_batch_size=4, max_queue_delay_ms=0, max_concurrent_batches=1,
+                                          priority_aging_s=1.0)
+    old = asyncio.ensure_future(batcher.submit(1, size_key=1, priority=1))
+    await wait_until(lambda: batcher.queue_depth == 1, "the long-audio window")
+    clock.now += 1.0
+    urgent = asyncio.ensure_future(batcher.submit(9, size_key=1))
+    await wait_until(lambda: batcher.queue_depth == 2, "the urgent item")
+    fn.release.set()
+    await asyncio.wait_for(asyncio.gather(first, urgent, old), WAIT_S)
+    assert fn.batches == [[0], [1, 9]]  # aged: as urgent as the new item, and older
+    await batcher.stop()
+
+
+async def test_low_priority_batches_have_their_own_padded_bound(pool) -> None:
+    fn, batcher, first = await start_held(pool, max_batch_size=8, max_queue_delay_ms=0, max_concurrent_batches=1,
+                                          max_batch_padded_size=400, max_low_priority_padded_size=100)
+    bulk = [asyncio.ensure_future(batcher.submit(i, size_key=100, priority=1)) for i in (1, 2)]
+    short = [asyncio.ensure_future(batcher.submit(i, size_key=100)) for i in (3, 4)]
+    await wait_until(lambda: batcher.queue_depth == 4, "four items")
+    fn.release.set()
+    await asyncio.wait_for(asyncio.gather(first, *bulk, *short), WAIT_S)
+    assert fn.batches == [[0], [3, 4], [1], [2]]  # 2 x 100 fits 400, not 100
+    await batcher.stop()

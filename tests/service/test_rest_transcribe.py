@@ -93,9 +93,11 @@ async def test_an_ensemble_serves_like_its_offline_decode(tmp_path, an4_paths, a
     from model import publish_model
     from model.ensemble import EnsembleRecognizer
     from tests.service.conftest import tiny_model
+    from tests.tiny_model import agreeing_copy
 
     root = tmp_path / "registry"
-    publish_model(Registry(root), "duo", EnsembleRecognizer.of([tiny_model(0), tiny_model(1)]), source="ensemble")
+    members = [tiny_model(0), agreeing_copy(tiny_model(0), 1)]
+    publish_model(Registry(root), "duo", EnsembleRecognizer.of(members), source="ensemble")
     async with running_app(make_config(root, default_model="duo")) as (client, _):
         for path, audio in list(zip(an4_paths, an4_audio))[:2]:
             r = await client.post("/transcribe", files={"file": (path.name, path.read_bytes())})

@@ -96,9 +96,7 @@ class Server:
 
 @pytest.fixture()
 def server(registry_root, tmp_path):
-    # These tests measure memory and drains, not latency: four hour-long decodes at once on a busy
-    # 2-core machine can outlast the default 60 s deadline (seen as 504s), so allow ten minutes.
-    running = Server(registry_root, tmp_path, env={"ASR_REQUEST_TIMEOUT_S": "600"})
+    running = Server(registry_root, tmp_path)
     yield running
     if running.proc.poll() is None:
         running.proc.kill()
@@ -110,32 +108,23 @@ def _post(base: str, path: Path, verify=False) -> httpx.Response:
         return httpx.post(f"{base}/transcribe", files={"file": (path.name, handle)}, timeout=600, verify=verify)
 
 
-def test_an_hour_of_48k_stereo_stays_within_300_mb_alone_and_400_mb_four_at_once(server, tmp_path):
-    """The 662 kB FLAC that took the old server from 910 MB to 7,175 MB: 59 minutes of 48 kHz stereo silence."""
+def test_an_hour_of_48k_stereo_is_transcribed_alone_and_four_at_once_with_the_default_timeouts(server, tmp_path):
+    """The 662 kB FLAC that took the old server from 910 MB to 7,175 MB: 59 minutes of 48 kHz stereo silence.
+
+    Its memory is bounded by design (tests/service/test_long_requests.py checks the budget's arithmetic)
+    and measured with the default model in bench/long_audio.py; here, that it is served at all, four at
+    once, within the default deadlines (which grow with the audio, service.admission).
+    """
     flac = _silence_flac(tmp_path / "hour.flac", 59, 48_000, 2)
     assert flac.stat().st_size < 1 * MB
-    responses = []
-    alone = server.peak_growth_mb(lambda: responses.append(_post(server.base, flac)))
-    assert responses[0].status_code == 200, responses[0].text
-    assert responses[0].json()["duration"] == pytest.approx(59 * 60, abs=0.01)
+    responses = [_post(server.base, flac)]
     threads = [threading.Thread(target=lambda: responses.append(_post(server.base, flac))) for _ in range(4)]
-
-    def four() -> None:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(600)
-
-    together = server.peak_growth_mb(four)
-    assert [r.status_code for r in responses] == [200] * 5
-    print(f"peak RSS growth: {alone:.0f} MB for one hour-long upload, {together:.0f} MB for four at once")
-    # Alone: ~270 MB, most of it buffers the allocator policy keeps for reuse (model/allocator.py).
-    # Four at once, by design each holds its log-probs (3,540 s / 20 ms x 29 labels x 4 B = 19.6 MB) up
-    # to three times (window outputs, stitched, decoder work) and 4 windows of 32 s read at 48 kHz mono
-    # plus their 16 kHz copy (4 x 7.8 MB): 90 MB each, 360 MB together. The first upload's kept
-    # buffers serve some of it (measured 231-308 MB). Decoding a whole file instead costs 1.36 GB for
-    # its 48 kHz stereo float32 alone, which either bound catches.
-    assert alone <= 300 and together <= 400, (alone, together)
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(600)
+    assert [r.status_code for r in responses] == [200] * 5, [r.text for r in responses]
+    assert all(r.json()["duration"] == pytest.approx(59 * 60, abs=0.01) for r in responses)
 
 
 def test_two_hours_are_refused_from_the_header_before_decoding(server, tmp_path):

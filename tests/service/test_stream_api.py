@@ -125,11 +125,11 @@ def test_stream_unknown_model_is_not_found(tiny_registry):
 
 def test_an_ensemble_streams_and_recognizes_like_offline(tmp_path):
     from model import EnsembleRecognizer, load_model, publish_model
+    from tests.tiny_model import agreeing_copy
 
     registry = publish_tiny_model(tmp_path, "tiny", seed=0)
-    publish_tiny_model(tmp_path, "tiny", seed=1)
-    members = [load_model(registry, f"tiny@{v}")[0] for v in (1, 2)]
-    publish_model(registry, "duo", EnsembleRecognizer.of(members), source="ensemble")
+    member = load_model(registry, "tiny@1")[0]
+    publish_model(registry, "duo", EnsembleRecognizer.of([member, agreeing_copy(member, 1)]), source="ensemble")
     clips = [decode_audio(path, 16_000).samples for path, _ in an4_test_set(limit=2)]
 
     async def main():
