@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -34,7 +36,7 @@ from service.admission import LongJob, admit_long, request_deadline
 from service.batcher import BatcherHooks, DynamicBatcher
 from service.budget import AudioBudget
 from service.config import ServiceConfig
-from service.decoding import CTCDecoding, Decode, DecodingPlan, plan_decoding
+from service.decoding import CTCDecoding, DecodingPlan, plan_decoding
 from service.domain import (DeadlineExceededError, LogProbsResult, PayloadTooLargeError, RequestError,
                             WrongModelKindError, ServiceUnavailableError, TranscriptionRequest, TranscriptionResult)
 from service.errors import public_message, without_paths
@@ -47,6 +49,8 @@ log = logging.getLogger(__name__)
 
 # Batcher priorities: a short request's window goes before a long recording's.
 _SHORT, _LONG = 0, 1
+# The nice value of the threads that read and decode long recordings (0 is normal, 19 the lowest).
+_BACKGROUND_NICE = 10
 
 
 class Engine:
@@ -67,11 +71,16 @@ class Engine:
         # A precision this hardware cannot run is a configuration error: refuse to start, never fall back.
         self.precision = resolve_precision(config.precision, self.devices[0])
         self._inference_pool = ThreadPoolExecutor(len(self.devices), thread_name_prefix="asr-infer")
-        # One pool per kind of work, so an hour-long file's decoding never queues ahead of a short request's.
+        # Pools per kind of work, so an hour-long file's reading and decoding never queue ahead of a short
+        # request's; the long kind's threads also yield the CPU to everything else (_background_thread).
         self._decode_pools = {
             _SHORT: ThreadPoolExecutor(config.beam_pool_workers, thread_name_prefix="asr-decode"),
-            _LONG: ThreadPoolExecutor(config.long_audio_decode_workers, thread_name_prefix="asr-decode-long")}
-        self._read_pool = ThreadPoolExecutor(config.long_audio_windows_in_flight, thread_name_prefix="asr-read")
+            _LONG: ThreadPoolExecutor(config.long_audio_decode_workers, thread_name_prefix="asr-decode-long",
+                                      initializer=_background_thread)}
+        self._read_pools = {
+            _SHORT: ThreadPoolExecutor(2, thread_name_prefix="asr-read"),
+            _LONG: ThreadPoolExecutor(config.long_audio_windows_in_flight, thread_name_prefix="asr-read-long",
+                                      initializer=_background_thread)}
         self.budget = AudioBudget(config.max_buffered_audio_s)
         self.metrics.buffered_audio.set_function(lambda: self.budget.held_s)
         self._long_jobs: list[LongJob] = []
@@ -256,22 +265,9 @@ class Engine:
             kind = _LONG if len(windows) > 1 else _SHORT
             job = admit_long(duration_s, model.worker.rate, deadline - time.monotonic(),
                              self._long_jobs) if kind == _LONG else None
-            pool = self._decode_pools[kind]
-            loop = asyncio.get_running_loop()
             with self._long_job(job), self.budget.reserve(self._held_s(req.audio, duration_s), "request"):
-                decode = await loop.run_in_executor(pool, self.decoding.start, model.labels,
-                                                    model.frame_duration_s, plan)
-
-                async def feed(window: AudioWindow, frames: np.ndarray) -> None:
-                    await loop.run_in_executor(pool, decode.feed, frames)
-                    if job is not None:
-                        job.remaining_audio_s = max(0.0, job.remaining_audio_s - len(frames) * model.frame_duration_s)
-
-                queue_s, inference_s, decode_s = await self._run_windows(model, req.audio, windows, deadline, kind,
-                                                                         feed)
-                decode_started = time.monotonic()
-                alternatives = await self._before(deadline, loop.run_in_executor(pool, decode.finish))
-                decode_s += time.monotonic() - decode_started
+                alternatives, queue_s, inference_s, decode_s = await self._transcribe_windows(
+                    model, req.audio, windows, deadline, kind, plan, job)
         self.metrics.audio_seconds.inc(duration_s)
         self.metrics.real_time_factor.observe((inference_s + decode_s) / duration_s)
         best = alternatives[0]
@@ -279,6 +275,28 @@ class Engine:
                    "total_s": round(time.monotonic() - started, 6), "precision": model.precision}
         return TranscriptionResult(best.text, best.words, alternatives, round(duration_s, 4), model.name,
                                    model.version, req.decoder, timings)
+
+    async def _transcribe_windows(self, model: LoadedModel, audio: np.ndarray | AudioStream,
+                                  windows: tuple[AudioWindow, ...], deadline: float, kind: int, plan: DecodingPlan,
+                                  job: LongJob | None) -> tuple[tuple, float, float, float]:
+        """Runs the windows and decodes each one's frames as it comes, in the decode pool of ``kind``.
+
+        Returns:
+            (alternatives, longest queue wait, inference seconds, decode seconds).
+        """
+        pool = self._decode_pools[kind]
+        loop = asyncio.get_running_loop()
+        decode = await loop.run_in_executor(pool, self.decoding.start, model.labels, model.frame_duration_s, plan)
+
+        async def feed(window: AudioWindow, frames: np.ndarray) -> None:
+            await loop.run_in_executor(pool, decode.feed, frames)
+            if job is not None:
+                job.remaining_audio_s = max(0.0, job.remaining_audio_s - len(frames) * model.frame_duration_s)
+
+        queue_s, inference_s, decode_s = await self._run_windows(model, audio, windows, deadline, kind, feed)
+        finish_started = time.monotonic()
+        alternatives = await self._before(deadline, loop.run_in_executor(pool, decode.finish))
+        return alternatives, queue_s, inference_s, decode_s + time.monotonic() - finish_started
 
     async def log_probs(self, audio: np.ndarray, model: str | None, *, deadline_s: float | None = None,
                         api: str = "grpc") -> LogProbsResult:
@@ -478,7 +496,8 @@ class Engine:
     async def _window(self, model: LoadedModel, audio: np.ndarray | AudioStream, window: AudioWindow,
                       deadline: float, priority: int):
         if isinstance(audio, AudioStream):  # decoded now, from the file, and dropped once consumed
-            clip = await asyncio.get_running_loop().run_in_executor(self._read_pool, audio.read, window.start_sample,
+            clip = await asyncio.get_running_loop().run_in_executor(self._read_pools[priority], audio.read,
+                                                                    window.start_sample,
                                                                     window.end_sample)
         else:
             clip = audio[window.start_sample:window.end_sample]
@@ -551,7 +570,7 @@ class Engine:
         self.begin_drain()
         await self.wait_idle(timeout_s)
         await self.slot.close()
-        for pool in (self._inference_pool, self._read_pool, *self._decode_pools.values()):
+        for pool in (self._inference_pool, *self._read_pools.values(), *self._decode_pools.values()):
             pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -569,6 +588,13 @@ def _check_members(ensemble, worker: InferenceWorker) -> None:
                          for m, rate in bad)
         raise RuntimeError(f"ensemble members disagree on the calibration speech ({said}; character edits per "
                            f"character of the ensemble's transcript, limit {MAX_MEMBER_DISAGREEMENT})")
+
+
+def _background_thread() -> None:
+    """Lowers the calling thread's CPU priority (Linux: a thread's nice value is its own), so that reading and
+    decoding hour-long files take the cores only when short requests and inference leave them idle."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _BACKGROUND_NICE)
 
 
 def _retrieve(task: asyncio.Task) -> None:
