@@ -64,6 +64,66 @@ def cmd_models_list(args) -> int:
     return 0
 
 
+def cmd_models_activate(args) -> int:
+    """Records NAME@V as the version every server on this registry serves; they converge within their poll."""
+    from model.registry import parse_spec
+
+    name, version = parse_spec(args.spec)
+    registry = _registry(args)
+    if version is None:
+        version = registry.resolve(name).version
+    state = registry.record_active(name, version, action="activate", by=f"asr models activate ({_who()})",
+                                   reason=args.reason)
+    print(json.dumps({"active": f"{name}@{state['active']}", "previous": state["history"][-1]["previous"]}))
+    return 0
+
+
+def cmd_models_rollback(args) -> int:
+    """Records the version that was active before the current one as active again."""
+    from model.registry import validate_name
+
+    registry = _registry(args)
+    history = registry.serving_state(validate_name(args.name))["history"]
+    previous = history[-1]["previous"] if history else None
+    if previous is None:
+        raise UsageError(f"nothing to roll back to: the registry records no earlier active version of {args.name!r}")
+    state = registry.record_active(args.name, previous, action="rollback", by=f"asr models rollback ({_who()})",
+                                   reason=args.reason)
+    print(json.dumps({"active": f"{args.name}@{state['active']}", "previous": history[-1]["version"]}))
+    return 0
+
+
+def cmd_fleet_status(args) -> int:
+    """Every server that reports into this registry: what it serves, what it refused, its load."""
+    from model.fleet import fleet_status
+
+    replicas = fleet_status(_registry(args).root, stale_after_s=args.stale_after_s)
+    if args.json:
+        _print_json(replicas)
+        return 0
+    if not replicas:
+        print("no server has reported into this registry")
+    for r in replicas:
+        serving = ", ".join(f"{m['name']}@{m['version']}" + ("" if m["state"] == "active" else f" ({m['state']})")
+                            for m in r.get("serving", []))
+        state = "alive" if r["alive"] else "LOST"
+        load = r.get("load", {})
+        print(f"{r['replica']:<28} {state:<5} {r.get('age_s', '?')} s ago  serving {serving or '-'}  "
+              f"in flight {load.get('in_flight', '?')}")
+        for refused in r.get("refused", []):
+            print(f"    refused {refused['model']}: {refused['error']}")
+        if r.get("error"):
+            print(f"    {r['error']}")
+    return 0
+
+
+def _who() -> str:
+    import getpass
+    import socket
+
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
 def cmd_models_import_nemo(args) -> int:
     from interop.nemo import import_nemo
     from model.checkpoint import publish_model

@@ -6,6 +6,9 @@ Usage:
     asr models import-nemo FILE.nemo --name NAME
     asr models ensemble MEMBER... --name NAME [--speeds 0.95 1.0 1.05] [--fp16]
     asr models export NAME[@VERSION] --format onnx|nemo --out FILE
+    asr models activate NAME@VERSION [--reason TEXT]
+    asr models rollback NAME [--reason TEXT]
+    asr fleet status [--json]
     asr transcribe AUDIO... [--model NAME[@VERSION]] [--json] [--decoder beam [--lm NAME]] [--precision P]
     asr eval --manifest M.json [--model ...] [--json]
     asr logprobs AUDIO --model NAME[@VERSION] --out FILE.npy [--precision fp32]
@@ -23,9 +26,10 @@ import argparse
 import os
 import sys
 
-from cli.commands import (DEFAULT_MODEL_ENV, STARTER_MODEL, UsageError, cmd_bench, cmd_eval, cmd_lm_build, cmd_logprobs,
-                          cmd_models_ensemble, cmd_models_export, cmd_models_export_nemo, cmd_models_import_nemo,
-                          cmd_models_list, cmd_models_presets, cmd_serve, cmd_train, cmd_transcribe)
+from cli.commands import (DEFAULT_MODEL_ENV, STARTER_MODEL, UsageError, cmd_bench, cmd_eval, cmd_fleet_status,
+                          cmd_lm_build, cmd_logprobs, cmd_models_activate, cmd_models_ensemble, cmd_models_export,
+                          cmd_models_export_nemo, cmd_models_import_nemo, cmd_models_list, cmd_models_presets,
+                          cmd_models_rollback, cmd_serve, cmd_train, cmd_transcribe)
 
 def _add_decoder_args(parser: argparse.ArgumentParser) -> None:
     from lm.beam import DEFAULT_BEAM_WIDTH
@@ -62,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = models.add_parser("list", help="every version in the registry")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models_list)
+    p = models.add_parser("activate", help="make NAME@VERSION the version every server on this registry serves")
+    p.add_argument("spec", metavar="NAME@VERSION")
+    p.add_argument("--reason", help="why, for the registry's history")
+    p.set_defaults(func=cmd_models_activate)
+    p = models.add_parser("rollback", help="serve again the version that was active before the current one")
+    p.add_argument("name")
+    p.add_argument("--reason", help="why, for the registry's history")
+    p.set_defaults(func=cmd_models_rollback)
     p = models.add_parser("import-nemo", help="import a NeMo .nemo checkpoint as a registry version")
     p.add_argument("file")
     p.add_argument("--name", required=True)
@@ -87,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_models_export_nemo)
 
+    fleet = sub.add_parser("fleet", help="the servers that share this registry").add_subparsers(dest="fleet_cmd",
+                                                                                            required=True)
+    p = fleet.add_parser("status", help="every server reporting into the registry: what it serves, refused, load")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--stale-after-s", type=float, default=6.0,
+                   help="a server silent this long is reported lost (default 6: three of its 2 s polls)")
+    p.set_defaults(func=cmd_fleet_status)
     p = sub.add_parser("transcribe", help="transcribe audio files")
     p.add_argument("audio", nargs="+")
     p.add_argument("--json", action="store_true", help="JSON with word times and confidences")

@@ -146,11 +146,12 @@ apt_install_missing() {
 
 # ---------------------------------------------------------------------------------------------
 # Tools only the deployment tests (tests/deploy) use, from Debian too: a headless browser for
-# the web page, Prometheus + promtool, and docker-compose to validate docker-compose.yml (no
-# Docker daemon needed). ASR_SKIP_TEST_TOOLS=1 skips them (the Docker image build sets it).
-# On a host that runs systemd the prometheus package also enables a prometheus.service on :9090;
-# the tests start their own on a free port and do not need it.
-TEST_APT_PACKAGES=(chromium prometheus docker-compose)
+# the web page, Prometheus + promtool, docker-compose to validate docker-compose.yml (no
+# Docker daemon needed), and nginx, the load balancer the fleet test puts in front of three
+# replicas. ASR_SKIP_TEST_TOOLS=1 skips them (the Docker image build sets it). On a host that
+# runs systemd the prometheus and nginx packages also enable their services (:9090, :80); the
+# tests start their own on free ports and do not need them.
+TEST_APT_PACKAGES=(chromium prometheus docker-compose nginx)
 
 step_test_tools() {
   if [[ "${ASR_SKIP_TEST_TOOLS:-}" == "1" || "${ASR_SKIP_APT:-}" == "1" ]]; then

@@ -70,6 +70,12 @@ async def list_models(request: Request) -> dict:
     return {"active": _describe(active) if active else None, "models": engine.registry_models()}
 
 
+@router.get("/fleet", summary="Every server reporting into this registry: versions served, refusals, load")
+async def fleet(request: Request) -> dict:
+    engine = engine_of(request)
+    return {"replica": engine.replica_id, "replicas": await asyncio.to_thread(engine.fleet)}
+
+
 @router.post("/models/activate", summary="Load + warm a version beside the current one, then switch to it")
 async def activate(request: Request, body: ActivateRequest) -> JSONResponse:
     engine = engine_of(request)

@@ -73,6 +73,12 @@ class ServiceConfig(BaseSettings):
     """NAME[@VERSION] served when a request names no model (or "default"/an OpenAI model id)."""
     preload_models: list[str] = Field(default_factory=list)
     """Extra NAME[@VERSION] specs loaded and warmed at start-up next to the default."""
+    registry_poll_s: float = Field(2.0, gt=0)
+    """How often the server reads the registry's desired state (the active version of the model it serves,
+    which ``asr models activate`` or any replica's admin API writes) and converges to it, and writes its
+    heartbeat beside it (model.fleet). Plain polling, so NFS and Kubernetes ReadWriteMany volumes work."""
+    replica_id: str | None = None
+    """This server's name in fleet status; default HOSTNAME:HTTP_PORT (a pod's name on Kubernetes)."""
     max_loaded_models: int = Field(4, ge=1)
     """Bound of the loaded-model cache; on-demand loads evict the least recently used idle model."""
     device: Literal["cpu", "cuda", "auto"] = "auto"

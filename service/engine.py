@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import os
+import socket
 import threading
 import time
 from collections import deque
@@ -30,6 +31,7 @@ from model.allocator import release_free_memory, share_arenas
 from model.audio_stream import AudioStream
 from model.card import model_card
 from model.checkpoint import load_model, read_config
+from model.fleet import fleet_status, write_heartbeat
 from model.precision import resolve_precision
 from model.registry import RegistryError, Registry
 from service.admission import LongJob, admit_long, request_deadline
@@ -90,6 +92,10 @@ class Engine:
                               max_loaded=config.max_loaded_models, on_change=self._publish_model_info)
         self.startup_error: str | None = None
         self.startup_warnings: list[str] = []
+        self.replica_id = config.replica_id or f"{socket.gethostname()}:{config.http_port}"
+        self.refused: dict[tuple[str, int], str] = {}  # desired versions that failed to load here, and why
+        self._started_at = time.time()
+        self._follower: asyncio.Task | None = None
         self._draining = False
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -131,6 +137,9 @@ class Engine:
                 await self.slot.get(self.slot.resolve_key(spec))
             except Exception as e:  # noqa: BLE001 - the default model serves; say what did not load
                 self._warn(f"preloading {spec!r} failed: {public_message(e)}")
+        if self._follower is None:
+            self._follower = asyncio.get_running_loop().create_task(self._follow_registry(pinned=bool(version)
+                                                                                          and version != "latest"))
 
     async def _activate_recorded(self, name: str) -> None:
         """Activates the recorded active version of ``name``, else the newest that loads (see above)."""
@@ -160,6 +169,63 @@ class Engine:
         previous = state["history"][-1].get("previous") if state["history"] else None
         if recorded == candidate and previous is not None:
             self.slot.remember_previous(name, previous)  # a rollback after a restart goes where it would have
+
+    # --- the fleet: desired state in the registry, heartbeats beside it --------------------
+
+    async def _follow_registry(self, pinned: bool) -> None:
+        """Every ``registry_poll_s``: converge to the registry's desired version (unless the version is pinned
+        by configuration), then report this replica's heartbeat (model.fleet)."""
+        while not self._draining:
+            if not pinned:
+                try:
+                    await self.converge()
+                except Exception:  # noqa: BLE001 - a bad poll must not end the loop; the next one tries again
+                    log.exception("following the registry failed")
+            try:
+                await asyncio.to_thread(write_heartbeat, self.registry.root, self.heartbeat())
+            except OSError as e:  # a read-only registry: no fleet status, but serving goes on
+                log.debug("cannot write the heartbeat: %s", e)
+            await asyncio.sleep(self.config.registry_poll_s)
+
+    async def converge(self) -> None:
+        """Serves the version the registry records as active for the active model's name, if it is another.
+
+        Load, warm, switch and drain as ``activate`` does. A version that fails to load here is not
+        tried again (no retry storm) until the registry names another: the old one keeps serving, and
+        why is in ``refused``, the heartbeat and ``asr_model_refused``.
+        """
+        active = self.slot.active
+        if active is None:
+            return
+        state = await asyncio.to_thread(self.registry.serving_state, active.name)
+        desired = state["active"]
+        if desired is None or desired == active.version or (active.name, desired) in self.refused:
+            return
+        try:
+            await self.slot.activate(active.name, desired)
+        except (ModelLoadError, RequestError) as e:
+            self.refused[(active.name, desired)] = public_message(e)
+            self.metrics.model_refused.labels(name=active.name, version=str(desired)).set(1)
+            log.warning("not serving %s@%s, which the registry names: %s; still serving %s", active.name, desired,
+                        self.refused[(active.name, desired)], active)
+
+    def heartbeat(self) -> dict:
+        """What this replica reports to the fleet (model.fleet): identity, what it serves, why not, its load."""
+        active = self.slot.active
+        return {"replica": self.replica_id, "host": socket.gethostname(), "pid": os.getpid(),
+                "started_at": self._started_at, "draining": self._draining,
+                "serving": [{"name": m["name"], "version": m["version"], "state": m["state"]}
+                            for m in self.list_models()],
+                "refused": [{"model": f"{name}@{version}", "error": error}
+                            for (name, version), error in self.refused.items()
+                            if active is not None and name == active.name],
+                "warnings": self.startup_warnings,
+                "load": {"in_flight": self._in_flight, "buffered_audio_s": round(self.budget.held_s, 1),
+                         "queue_depth": sum(m.batcher.queue_depth for m in self.slot.loaded())}}
+
+    def fleet(self) -> list[dict]:
+        """Every replica that reports into this registry (model.fleet.fleet_status)."""
+        return fleet_status(self.registry.root, stale_after_s=3 * self.config.registry_poll_s)
 
     def _warn(self, message: str) -> None:
         log.warning(message)
@@ -553,6 +619,8 @@ class Engine:
     def begin_drain(self) -> None:
         """Readiness turns false and new requests get ServiceUnavailableError; in-flight ones go on."""
         self._draining = True
+        if self._follower is not None:
+            self._follower.cancel()
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Waits until no request is in flight; returns False if ``timeout_s`` passed first."""

@@ -85,18 +85,21 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
                 raise PayloadTooLargeError(f"audio is {len(request.audio)} bytes; the limit is "
                                            f"{self.config.max_audio_bytes}")
             transcription = self._transcription_request(None, f"{name}@{version}", config, _deadline(context))
-            audio = await asyncio.to_thread(self._request_audio, request.audio, config, model_rate)
-            try:
-                result = await self.engine.transcribe(replace(transcription, audio=audio))
-            finally:
-                if isinstance(audio, AudioStream):
-                    audio.close()
+            # The message itself stays in memory for the whole call: its bytes count in the budget as the
+            # float32 samples they would be (service.budget), besides what the engine reserves.
+            with self.engine.budget.reserve(len(request.audio) / (4 * model_rate), "request"):
+                audio = await asyncio.to_thread(self._request_audio, request.audio, config, model_rate)
+                try:
+                    result = await self.engine.transcribe(replace(transcription, audio=audio))
+                finally:
+                    if isinstance(audio, AudioStream):
+                        audio.close()
             return _recognize_response(result, request.request_id)
 
     async def StreamingRecognize(self, request_iterator: AsyncIterator[asr_pb2.StreamingRecognizeRequest],
                                  context: grpc.aio.ServicerContext
                                  ) -> AsyncIterator[asr_pb2.StreamingRecognizeResponse]:
-        async with self._rpc_status(context, "grpc_stream"), self.engine.admit():
+        async with self._rpc_status(context, "grpc_stream", request_iterator), self.engine.admit():
             first = await anext(aiter(request_iterator), None)
             if first is None or first.WhichOneof("streaming_request") != "streaming_config":
                 got = "an empty stream" if first is None else "audio_content"
@@ -140,8 +143,12 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
     # ---- helpers ------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _rpc_status(self, context: grpc.aio.ServicerContext, api: str):
-        """Counts the call once it ends and turns any exception into a gRPC status."""
+    async def _rpc_status(self, context: grpc.aio.ServicerContext, api: str, requests: AsyncIterator | None = None):
+        """Counts the call once it ends and turns any exception into a gRPC status.
+
+        ``requests``: a stream's messages, read to their end (for at most a second) before a failure is
+        answered, so that a client still sending gets the status and not a failed write (INTERNAL).
+        """
         started = time.monotonic()
         code = grpc.StatusCode.OK
         try:
@@ -157,6 +164,8 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
             self.metrics.count_error(error_reason(exc))
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("gRPC %s failed", api)
+            if requests is not None:
+                await drain_requests(requests)
             await context.abort(code, message)
         finally:
             self.metrics.observe_request(api, code.name, time.monotonic() - started)
@@ -291,6 +300,14 @@ class _AudioReader:
         self.reservation.resize(self.session.held_s)
         if self.session.audio_received_s > self.config.max_audio_duration_s:
             raise PayloadTooLargeError(f"stream audio exceeds {self.config.max_audio_duration_s:.0f} s")
+
+
+async def drain_requests(requests: AsyncIterator, seconds: float = 1.0) -> None:
+    """Reads a refused stream's remaining messages, for at most ``seconds``, so its client can take the status."""
+    with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError, asyncio.CancelledError, RuntimeError):
+        async with asyncio.timeout(seconds):
+            async for _ in requests:
+                pass
 
 
 # ---- proto -> domain --------------------------------------------------------------------

@@ -12,8 +12,6 @@ draining), so ``engine.begin_drain()`` alone already turns it NOT_SERVING.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import weakref
 
@@ -25,7 +23,7 @@ from service.asr_pb import asr_pb2_grpc
 from service.auth import check_api_key
 from service.config import ServiceConfig
 from service.errors import UnauthenticatedError
-from service.grpc_api import SERVICE_NAME, SpeechRecognitionServicer
+from service.grpc_api import SERVICE_NAME, SpeechRecognitionServicer, drain_requests
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +67,6 @@ class _EngineHealth(health.aio.HealthServicer):
 
 # The services API keys guard: ours and Riva's; health and reflection stay open.
 _GUARDED = (f"/{SERVICE_NAME}/", "/nvidia.riva.asr.RivaSpeechRecognition/")
-# How long a refused stream may go on sending before it gets its UNAUTHENTICATED status.
-_DENY_DRAIN_S = 1.0
 
 
 class _ApiKeyInterceptor(grpc.aio.ServerInterceptor):
@@ -97,12 +93,7 @@ class _ApiKeyInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
             async def deny_stream(request_iterator, context):
-                # A client still sending its stream would see its next write fail (INTERNAL) instead
-                # of this status: let it finish, for at most a second, then answer.
-                with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
-                    async with asyncio.timeout(_DENY_DRAIN_S):
-                        async for _ in request_iterator:
-                            pass
+                await drain_requests(request_iterator)  # then the client gets this status, not a failed write
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
                 yield  # an async generator, as streaming handlers are
 

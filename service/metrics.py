@@ -50,6 +50,9 @@ class Metrics:
                                     "Audio held by requests and streams, in seconds of the memory budget.", registry=r)
         self.model_info = Gauge("asr_model_info", "1 per loaded model version; state is active or loaded.",
                                 ["name", "version", "state"], registry=r)
+        self.model_refused = Gauge("asr_model_refused",
+                                   "1 per version the registry names active that this replica could not load.",
+                                   ["name", "version"], registry=r)
         self.errors = Counter("asr_errors", "Failed requests by reason.", ["reason"], registry=r)
         for reason in ERROR_REASONS:
             self.errors.labels(reason=reason)  # pre-initialise so rate() sees zeros, not gaps

@@ -18,10 +18,10 @@ from starlette.websockets import WebSocketDisconnect
 
 from model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from service.auth import check_api_key
-from service.domain import IdleTimeoutError, PayloadTooLargeError, RequestError
+from service.domain import IdleTimeoutError, PayloadTooLargeError, RequestError, ServiceUnavailableError
 from service.errors import public_message
 from service.http_api import words_json
-from service.http_errors import count_failure, known_error
+from service.http_errors import count_failure, error_response, known_error
 from service.openai_api import OPENAI_MODEL_IDS
 from service.streaming import (MAX_STREAM_BACKLOG_S, STABLE_STABILITY, StreamingOptions, StreamingSession, StreamResult,
                                pcm16_to_float32)
@@ -79,8 +79,16 @@ def error_for(exc: BaseException) -> tuple[int, dict]:
 async def realtime(websocket: WebSocket) -> None:
     engine = websocket.app.state.engine
     offered = list(websocket.scope.get("subprotocols") or ())
-    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     started = time.monotonic()
+    if not engine.ready and "websocket.http.response" in websocket.scope.get("extensions", {}):
+        # Loading or draining: answer the handshake with 503, as REST would, so that a load balancer
+        # sends the client to another replica instead of this one accepting a socket it cannot serve.
+        unavailable = ServiceUnavailableError("not ready (loading the model or draining); retry shortly")
+        count_failure(engine.metrics, unavailable)
+        await websocket.send_denial_response(error_response(unavailable))
+        engine.metrics.observe_request(API, 503, time.monotonic() - started)
+        return
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     connection = _Connection(websocket, engine)
     try:
         if websocket.query_params.get("intent") != "transcription":
