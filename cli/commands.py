@@ -304,6 +304,12 @@ def cmd_train(args) -> int:
     ref, summary = run_training(cfg, run_name=args.run_name)
     if args.plot:
         plot_metrics(Path(cfg.run.output_dir) / "metrics.jsonl", Path(args.plot))
+    if ref is not None and args.activate:  # publishing alone never changes what the servers serve
+        from model.registry import Registry
+
+        Registry(cfg.run.registry).record_active(ref.name, ref.version, action="activate",
+                                                 by=f"asr train --activate ({_who()})", reason=f"trained {ref}")
+        summary = {**summary, "activated": str(ref)}
     print(json.dumps(summary, default=str))
     return 0 if ref is not None else 1
 

@@ -13,7 +13,7 @@ Usage:
     asr eval --manifest M.json [--model ...] [--json]
     asr logprobs AUDIO --model NAME[@VERSION] --out FILE.npy [--precision fp32]
     asr bench [--model NAME[@VERSION]] [--batch-size N] [--clip-seconds S] [--threads N] [--precision P] [--json]
-    asr train CONFIG.yaml [--set key=value ...] [--plot curve.png]
+    asr train CONFIG.yaml [--set key=value ...] [--plot curve.png] [--activate]
     asr lm build TEXT_OR_MANIFEST --order N --name NAME [--prune 0 1 1]
     asr serve [--port 8000] [--grpc-port 50051] [--model NAME]
 
@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     p.add_argument("--run-name", default=None, help="Ray run name; the same name resumes a killed run")
     p.add_argument("--plot", help="write loss/WER curves to this PNG")
+    p.add_argument("--activate", action="store_true",
+                   help="make the published version the one every server on the registry serves")
     p.set_defaults(func=cmd_train)
 
     lm = sub.add_parser("lm", help="n-gram language models").add_subparsers(dest="lm_cmd", required=True)

@@ -11,7 +11,7 @@ import yaml
 
 from tests.deploy.conftest import REPO, require_tool
 
-SERVING = {"asr", "prometheus", "grafana"}
+SERVING = {"asr", "lb", "prometheus", "grafana"}
 TRAINING = {"ray-head", "ray-worker", "trainer"}
 
 
@@ -74,11 +74,23 @@ def test_registry_volume_is_shared_by_server_and_trainer(config):
     assert _volumes(trainer)[registry] == "registry"
 
 
-def test_asr_service_ports_env_file_and_gpu_hint(config):
-    asr = config["services"]["asr"]
+def test_replicas_scale_behind_the_balancer_which_publishes_the_ports(config):
+    asr, lb = config["services"]["asr"], config["services"]["lb"]
+    assert "ports" not in asr and "container_name" not in asr, "asr must be scalable (--scale asr=N)"
+    assert {str(p) for p in asr["expose"]} == {"8000", "50051"}
     published = {(int(p["published"]), int(p["target"])) if isinstance(p, dict) else tuple(map(int, p.split(":")))
-                 for p in asr["ports"]}
-    assert {(8000, 8000), (50051, 50051)} <= published
+                 for p in lb["ports"]}
+    assert published == {(8000, 8000), (50051, 50051)}
+    assert lb["image"].startswith("nginx:") and lb["image"].endswith("-bookworm")  # Debian's nginx
+    template = _volumes(lb)["/etc/nginx/templates/asr.conf.template"]
+    assert template.endswith("deploy/nginx/asr.conf.template") and os.path.isfile(template)
+    assert lb["environment"]["ASR_HTTP_UPSTREAMS"].startswith("server asr:8000 ")
+    assert lb["environment"]["ASR_GRPC_UPSTREAMS"].startswith("server asr:50051 ")
+    assert (lb["environment"]["ASR_LB_HTTP_PORT"], lb["environment"]["ASR_LB_GRPC_PORT"]) == ("8000", "50051")
+
+
+def test_asr_service_env_file_and_gpu_hint(config):
+    asr = config["services"]["asr"]
     assert "ASR_ADMIN_TOKEN" in asr["environment"], "the env file must provide ASR_ADMIN_TOKEN"
     assert "PIP_INDEX_URL" in asr["build"]["args"], "pip's mirror setting must reach the image build"
     text = (REPO / "docker-compose.yml").read_text()

@@ -9,9 +9,7 @@ import asyncio
 import base64
 import json
 import os
-import shutil
 import signal
-import re
 import socket
 import subprocess
 import sys
@@ -31,11 +29,13 @@ from tests.service.test_grpc_support import AN4_TEST_MANIFEST, an4_test_set
 from tests.tiny_model import publish_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "deploy" / "nginx"))
+import local as nginx_local  # noqa: E402 - deploy/nginx/local.py, a script beside the template
+
 POLL_S = 0.5
 CLIENTS = 16
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
-pytestmark = pytest.mark.skipif(not Path(NGINX).exists() or not AN4_TEST_MANIFEST.exists(),
+pytestmark = pytest.mark.skipif(not Path(nginx_local.NGINX).exists() or not AN4_TEST_MANIFEST.exists(),
                                 reason="needs Debian's nginx (scripts/setup.sh installs it) and the AN4 data")
 
 
@@ -87,35 +87,13 @@ class Replica:
 
 
 class Balancer:
-    """Debian's nginx with the repository's template, rendered for the replicas on loopback."""
+    """Debian's nginx with the repository's template (deploy/nginx/local.py), for the replicas on loopback."""
 
     def __init__(self, replicas: list[Replica], tmp: Path) -> None:
         self.http_port, self.grpc_port = _free_port(), _free_port()
-        values = {
-            "ASR_HTTP_UPSTREAMS": " ".join(f"server 127.0.0.1:{r.port} max_fails=1 fail_timeout=2s;" for r in replicas),
-            "ASR_GRPC_UPSTREAMS": " ".join(f"server 127.0.0.1:{r.grpc_port} max_fails=1 fail_timeout=2s;"
-                                           for r in replicas),
-            "ASR_LB_HTTP_PORT": f"127.0.0.1:{self.http_port}", "ASR_LB_GRPC_PORT": f"127.0.0.1:{self.grpc_port}"}
-        # As the nginx image's envsubst does: only the variables it is given; nginx's own $vars stay.
-        template = (REPO / "deploy" / "nginx" / "asr.conf.template").read_text()
-        site = re.sub(r"\$\{(ASR_[A-Z_]+)\}", lambda m: values[m.group(1)], template)
-        root = tmp / "nginx"
-        root.mkdir()
-        (root / "asr.conf").write_text(site)
-        (root / "nginx.conf").write_text(
-            f"pid {root}/nginx.pid;\nerror_log {root}/error.log warn;\nevents {{}}\n"
-            f"http {{\n  access_log off;\n  client_body_temp_path {root}/body;\n  proxy_temp_path {root}/proxy;\n"
-            f"  fastcgi_temp_path {root}/fastcgi;\n  uwsgi_temp_path {root}/uwsgi;\n  scgi_temp_path {root}/scgi;\n"
-            f"  include {root}/asr.conf;\n}}\n")
-        self.proc = subprocess.Popen([NGINX, "-p", str(root), "-c", str(root / "nginx.conf"), "-g", "daemon off;"],
-                                     stdout=subprocess.DEVNULL, stderr=open(root / "stderr.log", "wb"))
+        self.proc = nginx_local.start(tmp / "nginx", self.http_port, self.grpc_port,
+                                      [("127.0.0.1", r.port, r.grpc_port) for r in replicas])
         self.base = f"http://127.0.0.1:{self.http_port}"
-        _wait_for(lambda: self._listening(), "nginx to listen", 30)
-
-    def _listening(self) -> bool:
-        assert self.proc.poll() is None, "nginx exited"
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", self.http_port)) == 0
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGQUIT)

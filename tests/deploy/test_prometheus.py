@@ -28,13 +28,13 @@ def test_promtool_accepts_the_shipped_config():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_shipped_config_scrapes_the_compose_service():
+def test_shipped_config_scrapes_every_replica_of_the_compose_service():
     config = yaml.safe_load(PROMETHEUS_YML.read_text())
     asr = [job for job in config["scrape_configs"] if job["job_name"] == "asr"]
     assert len(asr) == 1
     assert asr[0].get("metrics_path", "/metrics") == "/metrics"
-    targets = [t for sc in asr[0]["static_configs"] for t in sc["targets"]]
-    assert targets == ["asr:8000"]  # the compose service name and ASR_HTTP_PORT
+    # The compose service name, resolved to each replica, and ASR_HTTP_PORT.
+    assert asr[0]["dns_sd_configs"] == [{"names": ["asr"], "type": "A", "port": 8000, "refresh_interval": "15s"}]
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +48,9 @@ def prometheus(asr_server, tmp_path_factory):
     config["global"]["evaluation_interval"] = "1s"
     for job in config["scrape_configs"]:
         job["scrape_interval"] = "1s"
-        if job["job_name"] == "asr":
-            for sc in job["static_configs"]:
-                sc["targets"] = [f"127.0.0.1:{asr_server.port}"]
+        if job["job_name"] == "asr":  # DNS discovery in compose; here the one test server
+            del job["dns_sd_configs"]
+            job["static_configs"] = [{"targets": [f"127.0.0.1:{asr_server.port}"]}]
         elif job["job_name"] == "prometheus":
             for sc in job["static_configs"]:
                 sc["targets"] = [f"127.0.0.1:{port}"]
