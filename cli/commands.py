@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -91,6 +92,58 @@ def cmd_models_rollback(args) -> int:
                                    reason=args.reason)
     print(json.dumps({"active": f"{args.name}@{state['active']}", "previous": history[-1]["version"]}))
     return 0
+
+
+def cmd_models_canary(args) -> int:
+    """Offline WER gate on a dev manifest, then a canary the servers route ``--traffic`` % of requests to."""
+    from model.registry import parse_spec
+
+    name, version = parse_spec(args.spec)
+    registry = _registry(args)
+    candidate = registry.resolve(f"{name}@{version}" if version else name)
+    print(json.dumps(_start_canary(registry, candidate, args)))
+    return 0
+
+
+def _start_canary(registry, candidate, args) -> dict:
+    """Decodes ``args.gate`` with the active version and ``candidate``; refuses a worse one, else records the canary.
+
+    ``args`` holds ``traffic``, ``gate``, ``max_wer_increase``, ``min_requests``, ``max_error_rate``
+    and ``max_p99_increase`` (``asr models canary``'s options, which ``asr train --canary`` shares).
+    """
+    import argparse
+
+    from cli.evaluate import evaluate_manifest
+    from model.checkpoint import load_model
+    from service.canary import CanaryGate
+
+    name = candidate.name
+    active_version = registry.serving_state(name)["active"] or registry.resolve(name).version
+    if candidate.version == active_version:
+        raise UsageError(f"{candidate} is already the active version")
+    if not 0 < args.traffic <= 100:
+        raise UsageError(f"--traffic must be a percentage in (0, 100], got {args.traffic}")
+    try:
+        gate = CanaryGate(min_requests=args.min_requests, max_error_rate=args.max_error_rate,
+                          max_p99_increase=args.max_p99_increase)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    options = argparse.Namespace(decoder="greedy", batch_size=8, json=False, lm=None, alpha=None, beta=None)
+    wers = {}
+    for label, spec in (("active", f"{name}@{active_version}"), ("candidate", str(candidate))):
+        model, ref, _ = load_model(registry, spec)
+        wers[label] = evaluate_manifest(model.eval(), Path(args.gate), options, registry, ref.path)["wer"]
+    said = (f"{candidate}'s WER on {Path(args.gate).name} is {wers['candidate'] * 100:.2f} % against the active "
+            f"{name}@{active_version}'s {wers['active'] * 100:.2f} %")
+    by = f"asr canary ({_who()})"
+    if (wers["candidate"] - wers["active"]) * 100 > args.max_wer_increase:
+        registry.note(name, candidate.version, action="canary_refused", by=by,
+                      reason=f"{said}; the gate allows +{args.max_wer_increase} points")
+        raise UsageError(f"canary refused: {said}; the gate allows +{args.max_wer_increase} points")
+    registry.record_canary(name, candidate.version, traffic_percent=args.traffic, gate=gate.to_dict(), by=by,
+                           reason=said)
+    return {"canary": str(candidate), "traffic_percent": args.traffic, "active": f"{name}@{active_version}",
+            "wer": wers, "gate": gate.to_dict()}
 
 
 def cmd_fleet_status(args) -> int:
@@ -296,6 +349,8 @@ def cmd_train(args) -> int:
     from training.config import load_config
 
     cfg = load_config(args.config, args.set or [])  # before the heavy imports: bad configs fail fast
+    if args.canary is not None and not args.gate:
+        raise UsageError("--canary needs --gate MANIFEST.json: the dev set both versions are compared on")
     from training.plot import plot_metrics
     from training.trainer import run_training
 
@@ -304,12 +359,17 @@ def cmd_train(args) -> int:
     ref, summary = run_training(cfg, run_name=args.run_name)
     if args.plot:
         plot_metrics(Path(cfg.run.output_dir) / "metrics.jsonl", Path(args.plot))
-    if ref is not None and args.activate:  # publishing alone never changes what the servers serve
+    if ref is not None and (args.activate or args.canary is not None):  # publishing alone never changes what servers serve
         from model.registry import Registry
 
-        Registry(cfg.run.registry).record_active(ref.name, ref.version, action="activate",
-                                                 by=f"asr train --activate ({_who()})", reason=f"trained {ref}")
-        summary = {**summary, "activated": str(ref)}
+        registry = Registry(cfg.run.registry)
+        if args.canary is not None:
+            summary = {**summary, "canary": _start_canary(registry, ref, argparse.Namespace(
+                **{**vars(args), "traffic": args.canary}))}
+        else:
+            registry.record_active(ref.name, ref.version, action="activate", by=f"asr train --activate ({_who()})",
+                                   reason=f"trained {ref}")
+            summary = {**summary, "activated": str(ref)}
     print(json.dumps(summary, default=str))
     return 0 if ref is not None else 1
 

@@ -8,12 +8,13 @@ Usage:
     asr models export NAME[@VERSION] --format onnx|nemo --out FILE
     asr models activate NAME@VERSION [--reason TEXT]
     asr models rollback NAME [--reason TEXT]
+    asr models canary NAME@VERSION --traffic PERCENT --gate MANIFEST.json [--max-wer-increase 0.5] [--min-requests 200]
     asr fleet status [--json]
     asr transcribe AUDIO... [--model NAME[@VERSION]] [--json] [--decoder beam [--lm NAME]] [--precision P]
     asr eval --manifest M.json [--model ...] [--json]
     asr logprobs AUDIO --model NAME[@VERSION] --out FILE.npy [--precision fp32]
     asr bench [--model NAME[@VERSION]] [--batch-size N] [--clip-seconds S] [--threads N] [--precision P] [--json]
-    asr train CONFIG.yaml [--set key=value ...] [--plot curve.png] [--activate]
+    asr train CONFIG.yaml [--set key=value ...] [--plot curve.png] [--activate | --canary PERCENT --gate M.json]
     asr lm build TEXT_OR_MANIFEST --order N --name NAME [--prune 0 1 1]
     asr serve [--port 8000] [--grpc-port 50051] [--model NAME]
 
@@ -27,7 +28,8 @@ import os
 import sys
 
 from cli.commands import (DEFAULT_MODEL_ENV, STARTER_MODEL, UsageError, cmd_bench, cmd_eval, cmd_fleet_status,
-                          cmd_lm_build, cmd_logprobs, cmd_models_activate, cmd_models_ensemble, cmd_models_export,
+                          cmd_lm_build, cmd_logprobs, cmd_models_activate, cmd_models_canary, cmd_models_ensemble,
+                          cmd_models_export,
                           cmd_models_export_nemo, cmd_models_import_nemo, cmd_models_list, cmd_models_presets,
                           cmd_models_rollback, cmd_serve, cmd_train, cmd_transcribe)
 
@@ -53,6 +55,17 @@ def _add_precision_arg(parser: argparse.ArgumentParser, default: str) -> None:
                              "native bf16, else fp32)")
 
 
+def _add_canary_gate_args(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--gate", required=required, metavar="MANIFEST.json",
+                        help="a dev-set manifest both versions are decoded on first (never a test set)")
+    parser.add_argument("--max-wer-increase", type=float, default=0.5, help="WER points the candidate may lose (0.5)")
+    parser.add_argument("--min-requests", type=int, default=200, help="requests before it can be promoted (200)")
+    parser.add_argument("--max-error-rate", type=float, default=0.01,
+                        help="failures per request it may have; its budget is this times --min-requests (0.01)")
+    parser.add_argument("--max-p99-increase", type=float, default=0.5,
+                        help="how far its p99 latency may exceed the active version's, as a fraction (0.5)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description="QuartzNet speech recognition: train, publish, serve.")
     parser.add_argument("--registry", default=None, help="model registry folder (default $ASR_REGISTRY or ./registry)")
@@ -70,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="NAME@VERSION")
     p.add_argument("--reason", help="why, for the registry's history")
     p.set_defaults(func=cmd_models_activate)
+    p = models.add_parser("canary", help="after an offline WER gate, send a share of the requests to NAME@VERSION; "
+                                         "promote or roll back automatically on the fleet's measurements")
+    p.add_argument("spec", metavar="NAME@VERSION")
+    p.add_argument("--traffic", type=float, required=True, help="percent of the requests that name no version")
+    _add_canary_gate_args(p, required=True)
+    p.set_defaults(func=cmd_models_canary)
     p = models.add_parser("rollback", help="serve again the version that was active before the current one")
     p.add_argument("name")
     p.add_argument("--reason", help="why, for the registry's history")
@@ -144,8 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     p.add_argument("--run-name", default=None, help="Ray run name; the same name resumes a killed run")
     p.add_argument("--plot", help="write loss/WER curves to this PNG")
-    p.add_argument("--activate", action="store_true",
-                   help="make the published version the one every server on the registry serves")
+    rollout = p.add_mutually_exclusive_group()
+    rollout.add_argument("--activate", action="store_true",
+                         help="make the published version the one every server on the registry serves")
+    rollout.add_argument("--canary", type=float, metavar="PERCENT",
+                         help="start a canary of the published version (asr models canary; needs --gate)")
+    _add_canary_gate_args(p, required=False)
     p.set_defaults(func=cmd_train)
 
     lm = sub.add_parser("lm", help="n-gram language models").add_subparsers(dest="lm_cmd", required=True)

@@ -279,7 +279,11 @@ class Registry:
         return ref, (self.verify(ref) if verify else self.metadata(ref))
 
     def serving_state(self, name: str) -> dict:
-        """What ``record_active`` last wrote for ``name``: ``{"active": version or None, "history": [...]}``.
+        """What the servers of ``name`` should serve: ``{"active", "canary", "history"}``.
+
+        ``active`` is a version or None (nothing recorded: servers take the newest); ``canary`` is None or
+        ``{"version", "traffic_percent", "gate", "started_at"}``: a candidate that a share of the requests
+        go to while its gate watches it; ``history`` lists every change, oldest first.
 
         Raises:
             IntegrityError: the state file exists but cannot be read.
@@ -288,40 +292,87 @@ class Registry:
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return {"active": None, "history": []}
+            return {"active": None, "canary": None, "history": []}
         except (OSError, ValueError) as e:
             raise IntegrityError(f"'{name}': {STATE_FILE} is unreadable ({e})") from None
         if not isinstance(state, dict) or not isinstance(state.get("history", []), list):
             raise IntegrityError(f"'{name}': {STATE_FILE} is not a serving state")
-        return {"active": state.get("active"), "history": state.get("history", [])}
+        return {"active": state.get("active"), "canary": state.get("canary"), "history": state.get("history", [])}
 
     def record_active(self, name: str, version: int, *, action: str, by: str | None = None,
                       reason: str | None = None) -> dict:
-        """Records ``name@version`` as the version that serves, with a history entry; returns the new state.
-
-        Written as publishing writes (a temporary file, fsync, rename, fsync of the folder) under
-        a lock file, so concurrent writers (several replicas, the CLI) never lose an entry and a
-        reader sees the old state or the new one, never a torn file.
+        """Records ``name@version`` as the version that serves (ending any canary); returns the new state.
 
         Raises:
             NotFoundError: no such version.
         """
         ref = self.resolve(f"{name}@{version}")
-        folder = self.root / ref.name
+        return self._change_state(ref.name, lambda state: {**state, "active": ref.version, "canary": None},
+                                  action=action, version=ref.version, by=by, reason=reason)
+
+    def record_canary(self, name: str, version: int, *, traffic_percent: float, gate: dict, by: str | None = None,
+                      reason: str | None = None) -> dict:
+        """Starts a canary: ``traffic_percent`` of the requests go to ``name@version`` while ``gate`` watches it.
+
+        Raises:
+            NotFoundError: no such version.
+        """
+        ref = self.resolve(f"{name}@{version}")
+        canary = {"version": ref.version, "traffic_percent": float(traffic_percent), "gate": gate,
+                  "started_at": time.time()}
+        return self._change_state(ref.name, lambda state: {**state, "canary": canary}, action="canary",
+                                  version=ref.version, by=by, reason=reason)
+
+    def end_canary(self, name: str, started_at: float, *, promote: bool, by: str | None = None,
+                   reason: str | None = None) -> dict | None:
+        """Promotes the canary started at ``started_at`` to active, or drops it; None if it already ended.
+
+        Several replicas may judge the same canary at once: only the first writer acts.
+        """
+        outcome = {}
+
+        def end(state: dict) -> dict | None:
+            canary = state.get("canary")
+            if not canary or canary.get("started_at") != started_at:
+                return None
+            outcome["version"] = canary["version"]
+            return {**state, "canary": None, "active": canary["version"] if promote else state["active"]}
+
+        return self._change_state(name, end, action="promote" if promote else "canary_rollback",
+                                  version=lambda: outcome["version"], by=by, reason=reason)
+
+    def note(self, name: str, version: int, *, action: str, by: str | None = None, reason: str | None = None) -> dict:
+        """Adds a history entry that changes nothing (e.g. a canary its offline gate refused)."""
+        return self._change_state(name, lambda state: {**state}, action=action, version=version, by=by,
+                                  reason=reason)
+
+    def _change_state(self, name: str, change, *, action: str, version, by: str | None,
+                      reason: str | None) -> dict | None:
+        """Applies ``change(state) -> new state or None`` with a history entry, atomically, under the lock.
+
+        Written as publishing writes (a temporary file, fsync, rename, fsync of the folder) under a
+        lock file, so concurrent writers (several replicas, the CLI) never lose an entry and a reader
+        sees the old state or the new one, never a torn file.
+        """
+        folder = self.root / validate_name(name)
         with _locked(folder / STATE_LOCK_FILE):
-            state = self.serving_state(ref.name)
+            state = self.serving_state(name)
+            changed = change(state)
+            if changed is None:
+                return None
             entry = {"at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "action": action,
-                     "version": ref.version, "previous": state["active"], "by": by or _who(), "reason": reason}
-            state = {"active": ref.version, "history": (state["history"] + [entry])[-MAX_STATE_HISTORY:]}
+                     "version": version() if callable(version) else version, "previous": state["active"],
+                     "by": by or _who(), "reason": reason}
+            changed["history"] = (state["history"] + [entry])[-MAX_STATE_HISTORY:]
             part = folder / f".{STATE_FILE}.{uuid.uuid4().hex}.part"
             with open(part, "w", encoding="utf-8") as f:
-                json.dump(state, f, indent=2)
+                json.dump(changed, f, indent=2)
                 f.write("\n")
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(part, folder / STATE_FILE)
             _fsync_dir(folder)
-        return state
+        return changed
 
     def publish(
         self,

@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ from model.registry import RegistryError, Registry
 from service.admission import LongJob, admit_long, request_deadline
 from service.batcher import BatcherHooks, DynamicBatcher
 from service.budget import AudioBudget
+from service.canary import CanaryGate, VersionStats, goes_to_canary, verdict
 from service.config import ServiceConfig
 from service.decoding import CTCDecoding, DecodingPlan, plan_decoding
 from service.domain import (DeadlineExceededError, LogProbsResult, PayloadTooLargeError, RequestError,
@@ -44,7 +46,7 @@ from service.domain import (DeadlineExceededError, LogProbsResult, PayloadTooLar
 from service.errors import public_message, without_paths
 from service.long_audio import AudioWindow, plan_windows
 from service.metrics import Metrics
-from service.model_slot import LoadedModel, ModelLoadError, ModelSlot
+from service.model_slot import DEFAULT_ALIASES, LoadedModel, ModelLoadError, ModelSlot
 from service.worker import InferenceWorker, pick_devices
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,8 @@ class Engine:
         self.startup_warnings: list[str] = []
         self.replica_id = config.replica_id or f"{socket.gethostname()}:{config.http_port}"
         self.refused: dict[tuple[str, int], str] = {}  # desired versions that failed to load here, and why
+        self.canary: dict | None = None  # the registry's canary this replica routes to (service.canary)
+        self._canary_stats: dict[int, VersionStats] = {}
         self._started_at = time.time()
         self._follower: asyncio.Task | None = None
         self._draining = False
@@ -199,15 +203,69 @@ class Engine:
             return
         state = await asyncio.to_thread(self.registry.serving_state, active.name)
         desired = state["active"]
-        if desired is None or desired == active.version or (active.name, desired) in self.refused:
+        if desired is not None and desired != active.version and (active.name, desired) not in self.refused:
+            try:
+                await self.slot.activate(active.name, desired)
+            except (ModelLoadError, RequestError) as e:
+                self._refuse(active.name, desired, e)
+                log.warning("not serving %s@%s, which the registry names: %s; still serving %s", active.name,
+                            desired, self.refused[(active.name, desired)], active)
+        await self._follow_canary(self.slot.active.name, state["canary"])
+
+    def _refuse(self, name: str, version: int, error: BaseException) -> None:
+        self.refused[(name, version)] = public_message(error)
+        self.metrics.model_refused.labels(name=name, version=str(version)).set(1)
+
+    async def _follow_canary(self, name: str, canary: dict | None) -> None:
+        """Loads the registry's canary beside the active version, routes its share to it, and judges it.
+
+        service.canary has the rules. A candidate this replica cannot load ends the canary for the
+        whole fleet (rolled back, with why); a verdict is written by whichever replica reaches it first.
+        """
+        if canary is None or canary["version"] == self.slot.active.version:
+            self.canary, self._canary_stats = None, {}
             return
-        try:
-            await self.slot.activate(active.name, desired)
-        except (ModelLoadError, RequestError) as e:
-            self.refused[(active.name, desired)] = public_message(e)
-            self.metrics.model_refused.labels(name=active.name, version=str(desired)).set(1)
-            log.warning("not serving %s@%s, which the registry names: %s; still serving %s", active.name, desired,
-                        self.refused[(active.name, desired)], active)
+        if self.canary is None or self.canary["started_at"] != canary["started_at"]:
+            try:
+                await self.slot.get((name, canary["version"]))
+            except (ModelLoadError, RequestError) as e:
+                self._refuse(name, canary["version"], e)
+                await self._end_canary(name, canary, promote=False, why=f"it cannot be loaded: {public_message(e)}")
+                return
+            self.canary = {**canary, "name": name}
+            self._canary_stats = {self.slot.active.version: VersionStats(), canary["version"]: VersionStats()}
+            log.info("canary %s@%s takes %s %% of the requests", name, canary["version"], canary["traffic_percent"])
+        decision, why = verdict(CanaryGate(**canary["gate"]), *self._canary_summaries(canary))
+        if decision is not None:
+            await self._end_canary(name, canary, promote=decision == "promote", why=why)
+
+    def _canary_summaries(self, canary: dict) -> tuple[list[dict], list[dict]]:
+        """The candidate's and the active version's counts on every live replica (this one's as of now)."""
+        candidate, active = [], []
+        beats = [b for b in self.fleet() if b.get("alive") and b.get("replica") != self.replica_id]
+        for beat in [self.heartbeat()] + beats:
+            reported = beat.get("canary") or {}
+            if reported.get("started_at") != canary["started_at"]:
+                continue
+            stats = reported["stats"]
+            candidate.append(stats[str(canary["version"])])
+            active += [summary for version, summary in stats.items() if version != str(canary["version"])]
+        return candidate, active
+
+    async def _end_canary(self, name: str, canary: dict, *, promote: bool, why: str) -> None:
+        ended = await asyncio.to_thread(self.registry.end_canary, name, canary["started_at"], promote=promote,
+                                        by=f"canary gate on {self.replica_id}", reason=why)
+        result = "promoted" if promote else "rolled_back"
+        if ended is not None:  # this replica wrote the verdict; the others will find the canary ended
+            self.metrics.rollouts.labels(result=result).inc()
+            log.warning("canary %s@%s %s: %s", name, canary["version"], result.replace("_", " "), why)
+        self.canary, self._canary_stats = None, {}
+
+    def _observe(self, model: LoadedModel, seconds: float, failed: bool) -> None:
+        """Counts a finished request for the canary gate, while a canary of its model runs."""
+        stats = self._canary_stats.get(model.version) if self.canary and self.canary["name"] == model.name else None
+        if stats is not None:
+            stats.observe(seconds, failed)
 
     def heartbeat(self) -> dict:
         """What this replica reports to the fleet (model.fleet): identity, what it serves, why not, its load."""
@@ -220,6 +278,9 @@ class Engine:
                             for (name, version), error in self.refused.items()
                             if active is not None and name == active.name],
                 "warnings": self.startup_warnings,
+                "canary": None if self.canary is None else {
+                    "started_at": self.canary["started_at"], "version": self.canary["version"],
+                    "stats": {str(version): stats.summary() for version, stats in self._canary_stats.items()}},
                 "load": {"in_flight": self._in_flight, "buffered_audio_s": round(self.budget.held_s, 1),
                          "queue_depth": sum(m.batcher.queue_depth for m in self.slot.loaded())}}
 
@@ -242,13 +303,16 @@ class Engine:
     def in_flight(self) -> int:
         return self._in_flight
 
-    def resolve_model(self, spec: str | None) -> tuple[str, int, int]:
+    def resolve_model(self, spec: str | None, request_id: str | None = None) -> tuple[str, int, int]:
         """Maps NAME[@VERSION] (None/"default" = active) to (name, version, sample_rate); loads nothing.
+
+        While a canary runs, a request naming no version goes to the candidate if its ``request_id``
+        falls in the canary's share (service.canary; no id: a random one).
 
         Raises:
             UnknownModelError: no such model or version. RequestError: malformed spec.
         """
-        name, version = self.slot.resolve_key(spec)
+        name, version = self._route(spec, request_id)
         for model in self.slot.loaded():
             if model.key == (name, version):
                 return name, version, model.sample_rate
@@ -264,6 +328,15 @@ class Engine:
             log.warning("cannot read %s@%s: %s", name, version, e)
             raise ModelLoadError(f"cannot read model {name}@{version}: {without_paths(str(e))}") from None
         return name, version, int(config["sample_rate"])
+
+    def _route(self, spec: str | None, request_id: str | None) -> tuple[str, int]:
+        name, version = self.slot.resolve_key(spec)
+        canary = self.canary
+        unversioned = spec in DEFAULT_ALIASES or "@" not in str(spec) or str(spec).endswith("@latest")
+        if (canary is not None and unversioned and name == canary["name"]
+                and goes_to_canary(request_id or uuid.uuid4().hex, canary["traffic_percent"])):
+            return name, canary["version"]
+        return name, version
 
     def list_models(self) -> list[dict]:
         """Loaded versions: name, version, state (active|loaded), sample_rate, frame_duration_s, default_lm."""
@@ -331,9 +404,16 @@ class Engine:
             kind = _LONG if len(windows) > 1 else _SHORT
             job = admit_long(duration_s, model.worker.rate, deadline - time.monotonic(),
                              self._long_jobs) if kind == _LONG else None
-            with self._long_job(job), self.budget.reserve(self._held_s(req.audio, duration_s), "request"):
-                alternatives, queue_s, inference_s, decode_s = await self._transcribe_windows(
-                    model, req.audio, windows, deadline, kind, plan, job)
+            try:
+                with self._long_job(job), self.budget.reserve(self._held_s(req.audio, duration_s), "request"):
+                    alternatives, queue_s, inference_s, decode_s = await self._transcribe_windows(
+                        model, req.audio, windows, deadline, kind, plan, job)
+            except Exception as exc:
+                # The version's fault: its internal errors and missed deadlines, not a client's mistakes.
+                failed = isinstance(exc, DeadlineExceededError) or not isinstance(exc, RequestError)
+                self._observe(model, time.monotonic() - started, failed)
+                raise
+            self._observe(model, time.monotonic() - started, failed=False)
         self.metrics.audio_seconds.inc(duration_s)
         self.metrics.real_time_factor.observe((inference_s + decode_s) / duration_s)
         best = alternatives[0]

@@ -80,7 +80,8 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
                         ) -> asr_pb2.RecognizeResponse:
         async with self._rpc_status(context, "grpc"), self.engine.admit():
             config = request.config
-            name, version, model_rate = self.engine.resolve_model(config.model or None)
+            name, version, model_rate = self.engine.resolve_model(config.model or None,
+                                                                  request.request_id or _request_id(context))
             if len(request.audio) > self.config.max_audio_bytes:
                 raise PayloadTooLargeError(f"audio is {len(request.audio)} bytes; the limit is "
                                            f"{self.config.max_audio_bytes}")
@@ -105,7 +106,8 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
                 got = "an empty stream" if first is None else "audio_content"
                 raise RequestError(f"the first message must carry streaming_config, got {got}")
             stream_config = first.streaming_config
-            name, version, model_rate = self.engine.resolve_model(stream_config.config.model or None)
+            name, version, model_rate = self.engine.resolve_model(stream_config.config.model or None,
+                                                                  _request_id(context))
             rate, channels = _stream_format(stream_config.config)
             session = StreamingSession(self.engine, f"{name}@{version}", model_rate, rate,
                                        _streaming_options(stream_config), deadline_s=_deadline(context))
@@ -311,6 +313,11 @@ async def drain_requests(requests: AsyncIterator, seconds: float = 1.0) -> None:
 
 
 # ---- proto -> domain --------------------------------------------------------------------
+
+def _request_id(context: grpc.aio.ServicerContext) -> str | None:
+    """The client's ``x-request-id`` metadata: a retried call, same id, is routed to the same version."""
+    return dict(context.invocation_metadata() or ()).get("x-request-id")
+
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()

@@ -134,7 +134,7 @@ async def transcribe_upload(engine: Engine, upload: Upload, request: Transcripti
 
     A client that disconnects meanwhile stops the work at its next window (``while_connected``).
     """
-    name, version, sample_rate = engine.resolve_model(request.model)
+    name, version, sample_rate = engine.resolve_model(request.model, http_request.headers.get("x-request-id"))
     with await open_audio(engine, upload, sample_rate) as audio:
         return await while_connected(http_request,
                                      engine.transcribe(replace(request, audio=audio, model=f"{name}@{version}")))

@@ -53,6 +53,10 @@ class Metrics:
         self.model_refused = Gauge("asr_model_refused",
                                    "1 per version the registry names active that this replica could not load.",
                                    ["name", "version"], registry=r)
+        self.rollouts = Counter("asr_rollouts", "Canary verdicts this replica wrote: promoted or rolled_back.",
+                                ["result"], registry=r)
+        for result in ("promoted", "rolled_back"):
+            self.rollouts.labels(result=result)
         self.errors = Counter("asr_errors", "Failed requests by reason.", ["reason"], registry=r)
         for reason in ERROR_REASONS:
             self.errors.labels(reason=reason)  # pre-initialise so rate() sees zeros, not gaps

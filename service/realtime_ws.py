@@ -274,7 +274,7 @@ class _Connection:
             self.silence_ms = _silence_ms(session["turn_detection"])
         if spec is not None or self.model is None:
             self.model = self.engine.resolve_model(None if spec in (None, "", "default", *OPENAI_MODEL_IDS)
-                                                   else spec)
+                                                   else spec, self.ws.headers.get("x-request-id") or self.session_id)
         self.source_rate = rate
 
     def _append(self, pcm: bytes) -> None:

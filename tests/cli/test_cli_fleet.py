@@ -59,3 +59,12 @@ def test_train_activates_what_it_published_only_when_asked(registry, monkeypatch
     loud = asr_in_process("--registry", registry.root, "train", recipe, "--activate")
     assert loud.returncode == 0 and json.loads(loud.stdout)["activated"] == "tiny@2"
     assert registry.serving_state("tiny")["history"][-1]["by"].startswith("asr train --activate")
+
+
+def test_train_canary_needs_a_gate_before_it_trains(registry, monkeypatch) -> None:
+    import training.trainer
+
+    monkeypatch.setattr(training.trainer, "run_training", lambda *a, **k: pytest.fail("trained without a gate"))
+    recipe = REPO_ROOT / "training" / "recipes" / "an4.yaml"
+    asr_in_process("--registry", registry.root, "train", recipe, "--canary", "10").assert_one_line_error(
+        "--canary needs --gate")

@@ -355,7 +355,7 @@ def test_concurrent_writers_of_the_serving_state_lose_no_entry(tmp_path: Path) -
     reg = Registry(tmp_path)
     for _ in range(4):
         _publish_weights(reg, "m")
-    assert reg.serving_state("m") == {"active": None, "history": []}
+    assert reg.serving_state("m") == {"active": None, "canary": None, "history": []}
     writers = [_ctx().Process(target=_record_many, args=(str(tmp_path), version, 10)) for version in (1, 2, 3, 4)]
     for writer in writers:
         writer.start()
