@@ -73,7 +73,7 @@ async def list_models(request: Request) -> dict:
 @router.get("/fleet", summary="Every server reporting into this registry: versions served, refusals, load")
 async def fleet(request: Request) -> dict:
     engine = engine_of(request)
-    return {"replica": engine.replica_id, "replicas": await asyncio.to_thread(engine.fleet)}
+    return {"replica": engine.replica.replica_id, "replicas": await asyncio.to_thread(engine.replica.fleet)}
 
 
 @router.post("/models/activate", summary="Load + warm a version beside the current one, then switch to it")

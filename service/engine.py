@@ -16,10 +16,8 @@ import contextlib
 import logging
 import math
 import os
-import socket
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,13 +30,11 @@ from model.allocator import release_free_memory, share_arenas
 from model.audio_stream import AudioStream
 from model.card import model_card
 from model.checkpoint import load_model, read_config
-from model.fleet import fleet_status, write_heartbeat
 from model.precision import resolve_precision
 from model.registry import RegistryError, Registry
 from service.admission import LongJob, admit_long, request_deadline
 from service.batcher import BatcherHooks, DynamicBatcher
 from service.budget import AudioBudget
-from service.canary import CanaryGate, VersionStats, goes_to_canary, verdict
 from service.config import ServiceConfig
 from service.decoding import CTCDecoding, DecodingPlan, plan_decoding
 from service.domain import (DeadlineExceededError, LogProbsResult, PayloadTooLargeError, RequestError,
@@ -47,6 +43,7 @@ from service.errors import public_message, without_paths
 from service.long_audio import AudioWindow, plan_windows
 from service.metrics import Metrics
 from service.model_slot import DEFAULT_ALIASES, LoadedModel, ModelLoadError, ModelSlot
+from service.replica import Replica
 from service.worker import InferenceWorker, pick_devices
 
 log = logging.getLogger(__name__)
@@ -94,11 +91,7 @@ class Engine:
                               max_loaded=config.max_loaded_models, on_change=self._publish_model_info)
         self.startup_error: str | None = None
         self.startup_warnings: list[str] = []
-        self.replica_id = config.replica_id or f"{socket.gethostname()}:{config.http_port}"
-        self.refused: dict[tuple[str, int], str] = {}  # desired versions that failed to load here, and why
-        self.canary: dict | None = None  # the registry's canary this replica routes to (service.canary)
-        self._canary_stats: dict[int, VersionStats] = {}
-        self._started_at = time.time()
+        self.replica = Replica(self)
         self._follower: asyncio.Task | None = None
         self._draining = False
         self._in_flight = 0
@@ -142,8 +135,8 @@ class Engine:
             except Exception as e:  # noqa: BLE001 - the default model serves; say what did not load
                 self._warn(f"preloading {spec!r} failed: {public_message(e)}")
         if self._follower is None:
-            self._follower = asyncio.get_running_loop().create_task(self._follow_registry(pinned=bool(version)
-                                                                                          and version != "latest"))
+            self._follower = asyncio.get_running_loop().create_task(
+                self.replica.follow_registry(pinned=bool(version) and version != "latest"))
 
     async def _activate_recorded(self, name: str) -> None:
         """Activates the recorded active version of ``name``, else the newest that loads (see above)."""
@@ -174,120 +167,6 @@ class Engine:
         if recorded == candidate and previous is not None:
             self.slot.remember_previous(name, previous)  # a rollback after a restart goes where it would have
 
-    # --- the fleet: desired state in the registry, heartbeats beside it --------------------
-
-    async def _follow_registry(self, pinned: bool) -> None:
-        """Every ``registry_poll_s``: converge to the registry's desired version (unless the version is pinned
-        by configuration), then report this replica's heartbeat (model.fleet)."""
-        while not self._draining:
-            if not pinned:
-                try:
-                    await self.converge()
-                except Exception:  # noqa: BLE001 - a bad poll must not end the loop; the next one tries again
-                    log.exception("following the registry failed")
-            try:
-                await asyncio.to_thread(write_heartbeat, self.registry.root, self.heartbeat())
-            except OSError as e:  # a read-only registry: no fleet status, but serving goes on
-                log.debug("cannot write the heartbeat: %s", e)
-            await asyncio.sleep(self.config.registry_poll_s)
-
-    async def converge(self) -> None:
-        """Serves the version the registry records as active for the active model's name, if it is another.
-
-        Load, warm, switch and drain as ``activate`` does. A version that fails to load here is not
-        tried again (no retry storm) until the registry names another: the old one keeps serving, and
-        why is in ``refused``, the heartbeat and ``asr_model_refused``.
-        """
-        active = self.slot.active
-        if active is None:
-            return
-        state = await asyncio.to_thread(self.registry.serving_state, active.name)
-        desired = state["active"]
-        if desired is not None and desired != active.version and (active.name, desired) not in self.refused:
-            try:
-                await self.slot.activate(active.name, desired)
-            except (ModelLoadError, RequestError) as e:
-                self._refuse(active.name, desired, e)
-                log.warning("not serving %s@%s, which the registry names: %s; still serving %s", active.name,
-                            desired, self.refused[(active.name, desired)], active)
-        await self._follow_canary(self.slot.active.name, state["canary"])
-
-    def _refuse(self, name: str, version: int, error: BaseException) -> None:
-        self.refused[(name, version)] = public_message(error)
-        self.metrics.model_refused.labels(name=name, version=str(version)).set(1)
-
-    async def _follow_canary(self, name: str, canary: dict | None) -> None:
-        """Loads the registry's canary beside the active version, routes its share to it, and judges it.
-
-        service.canary has the rules. A candidate this replica cannot load ends the canary for the
-        whole fleet (rolled back, with why); a verdict is written by whichever replica reaches it first.
-        """
-        if canary is None or canary["version"] == self.slot.active.version:
-            self.canary, self._canary_stats = None, {}
-            return
-        if self.canary is None or self.canary["started_at"] != canary["started_at"]:
-            try:
-                await self.slot.get((name, canary["version"]))
-            except (ModelLoadError, RequestError) as e:
-                self._refuse(name, canary["version"], e)
-                await self._end_canary(name, canary, promote=False, why=f"it cannot be loaded: {public_message(e)}")
-                return
-            self.canary = {**canary, "name": name}
-            self._canary_stats = {self.slot.active.version: VersionStats(), canary["version"]: VersionStats()}
-            log.info("canary %s@%s takes %s %% of the requests", name, canary["version"], canary["traffic_percent"])
-        decision, why = verdict(CanaryGate(**canary["gate"]), *self._canary_summaries(canary))
-        if decision is not None:
-            await self._end_canary(name, canary, promote=decision == "promote", why=why)
-
-    def _canary_summaries(self, canary: dict) -> tuple[list[dict], list[dict]]:
-        """The candidate's and the active version's counts on every live replica (this one's as of now)."""
-        candidate, active = [], []
-        beats = [b for b in self.fleet() if b.get("alive") and b.get("replica") != self.replica_id]
-        for beat in [self.heartbeat()] + beats:
-            reported = beat.get("canary") or {}
-            if reported.get("started_at") != canary["started_at"]:
-                continue
-            stats = reported["stats"]
-            candidate.append(stats[str(canary["version"])])
-            active += [summary for version, summary in stats.items() if version != str(canary["version"])]
-        return candidate, active
-
-    async def _end_canary(self, name: str, canary: dict, *, promote: bool, why: str) -> None:
-        ended = await asyncio.to_thread(self.registry.end_canary, name, canary["started_at"], promote=promote,
-                                        by=f"canary gate on {self.replica_id}", reason=why)
-        result = "promoted" if promote else "rolled_back"
-        if ended is not None:  # this replica wrote the verdict; the others will find the canary ended
-            self.metrics.rollouts.labels(result=result).inc()
-            log.warning("canary %s@%s %s: %s", name, canary["version"], result.replace("_", " "), why)
-        self.canary, self._canary_stats = None, {}
-
-    def _observe(self, model: LoadedModel, seconds: float, failed: bool) -> None:
-        """Counts a finished request for the canary gate, while a canary of its model runs."""
-        stats = self._canary_stats.get(model.version) if self.canary and self.canary["name"] == model.name else None
-        if stats is not None:
-            stats.observe(seconds, failed)
-
-    def heartbeat(self) -> dict:
-        """What this replica reports to the fleet (model.fleet): identity, what it serves, why not, its load."""
-        active = self.slot.active
-        return {"replica": self.replica_id, "host": socket.gethostname(), "pid": os.getpid(),
-                "started_at": self._started_at, "draining": self._draining,
-                "serving": [{"name": m["name"], "version": m["version"], "state": m["state"]}
-                            for m in self.list_models()],
-                "refused": [{"model": f"{name}@{version}", "error": error}
-                            for (name, version), error in self.refused.items()
-                            if active is not None and name == active.name],
-                "warnings": self.startup_warnings,
-                "canary": None if self.canary is None else {
-                    "started_at": self.canary["started_at"], "version": self.canary["version"],
-                    "stats": {str(version): stats.summary() for version, stats in self._canary_stats.items()}},
-                "load": {"in_flight": self._in_flight, "buffered_audio_s": round(self.budget.held_s, 1),
-                         "queue_depth": sum(m.batcher.queue_depth for m in self.slot.loaded())}}
-
-    def fleet(self) -> list[dict]:
-        """Every replica that reports into this registry (model.fleet.fleet_status)."""
-        return fleet_status(self.registry.root, stale_after_s=3 * self.config.registry_poll_s)
-
     def _warn(self, message: str) -> None:
         log.warning(message)
         self.startup_warnings.append(message)
@@ -302,6 +181,10 @@ class Engine:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
 
     def resolve_model(self, spec: str | None, request_id: str | None = None) -> tuple[str, int, int]:
         """Maps NAME[@VERSION] (None/"default" = active) to (name, version, sample_rate); loads nothing.
@@ -331,12 +214,8 @@ class Engine:
 
     def _route(self, spec: str | None, request_id: str | None) -> tuple[str, int]:
         name, version = self.slot.resolve_key(spec)
-        canary = self.canary
         unversioned = spec in DEFAULT_ALIASES or "@" not in str(spec) or str(spec).endswith("@latest")
-        if (canary is not None and unversioned and name == canary["name"]
-                and goes_to_canary(request_id or uuid.uuid4().hex, canary["traffic_percent"])):
-            return name, canary["version"]
-        return name, version
+        return name, self.replica.route(name, version, request_id) if unversioned else version
 
     def list_models(self) -> list[dict]:
         """Loaded versions: name, version, state (active|loaded), sample_rate, frame_duration_s, default_lm."""
@@ -411,9 +290,9 @@ class Engine:
             except Exception as exc:
                 # The version's fault: its internal errors and missed deadlines, not a client's mistakes.
                 failed = isinstance(exc, DeadlineExceededError) or not isinstance(exc, RequestError)
-                self._observe(model, time.monotonic() - started, failed)
+                self.replica.observe(model, time.monotonic() - started, failed)
                 raise
-            self._observe(model, time.monotonic() - started, failed=False)
+            self.replica.observe(model, time.monotonic() - started, failed=False)
         self.metrics.audio_seconds.inc(duration_s)
         self.metrics.real_time_factor.observe((inference_s + decode_s) / duration_s)
         best = alternatives[0]

@@ -45,6 +45,15 @@ def registry_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture()
+def three_versions(tmp_path) -> Registry:
+    """A registry of this test's own with "tiny"@1, @2 and @3 (different random weights), nothing recorded active."""
+    registry = Registry(tmp_path / "registry")
+    for seed in (0, 1, 2):
+        publish_model(registry, "tiny", tiny_model(seed), source="trained")
+    return registry
+
+
 @pytest.fixture(scope="session")
 def an4_entries() -> list[dict]:
     with open(AN4_TEST) as f:

@@ -72,7 +72,7 @@ async def test_a_good_candidate_gets_its_share_and_is_promoted_on_every_replica(
     try:
         registry.record_canary("tiny", 2, traffic_percent=25,
                                gate=CanaryGate(min_requests=120, max_error_rate=0.05).to_dict())
-        await _until(lambda: all(r.canary is not None for r in replicas), "both replicas to follow the canary")
+        await _until(lambda: all(r.replica.canary is not None for r in replicas), "both replicas to follow the canary")
         versions = []
         for i in range(800):  # 120 of them at 25 %: about 480 requests until the promotion
             versions.append((await _ask(replicas[i % 2], f"req-{i}", _clip(i))).model_version)
@@ -107,7 +107,7 @@ async def test_a_candidate_that_fails_requests_is_rolled_back_within_its_error_b
     gate = CanaryGate(min_requests=40, max_error_rate=0.1)
     try:
         registry.record_canary("tiny", 2, traffic_percent=50, gate=gate.to_dict())
-        await _until(lambda: all(r.canary is not None for r in replicas), "both replicas to follow the canary")
+        await _until(lambda: all(r.replica.canary is not None for r in replicas), "both replicas to follow the canary")
         for replica in replicas:
             worker = next(m.worker for m in replica.slot.loaded() if m.version == 2)
             candidate_workers[id(worker)] = worker
@@ -128,7 +128,7 @@ async def test_a_candidate_that_fails_requests_is_rolled_back_within_its_error_b
         # The budget is floor(0.1 x 40) = 4 failures; the gate acts on the fifth, before the next request.
         print(f"{failures} failed requests of {requests} before the rollback (budget {gate.error_budget})")
         assert failures == gate.error_budget + 1
-        await _until(lambda: all(r.canary is None for r in replicas), "both replicas to stop routing to it")
+        await _until(lambda: all(r.replica.canary is None for r in replicas), "both replicas to stop routing to it")
         for i, replica in enumerate(replicas):
             assert (await _ask(replica, f"after-{i}", _clip(i))).model_version == 1
     finally:

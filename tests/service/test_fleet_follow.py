@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from model import Registry, publish_model
+from model import publish_model
 from service.engine import Engine
 from tests.cli.helpers import asr_in_process
 from tests.service.conftest import make_config, tiny_model
@@ -18,11 +18,8 @@ POLL_S = 0.05
 
 
 @pytest.fixture()
-def registry(tmp_path):
-    root = tmp_path / "registry"
-    for seed in (0, 1, 2):
-        publish_model(Registry(root), "tiny", tiny_model(seed), source="trained")
-    return Registry(root)
+def registry(three_versions):
+    return three_versions
 
 
 async def _replicas(registry, count: int = 2) -> list[Engine]:
@@ -39,17 +36,17 @@ async def _until(condition, what: str, timeout_s: float = 60) -> None:
 async def _polls(engine: Engine, count: int) -> None:
     """Waits until ``engine`` has written ``count`` more heartbeats (each one ends a poll)."""
     seen = []
-    original = engine.heartbeat
+    original = engine.replica.heartbeat
 
     def counting():
         seen.append(1)
         return original()
 
-    engine.heartbeat = counting
+    engine.replica.heartbeat = counting
     try:
         await _until(lambda: len(seen) >= count, f"{count} polls")
     finally:
-        engine.heartbeat = original
+        engine.replica.heartbeat = original
 
 
 async def test_every_replica_converges_to_what_the_registry_names(registry) -> None:
@@ -74,12 +71,12 @@ async def test_every_replica_converges_to_what_the_registry_names(registry) -> N
 
 async def test_a_corrupt_version_is_refused_on_every_replica_once_and_reported(registry) -> None:
     replicas = await _replicas(registry)
-    loads = {r.replica_id: [] for r in replicas}
+    loads = {r.replica.replica_id: [] for r in replicas}
     for replica in replicas:
         loader = replica.slot._loader
 
         async def counting(name, version, replica=replica, loader=loader):
-            loads[replica.replica_id].append(version)
+            loads[replica.replica.replica_id].append(version)
             return await loader(name, version)
 
         replica.slot._loader = counting
@@ -88,12 +85,12 @@ async def test_a_corrupt_version_is_refused_on_every_replica_once_and_reported(r
         weights = registry.root / "tiny" / "4" / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[:-8])
         registry.record_active("tiny", 4, action="activate")
-        await _until(lambda: all(("tiny", 4) in r.refused for r in replicas), "both replicas to refuse tiny@4")
+        await _until(lambda: all(("tiny", 4) in r.replica.refused for r in replicas), "both replicas to refuse tiny@4")
         await _polls(replicas[0], 5)
         assert loads == {"replica-0": [4], "replica-1": [4]}  # tried once each, not once per poll
         assert [r.slot.active.version for r in replicas] == [3, 3]  # the old version kept serving
         await _polls(replicas[1], 1)
-        status = {r["replica"]: r for r in replicas[0].fleet()}
+        status = {r["replica"]: r for r in replicas[0].replica.fleet()}
         assert sorted(status) == ["replica-0", "replica-1"] and all(r["alive"] for r in status.values())
         for beat in status.values():
             assert beat["serving"] == [{"name": "tiny", "version": 3, "state": "active"}]
@@ -114,7 +111,7 @@ async def test_a_replica_that_stops_reporting_is_shown_as_lost(registry) -> None
     try:
         await _polls(second, 1)
         await second.drain_and_stop(5)
-        await _until(lambda: {r["replica"]: r["alive"] for r in first.fleet()} == {"replica-0": True,
+        await _until(lambda: {r["replica"]: r["alive"] for r in first.replica.fleet()} == {"replica-0": True,
                                                                                   "replica-1": False},
                      "replica-1 to be reported lost")
     finally:

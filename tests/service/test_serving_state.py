@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from model import EnsembleRecognizer, Registry, publish_model
+from model import EnsembleRecognizer, publish_model
 from service.engine import Engine
 from service.model_slot import ModelLoadError
 from tests.service.conftest import make_config, tiny_model
@@ -18,11 +18,8 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture()
-def registry(tmp_path):
-    root = tmp_path / "registry"
-    for seed in (0, 1, 2):
-        publish_model(Registry(root), "tiny", tiny_model(seed), source="trained")
-    return Registry(root)
+def registry(three_versions):
+    return three_versions
 
 
 async def _started(registry, model: str = "tiny") -> Engine:
