@@ -35,17 +35,21 @@ class CanaryGate:
         min_requests: requests the candidate must answer before it can be promoted.
         max_error_rate: the share of them it may fail; more failures than ``max_error_rate *
             min_requests`` roll it back at once.
-        max_p99_increase: its p99 latency may exceed the active version's by this fraction (0.5: 50 %).
+        max_p99_increase: its p99 latency may exceed the active version's by this fraction (0.5: 50 %)...
+        p99_slack_s: ...plus this many seconds, so that tens of ms of scheduling noise on a busy host
+            do not fail a version whose requests take tens of ms.
     """
 
     min_requests: int = 200
     max_error_rate: float = 0.01
     max_p99_increase: float = 0.5
+    p99_slack_s: float = 0.05
 
     def __post_init__(self) -> None:
-        if self.min_requests < 1 or not 0 <= self.max_error_rate < 1 or self.max_p99_increase < 0:
-            raise ValueError(f"a canary gate needs min_requests >= 1, 0 <= max_error_rate < 1 and "
-                             f"max_p99_increase >= 0, got {self}")
+        if (self.min_requests < 1 or not 0 <= self.max_error_rate < 1 or self.max_p99_increase < 0
+                or self.p99_slack_s < 0):
+            raise ValueError(f"a canary gate needs min_requests >= 1, 0 <= max_error_rate < 1, "
+                             f"max_p99_increase >= 0 and p99_slack_s >= 0, got {self}")
 
     @property
     def error_budget(self) -> int:
@@ -97,8 +101,8 @@ def verdict(gate: CanaryGate, candidate: list[dict], active: list[dict]) -> tupl
         return None, f"{requests} of {gate.min_requests} requests answered"
     p99 = max((s["p99_s"] for s in candidate if s["p99_s"] is not None), default=None)
     baseline = max((s["p99_s"] for s in active if s["p99_s"] is not None), default=None)
-    if p99 is not None and baseline is not None and p99 > baseline * (1 + gate.max_p99_increase):
+    if p99 is not None and baseline is not None and p99 > baseline * (1 + gate.max_p99_increase) + gate.p99_slack_s:
         return "rollback", (f"the candidate's p99 is {p99:.3f} s against the active version's {baseline:.3f} s; "
-                            f"the gate allows +{gate.max_p99_increase:.0%}")
+                            f"the gate allows +{gate.max_p99_increase:.0%} + {gate.p99_slack_s:g} s")
     return "promote", (f"{requests} requests, {failures} failed (budget {gate.error_budget}), p99 "
                        f"{'n/a' if p99 is None else f'{p99:.3f} s'} against {'n/a' if baseline is None else f'{baseline:.3f} s'}")
