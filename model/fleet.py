@@ -30,7 +30,7 @@ def replica_file(root: Path, replica: str) -> Path:
 def write_heartbeat(root: Path, beat: dict) -> None:
     """Replaces ``beat["replica"]``'s heartbeat with ``beat`` plus ``reported_at`` (Unix seconds)."""
     path = replica_file(root, beat["replica"])
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(exist_ok=True)  # never the registry itself: a server must not recreate a removed registry
     part = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
     part.write_text(json.dumps({**beat, "reported_at": time.time()}, indent=1), encoding="utf-8")
     os.replace(part, path)
