@@ -8,7 +8,9 @@ left at 2 s) and Debian's nginx in front (deploy/nginx/local.py), then:
   the balancer (REST), and the same for gRPC Recognize; p50 / p99 of each and the difference;
 * rollout: ``asr models activate MODEL@TO`` while ``--clients`` keep posting clips through the
   balancer; when each replica switched (polled on its /health/ready every 50 ms), and every
-  response's status and version.
+  response's status and version;
+* scale-down: SIGTERM to one replica while ``--clients`` (half REST, half gRPC) keep sending through
+  the balancer; how long it drained and every outcome.
 
 Throughput cannot scale on a 2-core machine (every replica shares the same two cores); this
 measures the balancer's cost and the rollout, not capacity.
@@ -132,6 +134,53 @@ async def rollout(args, registry: Path, replicas: list[dict], balancer: dict, pa
             "versions": versions}
 
 
+async def scale_down(args, replicas: list[dict], balancer: dict, payloads: list[bytes], pcm: list[bytes]) -> dict:
+    """SIGTERM the last replica (what `--scale asr=N-1` does) while clients post through the balancer, half of them
+    over REST and half over gRPC: how long its drain took and every outcome."""
+    from service.asr_pb import asr_pb2, asr_pb2_grpc
+
+    outcomes: list[tuple[float, str, str]] = []
+    stop = asyncio.Event()
+    config = asr_pb2.RecognitionConfig(encoding=asr_pb2.LINEAR_PCM, sample_rate_hertz=16_000)
+
+    async def rest_client(index: int) -> None:
+        async with httpx.AsyncClient(timeout=120) as http:
+            i = index
+            while not stop.is_set():
+                r = await http.post(f"http://127.0.0.1:{balancer['http_port']}/transcribe",
+                                    content=payloads[i % len(payloads)], headers={"Content-Type": "audio/wav"})
+                outcomes.append((time.monotonic(), "rest", str(r.status_code)))
+                i += args.clients
+
+    async def grpc_client(index: int) -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{balancer['grpc_port']}") as channel:
+            stub, i = asr_pb2_grpc.SpeechRecognitionStub(channel), index
+            while not stop.is_set():
+                try:
+                    await stub.Recognize(asr_pb2.RecognizeRequest(config=config, audio=pcm[i % len(pcm)]), timeout=120)
+                    outcomes.append((time.monotonic(), "grpc", "OK"))
+                except grpc.aio.AioRpcError as e:
+                    outcomes.append((time.monotonic(), "grpc", e.code().name))
+                i += args.clients
+
+    clients = [asyncio.ensure_future((rest_client if i % 2 == 0 else grpc_client)(i)) for i in range(args.clients)]
+    await asyncio.sleep(5)
+    leaving = replicas[-1]
+    sigterm = time.monotonic()
+    leaving["proc"].send_signal(signal.SIGTERM)
+    exit_code = await asyncio.to_thread(leaving["proc"].wait, 120)
+    exited = time.monotonic()
+    await asyncio.sleep(5)
+    stop.set()
+    await asyncio.gather(*clients)
+    counts: dict[str, int] = {}
+    for _, transport, outcome in outcomes:
+        counts[f"{transport} {outcome}"] = counts.get(f"{transport} {outcome}", 0) + 1
+    return {"replica": leaving["id"], "drain_s": round(exited - sigterm, 2), "exit_code": exit_code,
+            "requests": len(outcomes), "during_drain": sum(sigterm <= t <= exited for t, _, _ in outcomes),
+            "outcomes": counts}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registry", type=Path, default=REPO / "registry")
@@ -171,12 +220,15 @@ def main() -> None:
             print(json.dumps(report["latency"]), flush=True)
             report["rollout"] = asyncio.run(rollout(args, registry, replicas, balancer, payloads))
             print(json.dumps(report["rollout"]), flush=True)
+            report["scale_down"] = asyncio.run(scale_down(args, replicas, balancer, payloads, pcm))
+            print(json.dumps(report["scale_down"]), flush=True)
         finally:
             if nginx is not None:
                 nginx.send_signal(signal.SIGQUIT)
                 nginx.wait(30)
             for r in replicas:
-                r["proc"].send_signal(signal.SIGTERM)
+                if r["proc"].poll() is None:
+                    r["proc"].send_signal(signal.SIGTERM)
             for r in replicas:
                 r["proc"].wait(60)
     text = json.dumps(report, indent=2)

@@ -108,8 +108,9 @@ def cmd_models_canary(args) -> int:
 def _start_canary(registry, candidate, args) -> dict:
     """Decodes ``args.gate`` with the active version and ``candidate``; refuses a worse one, else records the canary.
 
-    ``args`` holds ``traffic``, ``gate``, ``max_wer_increase``, ``min_requests``, ``max_error_rate``
-    and ``max_p99_increase`` (``asr models canary``'s options, which ``asr train --canary`` shares).
+    ``args`` holds ``traffic``, ``gate``, ``max_wer_increase``, ``min_requests``, ``max_error_rate``,
+    ``max_p99_increase`` and ``promote_after_minutes`` (``asr models canary``'s options, which
+    ``asr train --canary`` shares).
     """
     import argparse
 
@@ -125,7 +126,7 @@ def _start_canary(registry, candidate, args) -> dict:
         raise UsageError(f"--traffic must be a percentage in (0, 100], got {args.traffic}")
     try:
         gate = CanaryGate(min_requests=args.min_requests, max_error_rate=args.max_error_rate,
-                          max_p99_increase=args.max_p99_increase)
+                          max_p99_increase=args.max_p99_increase, promote_after_minutes=args.promote_after_minutes)
     except ValueError as e:
         raise UsageError(str(e)) from None
     options = argparse.Namespace(decoder="greedy", batch_size=8, json=False, lm=None, alpha=None, beta=None)

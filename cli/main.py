@@ -64,6 +64,9 @@ def _add_canary_gate_args(parser: argparse.ArgumentParser, required: bool) -> No
                         help="failures per request it may have; its budget is this times --min-requests (0.01)")
     parser.add_argument("--max-p99-increase", type=float, default=0.5,
                         help="how far its p99 latency may exceed the active version's, as a fraction (0.5)")
+    parser.add_argument("--promote-after-minutes", type=float, default=None, metavar="MINUTES",
+                        help="for low traffic: judge it this long after it started even short of --min-requests "
+                             "(its failures within --max-error-rate of what it answered); default: wait")
 
 
 def build_parser() -> argparse.ArgumentParser:

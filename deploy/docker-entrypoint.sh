@@ -6,6 +6,8 @@
 # or a Kubernetes volume does not, so copy every shipped version the registry lacks, the way
 # scripts/setup.sh's step_seed_registry does: to a temporary name, then rename, so a server
 # reading the same volume never sees half a version. Existing versions are never touched.
+# Pods of one Deployment start together on one shared volume: each copies to a name of its own
+# and renames with `mv -T`, which fails, rather than nesting, when another pod's copy won.
 set -euo pipefail
 
 STARTER="${ASR_STARTER_REGISTRY:-/app/starter/registry}"
@@ -14,17 +16,21 @@ TARGET="${ASR_REGISTRY:-/data/registry}"
 seed() {
   [[ -d "$STARTER" ]] || return 0
   mkdir -p "$TARGET/.tmp" 2>/dev/null || { echo "[entrypoint] $TARGET is not writable; not seeding" >&2; return 0; }
-  local src name version
+  local src name version tmp
   for src in "$STARTER"/*/*/; do
     [[ -f "$src/metadata.json" ]] || continue
     version="$(basename "$src")"
     name="$(basename "$(dirname "$src")")"
     [[ -e "$TARGET/$name/$version" ]] && continue
     mkdir -p "$TARGET/$name"
-    rm -rf "$TARGET/.tmp/seed-$name-$version"
-    cp -r "$src" "$TARGET/.tmp/seed-$name-$version"
-    mv "$TARGET/.tmp/seed-$name-$version" "$TARGET/$name/$version"
-    echo "[entrypoint] seeded $name@$version into $TARGET"
+    tmp="$TARGET/.tmp/seed-$name-$version-${HOSTNAME:-host}-$$"
+    rm -rf "$tmp"
+    cp -r "$src" "$tmp"
+    if mv -T "$tmp" "$TARGET/$name/$version" 2>/dev/null; then
+      echo "[entrypoint] seeded $name@$version into $TARGET"
+    else
+      rm -rf "$tmp"  # another replica seeded it first
+    fi
   done
 }
 

@@ -38,18 +38,23 @@ class CanaryGate:
         max_p99_increase: its p99 latency may exceed the active version's by this fraction (0.5: 50 %)...
         p99_slack_s: ...plus this many seconds, so that tens of ms of scheduling noise on a busy host
             do not fail a version whose requests take tens of ms.
+        promote_after_minutes: where traffic is low, promote this long after the canary started even short of
+            ``min_requests``, if the candidate has answered at least one request, failed at most
+            ``max_error_rate`` of them and meets the latency rule; None waits for ``min_requests``.
     """
 
     min_requests: int = 200
     max_error_rate: float = 0.01
     max_p99_increase: float = 0.5
     p99_slack_s: float = 0.05
+    promote_after_minutes: float | None = None
 
     def __post_init__(self) -> None:
+        timed = self.promote_after_minutes
         if (self.min_requests < 1 or not 0 <= self.max_error_rate < 1 or self.max_p99_increase < 0
-                or self.p99_slack_s < 0):
+                or self.p99_slack_s < 0 or (timed is not None and timed <= 0)):
             raise ValueError(f"a canary gate needs min_requests >= 1, 0 <= max_error_rate < 1, "
-                             f"max_p99_increase >= 0 and p99_slack_s >= 0, got {self}")
+                             f"max_p99_increase >= 0, p99_slack_s >= 0 and promote_after_minutes > 0, got {self}")
 
     @property
     def error_budget(self) -> int:
@@ -86,8 +91,12 @@ class VersionStats:
         return {"requests": self.requests, "failures": self.failures, "p99_s": p99}
 
 
-def verdict(gate: CanaryGate, candidate: list[dict], active: list[dict]) -> tuple[str | None, str]:
+def verdict(gate: CanaryGate, candidate: list[dict], active: list[dict], elapsed_s: float = 0.0
+            ) -> tuple[str | None, str]:
     """The fleet's decision from every live replica's summaries of the candidate and of the active version.
+
+    Args:
+        elapsed_s: how long the canary has run (for ``gate.promote_after_minutes``).
 
     Returns:
         ("promote" | "rollback" | None, why); None while the candidate has not yet answered enough.
@@ -97,12 +106,20 @@ def verdict(gate: CanaryGate, candidate: list[dict], active: list[dict]) -> tupl
     if failures > gate.error_budget:
         return "rollback", (f"the candidate failed {failures} of {requests} requests; the gate allows "
                             f"{gate.error_budget} ({gate.max_error_rate:.1%} of {gate.min_requests})")
-    if requests < gate.min_requests:
+    timed_out = gate.promote_after_minutes is not None and elapsed_s >= gate.promote_after_minutes * 60
+    if requests < gate.min_requests and not timed_out:
         return None, f"{requests} of {gate.min_requests} requests answered"
+    if requests == 0:  # only when timed out: nothing to judge it by
+        return "rollback", f"the candidate answered no request in {gate.promote_after_minutes:g} minutes"
+    if requests < gate.min_requests and failures > gate.max_error_rate * requests:
+        return "rollback", (f"after {gate.promote_after_minutes:g} minutes the candidate failed {failures} of "
+                            f"{requests} requests; the gate allows {gate.max_error_rate:.1%} of them")
     p99 = max((s["p99_s"] for s in candidate if s["p99_s"] is not None), default=None)
     baseline = max((s["p99_s"] for s in active if s["p99_s"] is not None), default=None)
     if p99 is not None and baseline is not None and p99 > baseline * (1 + gate.max_p99_increase) + gate.p99_slack_s:
         return "rollback", (f"the candidate's p99 is {p99:.3f} s against the active version's {baseline:.3f} s; "
                             f"the gate allows +{gate.max_p99_increase:.0%} + {gate.p99_slack_s:g} s")
-    return "promote", (f"{requests} requests, {failures} failed (budget {gate.error_budget}), p99 "
-                       f"{'n/a' if p99 is None else f'{p99:.3f} s'} against {'n/a' if baseline is None else f'{baseline:.3f} s'}")
+    early = f"after {gate.promote_after_minutes:g} minutes, " if requests < gate.min_requests else ""
+    said = {key: "n/a" if value is None else f"{value:.3f} s" for key, value in (("p99", p99), ("base", baseline))}
+    return "promote", (f"{early}{requests} requests, {failures} failed (budget {gate.error_budget}), p99 "
+                       f"{said['p99']} against {said['base']}")

@@ -283,16 +283,10 @@ class Engine:
             kind = _LONG if len(windows) > 1 else _SHORT
             job = admit_long(duration_s, model.worker.rate, deadline - time.monotonic(),
                              self._long_jobs) if kind == _LONG else None
-            try:
-                with self._long_job(job), self.budget.reserve(self._held_s(req.audio, duration_s), "request"):
-                    alternatives, queue_s, inference_s, decode_s = await self._transcribe_windows(
-                        model, req.audio, windows, deadline, kind, plan, job)
-            except Exception as exc:
-                # The version's fault: its internal errors and missed deadlines, not a client's mistakes.
-                failed = isinstance(exc, DeadlineExceededError) or not isinstance(exc, RequestError)
-                self.replica.observe(model, time.monotonic() - started, failed)
-                raise
-            self.replica.observe(model, time.monotonic() - started, failed=False)
+            with self._judged(model, started), self._long_job(job), \
+                    self.budget.reserve(self._held_s(req.audio, duration_s), "request"):
+                alternatives, queue_s, inference_s, decode_s = await self._transcribe_windows(
+                    model, req.audio, windows, deadline, kind, plan, job)
         self.metrics.audio_seconds.inc(duration_s)
         self.metrics.real_time_factor.observe((inference_s + decode_s) / duration_s)
         best = alternatives[0]
@@ -323,6 +317,18 @@ class Engine:
         alternatives = await self._before(deadline, loop.run_in_executor(pool, decode.finish))
         return alternatives, queue_s, inference_s, decode_s + time.monotonic() - finish_started
 
+    @contextlib.contextmanager
+    def _judged(self, model: LoadedModel, started: float):
+        """Counts a call on ``model`` for the canary gate; failed if it was the version's fault (its internal
+        errors and missed deadlines), not the client's (bad input, a full queue)."""
+        try:
+            yield
+        except Exception as exc:
+            failed = isinstance(exc, DeadlineExceededError) or not isinstance(exc, RequestError)
+            self.replica.observe(model, time.monotonic() - started, failed)
+            raise
+        self.replica.observe(model, time.monotonic() - started, failed=False)
+
     async def log_probs(self, audio: np.ndarray, model: str | None, *, deadline_s: float | None = None,
                         api: str = "grpc") -> LogProbsResult:
         """Acoustic model only, batched like ``transcribe``; for streaming and custom decoders.
@@ -348,7 +354,8 @@ class Engine:
             async def collect(window: AudioWindow, frames: np.ndarray) -> None:
                 parts.append(frames)
 
-            await self._run_windows(loaded, audio, self._windows(loaded, audio), deadline, _SHORT, collect)
+            with self._judged(loaded, started):  # a stream's steps count for the canary gate as requests do
+                await self._run_windows(loaded, audio, self._windows(loaded, audio), deadline, _SHORT, collect)
         log_probs = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         return LogProbsResult(log_probs, loaded.frame_duration_s, loaded.labels, loaded.name, loaded.version)
 
@@ -413,13 +420,18 @@ class Engine:
                                        f"{self.config.max_audio_duration_s:.0f} s")
 
     @contextlib.asynccontextmanager
-    async def admit(self):
+    async def admit(self, *, refuse_if_draining: bool = True):
         """A request's whole life, from its first byte: refused while draining, counted in flight until it ends.
+
+        ``refuse_if_draining=False`` is for a transport that stops taking calls itself when the drain begins (gRPC
+        sends GOAWAY and refuses new streams, which clients and balancers retry elsewhere): a call it already took
+        is served, since an UNAVAILABLE status sent from inside the call comes after its request was consumed, and
+        a balancer cannot send that request to another replica.
 
         Raises:
             ServiceUnavailableError: the server is draining (503 / UNAVAILABLE).
         """
-        if self._draining:
+        if self._draining and refuse_if_draining:
             raise ServiceUnavailableError("server is shutting down; retry on another instance")
         self._in_flight += 1
         self._idle.clear()

@@ -78,7 +78,7 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
 
     async def Recognize(self, request: asr_pb2.RecognizeRequest, context: grpc.aio.ServicerContext
                         ) -> asr_pb2.RecognizeResponse:
-        async with self._rpc_status(context, "grpc"), self.engine.admit():
+        async with self._rpc_status(context, "grpc"), self.engine.admit(refuse_if_draining=False):
             config = request.config
             name, version, model_rate = self.engine.resolve_model(config.model or None,
                                                                   request.request_id or _request_id(context))
@@ -100,7 +100,8 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
     async def StreamingRecognize(self, request_iterator: AsyncIterator[asr_pb2.StreamingRecognizeRequest],
                                  context: grpc.aio.ServicerContext
                                  ) -> AsyncIterator[asr_pb2.StreamingRecognizeResponse]:
-        async with self._rpc_status(context, "grpc_stream", request_iterator), self.engine.admit():
+        async with (self._rpc_status(context, "grpc_stream", request_iterator),
+                    self.engine.admit(refuse_if_draining=False)):
             first = await anext(aiter(request_iterator), None)
             if first is None or first.WhichOneof("streaming_request") != "streaming_config":
                 got = "an empty stream" if first is None else "audio_content"

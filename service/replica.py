@@ -104,7 +104,8 @@ class Replica:
             self.canary = {**canary, "name": name}
             self._canary_stats = {self.engine.slot.active.version: VersionStats(), canary["version"]: VersionStats()}
             log.info("canary %s@%s takes %s %% of the requests", name, canary["version"], canary["traffic_percent"])
-        decision, why = verdict(CanaryGate(**canary["gate"]), *self._canary_summaries(canary))
+        decision, why = verdict(CanaryGate(**canary["gate"]), *self._canary_summaries(canary),
+                                elapsed_s=time.time() - canary["started_at"])  # started_at: the registry's wall clock
         if decision is not None:
             await self._end_canary(name, canary, promote=decision == "promote", why=why)
 

@@ -144,3 +144,21 @@ def test_entrypoint_seeds_missing_versions_and_runs_the_command(tmp_path):
     assert (registry / "an4-lm" / "1" / "metadata.json").is_file()
     assert json.loads((registry / "an4-quartznet" / "1" / "metadata.json").read_text()) == {"kept": True}
     assert not list((registry / ".tmp").iterdir())
+
+
+def test_replicas_starting_together_on_one_volume_seed_each_version_once_and_whole(tmp_path):
+    """Pods of a Deployment run the entrypoint at once on one ReadWriteMany volume: no nested or partial copies."""
+    starter, registry = tmp_path / "starter", tmp_path / "registry"
+    version = starter / "an4-quartznet" / "1"
+    version.mkdir(parents=True)
+    (version / "metadata.json").write_text(json.dumps({"name": "an4-quartznet"}))
+    (version / "model.safetensors").write_bytes(os.urandom(4 << 20))  # a copy that takes a moment
+    env = dict(os.environ, ASR_STARTER_REGISTRY=str(starter), ASR_REGISTRY=str(registry))
+    entrypoint = str(REPO / "deploy" / "docker-entrypoint.sh")
+    runs = [subprocess.Popen([entrypoint, "true"], env=env, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    for run in runs:
+        assert run.wait(60) == 0, run.stderr.read()
+    seeded = registry / "an4-quartznet" / "1"
+    assert sorted(p.name for p in seeded.iterdir()) == ["metadata.json", "model.safetensors"]
+    assert (seeded / "model.safetensors").read_bytes() == (version / "model.safetensors").read_bytes()
+    assert not list((registry / ".tmp").iterdir())

@@ -268,3 +268,43 @@ def test_a_fleet_behind_the_balancer_rolls_out_refuses_a_corrupt_version_and_sur
             balancer.stop()
         for replica in replicas:
             replica.stop()
+
+
+def test_scaling_down_drains_a_replica_behind_the_balancer_without_failing_a_request(tmp_path):
+    """`docker compose up --scale asr=2` (or a Deployment losing a pod) sends SIGTERM: the replica finishes what it
+    has, the balancer sends everything new to the others, and no client sees an error."""
+    registry = tmp_path / "registry"
+    publish_tiny_model(registry, "tiny", seed=0)
+    replicas = [Replica(i, registry, tmp_path) for i in range(3)]
+    balancer = None
+    try:
+        _wait_for(lambda: all(r.version() == 1 for r in replicas), "three replicas serving tiny@1")
+        balancer = Balancer(replicas, tmp_path)
+        clips = [decode_audio(path, 16_000).samples[:32_000] for path, _ in an4_test_set(limit=8)]
+        timeline: dict[str, float] = {}
+
+        async def scenario() -> Load:
+            load = Load(balancer, clips)
+            running = asyncio.ensure_future(load.run())
+            await asyncio.sleep(3)
+            timeline["sigterm"] = time.monotonic()
+            replicas[2].proc.send_signal(signal.SIGTERM)
+            timeline["exit_code"] = await asyncio.to_thread(replicas[2].proc.wait, 30)
+            timeline["exited"] = time.monotonic()
+            await asyncio.sleep(3)
+            load.stop.set()
+            await running
+            return load
+
+        load = asyncio.run(scenario())
+        during = [o for o in load.outcomes if timeline["sigterm"] <= o[0] <= timeline["exited"]]
+        print(f"drained in {timeline['exited'] - timeline['sigterm']:.2f} s; {len(during)} requests answered "
+              f"meanwhile; {len(load.outcomes)} in all; failures {[(o[1], o[2][:160]) for o in _failures(load)]}")
+        assert timeline["exit_code"] == 0
+        assert len(load.outcomes) >= 100 and not _failures(load), _failures(load)
+        assert all(r.proc.poll() is None for r in replicas[:2])
+    finally:
+        if balancer is not None:
+            balancer.stop()
+        for replica in replicas:
+            replica.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime
 
 import numpy as np
 import pytest
@@ -41,6 +42,12 @@ async def _ask(engine: Engine, request_id: str, audio: np.ndarray):
     return await engine.transcribe(TranscriptionRequest(audio=audio, model=f"{name}@{version}"))
 
 
+async def _ask_as_a_stream_step(engine: Engine, request_id: str, audio: np.ndarray):
+    """What a gRPC or WebSocket stream asks of the engine at each step (service.streaming)."""
+    name, version, _ = engine.resolve_model(None, request_id)
+    return await engine.log_probs(audio, f"{name}@{version}")
+
+
 def _clip(i: int) -> np.ndarray:
     return (0.1 * np.random.default_rng(i).standard_normal(8_000)).astype(np.float32)
 
@@ -62,6 +69,17 @@ def test_the_verdict_follows_the_gate() -> None:
     assert verdict(gate, [summary(60, 2, 0.1), summary(40, 0, 0.12)], [summary(300, 0, 0.1)])[0] == "promote"
     assert verdict(gate, [summary(100, 0, 0.16)], [summary(300, 0, 0.1)])[0] == "promote"  # +60 % < +50 % + 50 ms
     assert verdict(gate, [summary(100, 0, 0.21)], [summary(300, 0, 0.1)])[0] == "rollback"  # 0.21 > 0.15 + 0.05
+    # Low traffic: judged after promote_after_minutes on what it answered, at the rate, not the budget.
+    timed = CanaryGate(min_requests=100, max_error_rate=0.05, promote_after_minutes=10)
+    assert verdict(timed, [summary(30, 1, 0.1)], [summary(90, 0, 0.1)], elapsed_s=599)[0] is None
+    assert verdict(timed, [summary(30, 1, 0.1)], [summary(90, 0, 0.1)], elapsed_s=600)[0] == "promote"  # 1 <= 1.5
+    assert verdict(timed, [summary(30, 2, 0.1)], [summary(90, 0, 0.1)], elapsed_s=600)[0] == "rollback"  # 2 > 1.5
+    assert verdict(timed, [summary(30, 0, 0.3)], [summary(90, 0, 0.1)], elapsed_s=600)[0] == "rollback"  # latency
+    assert verdict(timed, [summary(0, 0, None)], [summary(90, 0, 0.1)], elapsed_s=600) == (
+        "rollback", "the candidate answered no request in 10 minutes")
+    assert verdict(gate, [summary(30, 0, 0.1)], [], elapsed_s=10 ** 6)[0] is None  # without it: waits for 100
+    with pytest.raises(ValueError):
+        CanaryGate(promote_after_minutes=0)
     stats = VersionStats()
     for i in range(200):
         stats.observe(i / 100, failed=i % 50 == 0)
@@ -95,7 +113,29 @@ async def test_a_good_candidate_gets_its_share_and_is_promoted_on_every_replica(
             await replica.drain_and_stop(5)
 
 
-async def test_a_candidate_that_fails_requests_is_rolled_back_within_its_error_budget(registry, monkeypatch) -> None:
+async def test_a_low_traffic_candidate_is_promoted_after_its_minutes(registry) -> None:
+    replicas = await _replicas(registry)
+    try:
+        gate = CanaryGate(min_requests=1000, max_error_rate=0.1, max_p99_increase=100, promote_after_minutes=0.05)
+        registry.record_canary("tiny", 2, traffic_percent=50, gate=gate.to_dict())
+        await _until(lambda: all(r.replica.canary is not None for r in replicas), "both replicas to follow the canary")
+        answered = [(await _ask(replicas[i % 2], f"req-{i}", _clip(i))).model_version for i in range(20)]
+        assert 2 in answered
+        await _until(lambda: registry.serving_state("tiny")["canary"] is None, "the canary's 3 s to pass")
+        state = registry.serving_state("tiny")
+        started, promoted = state["history"][-2:]
+        assert state["active"] == 2 and promoted["action"] == "promote", promoted
+        assert promoted["reason"].startswith("after 0.05 minutes, "), promoted["reason"]
+        ran_s = (datetime.fromisoformat(promoted["at"]) - datetime.fromisoformat(started["at"])).total_seconds()
+        assert ran_s >= 3 - 0.001, ran_s  # the history's times are rounded to the millisecond
+    finally:
+        for replica in replicas:
+            await replica.drain_and_stop(5)
+
+
+@pytest.mark.parametrize("ask", [_ask, _ask_as_a_stream_step], ids=["requests", "streams"])
+async def test_a_candidate_that_fails_requests_is_rolled_back_within_its_error_budget(registry, monkeypatch,
+                                                                                      ask) -> None:
     replicas = await _replicas(registry)
     original = InferenceWorker.__call__
 
@@ -118,7 +158,7 @@ async def test_a_candidate_that_fails_requests_is_rolled_back_within_its_error_b
             if registry.serving_state("tiny")["canary"] is None:
                 break
             try:
-                await _ask(replicas[i % 2], f"req-{i}", _clip(i))
+                await ask(replicas[i % 2], f"req-{i}", _clip(i))
             except RuntimeError:
                 failures += 1
             requests += 1
@@ -173,6 +213,7 @@ def test_the_offline_gate_refuses_a_worse_candidate_with_both_wers(registry, tmp
     assert starter.serving_state("an4-quartznet")["canary"] is None
     assert starter.serving_state("an4-quartznet")["history"][-1]["action"] == "canary_refused", line
     accepted = asr_in_process("--registry", root, "models", "canary", "an4-quartznet@2", "--traffic", "10", "--gate",
-                              manifest, "--max-wer-increase", "100")
+                              manifest, "--max-wer-increase", "100", "--promote-after-minutes", "30")
     assert accepted.returncode == 0, accepted.stderr
-    assert starter.serving_state("an4-quartznet")["canary"]["traffic_percent"] == 10.0
+    canary = starter.serving_state("an4-quartznet")["canary"]
+    assert canary["traffic_percent"] == 10.0 and canary["gate"]["promote_after_minutes"] == 30

@@ -75,6 +75,12 @@ def test_health_reflection_and_list_models(tiny_registry):
         engine.begin_drain()  # what service/server.py does first on SIGTERM
         reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # A call the gRPC server still takes is served: it stops taking calls itself (GOAWAY) right after, and an
+        # UNAVAILABLE from inside a call could not be retried elsewhere by a balancer (its request is consumed).
+        response = await stub.Recognize(asr_pb2.RecognizeRequest(
+            config=asr_pb2.RecognitionConfig(encoding=asr_pb2.LINEAR_PCM, sample_rate_hertz=16_000),
+            audio=b"\0\0" * 16_000))
+        assert response.model.version == 1
     _call(tiny_registry, body)
 
 
