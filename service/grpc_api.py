@@ -33,6 +33,7 @@ from service.errors import ClientGoneError, public_message
 from service.model_slot import ModelLoadError
 from service.streaming import (MAX_STREAM_BACKLOG_S, StreamingOptions, StreamingSession, StreamResult,
                                pcm16_to_float32)
+from service.wav_stream import WavFormat, peel_wav_header
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +110,17 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
             stream_config = first.streaming_config
             name, version, model_rate = self.engine.resolve_model(stream_config.config.model or None,
                                                                   _request_id(context))
+            options = _streaming_options(stream_config)
             rate, channels = _stream_format(stream_config.config)
-            session = StreamingSession(self.engine, f"{name}@{version}", model_rate, rate,
-                                       _streaming_options(stream_config), deadline_s=_deadline(context))
+            # Riva's sample apps stream a .wav file's bytes, header included, with the format unset.
+            wav, audio_messages = await peel_wav_header(aiter(request_iterator), self._next_message)
+            rate, channels = _stream_rate(wav, rate, channels)
+            session = StreamingSession(self.engine, f"{name}@{version}", model_rate, rate, options,
+                                       deadline_s=_deadline(context))
             model_ref = asr_pb2.ModelRef(name=name, version=version)
             self.metrics.active_streams.inc()
-            reader = _AudioReader(request_iterator, session, channels, self.config,
-                                  self.engine.budget.reserve(0.0, "stream"))
+            reader = _AudioReader(audio_messages, session, channels, self.config,
+                                  self.engine.budget.reserve(0.0, "stream"), self._next_message)
             try:
                 async for results in reader.drive():
                     yield _streaming_response(results, model_ref)
@@ -144,6 +149,17 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
             return response
 
     # ---- helpers ------------------------------------------------------------------------
+
+    async def _next_message(self, messages: AsyncIterator):
+        """A stream's next message, None at its end; IdleTimeoutError after ``stream_idle_timeout_s`` of silence."""
+        try:
+            async with asyncio.timeout(self.config.stream_idle_timeout_s):
+                return await anext(messages)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            raise IdleTimeoutError(f"no audio for {self.config.stream_idle_timeout_s:g} s; the stream was closed "
+                                   "(send audio in real time, or half-close when done)") from None
 
     @contextlib.asynccontextmanager
     async def _rpc_status(self, context: grpc.aio.ServicerContext, api: str, requests: AsyncIterator | None = None):
@@ -228,8 +244,9 @@ class _AudioReader:
     """
 
     def __init__(self, requests: AsyncIterator, session: StreamingSession, channels: int, config,
-                 reservation: Reservation) -> None:
+                 reservation: Reservation, next_message) -> None:
         self.requests = requests
+        self.next_message = next_message
         self.session = session
         self.channels = channels
         self.config = config
@@ -269,15 +286,7 @@ class _AudioReader:
     async def _read(self) -> None:
         try:
             messages = aiter(self.requests)
-            while True:
-                try:
-                    async with asyncio.timeout(self.config.stream_idle_timeout_s):
-                        message = await anext(messages)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise IdleTimeoutError(f"no audio for {self.config.stream_idle_timeout_s:g} s; the stream "
-                                           "was closed (send audio in real time, or half-close when done)") from None
+            while (message := await self.next_message(messages)) is not None:
                 if message.WhichOneof("streaming_request") != "audio_content":
                     raise RequestError("streaming_config may only be sent once, as the first message")
                 self._add(message.audio_content)
@@ -358,9 +367,25 @@ def _stream_format(config: asr_pb2.RecognitionConfig) -> tuple[int, int]:
                            f"{asr_pb2.AudioEncoding.Name(config.encoding)}")
     linear = asr_pb2.RecognitionConfig()
     linear.CopyFrom(config)
-    if config.encoding == asr_pb2.ENCODING_UNSPECIFIED:
-        linear.encoding = asr_pb2.LINEAR_PCM  # a stream is raw PCM either way
+    # A stream is raw PCM either way; without a rate, a WAV header at its start must say it (_stream_rate).
+    linear.encoding = asr_pb2.LINEAR_PCM if config.sample_rate_hertz else asr_pb2.ENCODING_UNSPECIFIED
     return _pcm_format(linear)
+
+
+def _stream_rate(wav: WavFormat | None, rate: int, channels: int) -> tuple[int, int]:
+    """A stream's (rate, channels): its WAV header's, which must agree with what the config states, else the config's."""
+    if wav is None:
+        if rate == 0:
+            raise RequestError("sample_rate_hertz is required for LINEAR_PCM audio (or stream a WAV file's bytes, "
+                               "header first)")
+        return rate, channels
+    if rate and rate != wav.sample_rate:
+        raise RequestError(f"the stream's WAV header says {wav.sample_rate} Hz, its config {rate} Hz")
+    if channels > 1 and channels != wav.channels:
+        raise RequestError(f"the stream's WAV header says {wav.channels} channel(s), its config {channels}")
+    if wav.channels > MAX_PCM_CHANNELS:
+        raise RequestError(f"the stream's WAV file has {wav.channels} channels; at most {MAX_PCM_CHANNELS}")
+    return _check_rate(wav.sample_rate), wav.channels
 
 
 def _streaming_options(stream_config: asr_pb2.StreamingRecognitionConfig) -> StreamingOptions:

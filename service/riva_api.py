@@ -9,7 +9,10 @@ Mapping (RecognitionConfig):
 
 * ``encoding``: LINEAR_PCM (with ``sample_rate_hertz`` and ``audio_channel_count``), FLAC, or
   unset for any container our decoder reads (WAV, FLAC, OGG, MP3); MULAW, ALAW and OGGOPUS are
-  refused with INVALID_ARGUMENT.
+  refused with INVALID_ARGUMENT. A stream is 16-bit PCM: at the stated rate, or, with the rate
+  unset, a WAV file's bytes whose header states it (service.wav_stream), as Riva's sample apps send.
+* ``GetRivaSpeechRecognitionConfig`` lists every version twice, ``type`` "offline" and "online",
+  as Riva lists a pipeline per mode and its sample apps keep one of them.
 * ``model``, ``max_alternatives``, ``enable_word_time_offsets`` (word times in milliseconds, as
   Riva gives them), ``speech_contexts`` (phrases and boost become hotwords, which use the beam
   decoder), ``endpointing_config.stop_history`` (ms of silence that ends an utterance).
@@ -76,11 +79,11 @@ class RivaSpeechRecognitionServicer(riva_asr_pb2_grpc.RivaSpeechRecognitionServi
 
         # A translation error surfaces inside asr.v1's stream, which reports it as INVALID_ARGUMENT.
         async for response in self.asr.StreamingRecognize(translated(), context):
-            yield riva_asr_pb2.StreamingRecognizeResponse(results=[
-                riva_asr_pb2.StreamingRecognitionResult(
-                    alternatives=_alternatives(r.alternatives), is_final=r.is_final, stability=r.stability,
-                    channel_tag=r.channel_tag or 1, audio_processed=r.audio_processed)
-                for r in response.results], id=request_id)
+            results = [riva_asr_pb2.StreamingRecognitionResult(
+                alternatives=_alternatives(r.alternatives), is_final=r.is_final, stability=r.stability,
+                channel_tag=r.channel_tag or 1, audio_processed=r.audio_processed) for r in response.results]
+            _space_interim_pieces(results)
+            yield riva_asr_pb2.StreamingRecognizeResponse(results=results, id=request_id)
 
     async def GetRivaSpeechRecognitionConfig(self, request: riva_asr_pb2.RivaSpeechRecognitionConfigRequest,
                                              context: grpc.aio.ServicerContext
@@ -91,11 +94,15 @@ class RivaSpeechRecognitionServicer(riva_asr_pb2_grpc.RivaSpeechRecognitionServi
             spec = f"{model.name}@{model.version}"
             if request.model_name and request.model_name not in (model.name, spec):
                 continue
-            entry = response.model_config.add()
-            entry.model_name = spec
-            entry.parameters.update({"language_code": "en-US", "sample_rate": str(model.sample_rate_hertz),
-                                     "type": "offline,streaming", "default": str(model.is_default).lower(),
-                                     **{k: v for k, v in model.parameters.items() if k in ("card", "frame_duration_s")}})
+            # Riva lists a pipeline per mode, and its sample apps keep the "offline" or the "online" ones;
+            # every version of ours serves both under one name.
+            for kind in ("offline", "online"):
+                entry = response.model_config.add()
+                entry.model_name = spec
+                entry.parameters.update({"language_code": "en-US", "sample_rate": str(model.sample_rate_hertz),
+                                         "type": kind, "default": str(model.is_default).lower(),
+                                         **{k: v for k, v in model.parameters.items()
+                                            if k in ("card", "frame_duration_s")}})
         return response
 
 
@@ -132,14 +139,21 @@ def to_asr_config(config: riva_asr_pb2.RecognitionConfig) -> asr_pb2.Recognition
 
 
 def to_asr_streaming_config(config: riva_asr_pb2.StreamingRecognitionConfig) -> asr_pb2.StreamingRecognitionConfig:
-    inner = to_asr_config(config.config)
-    if inner.encoding == asr_pb2.ENCODING_UNSPECIFIED:
-        inner.encoding = asr_pb2.LINEAR_PCM  # a Riva stream is raw PCM
+    inner = to_asr_config(config.config)  # encoding unset: raw PCM at the stated rate, or a WAV file's bytes
     streaming = asr_pb2.StreamingRecognitionConfig(config=inner, interim_results=config.interim_results)
     stop_history = config.config.endpointing_config.stop_history
     if stop_history > 0:
         streaming.endpointing.silence_ms = stop_history
     return streaming
+
+
+def _space_interim_pieces(results: list[riva_asr_pb2.StreamingRecognitionResult]) -> None:
+    """Riva's clients concatenate a response's interim pieces (the stable words, then the rest) as they are, so
+    each piece but the last ends with a space."""
+    pieces = [r.alternatives[0] for r in results if not r.is_final and r.alternatives and r.alternatives[0].transcript]
+    for piece in pieces[:-1]:
+        if not piece.transcript.endswith(" "):
+            piece.transcript += " "
 
 
 def _number(custom: dict[str, str], key: str, kind: type) -> float | int | None:

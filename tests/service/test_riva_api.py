@@ -174,6 +174,22 @@ def test_get_config_lists_the_models(server):
     from riva.client.proto import riva_asr_pb2
 
     response = _asr(server).stub.GetRivaSpeechRecognitionConfig(riva_asr_pb2.RivaSpeechRecognitionConfigRequest())
-    assert [c.model_name for c in response.model_config] == ["tiny@1", "tiny@2"]
+    assert [(c.model_name, c.parameters["type"]) for c in response.model_config] == [
+        ("tiny@1", "offline"), ("tiny@1", "online"), ("tiny@2", "offline"), ("tiny@2", "online")]
     assert response.model_config[0].parameters["sample_rate"] == "16000"
     assert response.model_config[0].parameters["default"] == "true"
+
+
+def test_interim_pieces_concatenate_with_spaces_as_riva_clients_join_them():
+    from riva.client.proto import riva_asr_pb2
+
+    from service.riva_api import _space_interim_pieces
+
+    def result(text, final=False):
+        return riva_asr_pb2.StreamingRecognitionResult(
+            alternatives=[riva_asr_pb2.SpeechRecognitionAlternative(transcript=text)], is_final=final)
+
+    results = [result("rubout g n e", final=True), result("s three"), result("nine")]
+    _space_interim_pieces(results)
+    assert "".join(r.alternatives[0].transcript for r in results if not r.is_final) == "s three nine"
+    assert results[0].alternatives[0].transcript == "rubout g n e"  # finals are whole results, left as they are

@@ -39,6 +39,12 @@ async def _with_first(first, rest):
         yield message
 
 
+def _tone():
+    import numpy as np
+
+    return (0.1 * np.sin(np.arange(8_000) / 5)).astype("float32")
+
+
 def _pcm(samples) -> bytes:
     return (samples * 32768).round().clip(-32768, 32767).astype("<i2").tobytes()
 
@@ -94,7 +100,54 @@ def test_stream_resamples_8k_pcm(tiny_registry):
     assert results[-1].audio_processed == pytest.approx(len(audio) / 8_000, abs=1e-3)
 
 
+def _wav_bytes(samples, rate: int, subtype: str = "PCM_16", channels: int = 1, metadata: bool = False) -> bytes:
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    data = np.repeat(samples[:, None], channels, axis=1) if channels > 1 else samples
+    with sf.SoundFile(buf, "w", rate, channels, subtype=subtype, format="WAV") as out:
+        if metadata:
+            out.title = "a LIST chunk before the samples"
+        out.write(data)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("rate, channels, metadata", [(16_000, 1, False), (8_000, 2, True)])
+def test_a_wav_files_bytes_stream_with_the_format_unset_like_riva_sample_apps_send_them(tiny_registry, rate, channels,
+                                                                                      metadata):
+    """Header first, split over small messages, then the samples: the same finals as the samples sent as raw PCM."""
+    import soundfile as sf
+
+    audio = decode_audio(an4_test_set(limit=1)[0][0], rate).samples
+    wav = _wav_bytes(audio, rate, channels=channels, metadata=metadata)
+    assert (b"LIST" in wav[:200]) == metadata
+    header_bytes = len(wav) - sf.info(__import__("io").BytesIO(wav)).frames * 2 * channels
+    header, samples = wav[:header_bytes], wav[header_bytes:]
+    unset = _config(rate=0, encoding=asr_pb2.ENCODING_UNSPECIFIED)
+    _, from_wav = _stream(tiny_registry, lambda: _with_first(
+        [unset, *(asr_pb2.StreamingRecognizeRequest(audio_content=header[i:i + 7]) for i in range(0, header_bytes, 7))],
+        _audio_messages(samples)))
+    _, from_pcm = _stream(tiny_registry, lambda: _with_first([_config(rate=rate, audio_channel_count=channels)],
+                                                             _audio_messages(samples)))
+    finals = [[r.alternatives[0].transcript for resp in responses for r in resp.results if r.is_final]
+              for responses in (from_wav, from_pcm)]
+    assert finals[0] == finals[1] and finals[0]
+    last = [r for resp in from_wav for r in resp.results][-1]
+    assert last.audio_processed == pytest.approx(len(audio) / rate, abs=1e-3)  # the header is not heard as audio
+
+
 @pytest.mark.parametrize("messages, fragment", [
+    (lambda: [_config(rate=0, encoding=asr_pb2.ENCODING_UNSPECIFIED),
+              asr_pb2.StreamingRecognizeRequest(audio_content=_wav_bytes(_tone(), 16_000, "PCM_24"))], "16-bit PCM"),
+    (lambda: [_config(rate=8_000), asr_pb2.StreamingRecognizeRequest(audio_content=_wav_bytes(_tone(), 16_000))],
+     "header says 16000 Hz, its config 8000 Hz"),
+    (lambda: [_config(rate=0), asr_pb2.StreamingRecognizeRequest(audio_content=_wav_bytes(_tone(), 16_000)[:30])],
+     "ended inside its WAV header"),
+    (lambda: [_config(rate=0), asr_pb2.StreamingRecognizeRequest(audio_content=b"\0\0" * 800)],
+     "sample_rate_hertz is required"),
     (lambda: [asr_pb2.StreamingRecognizeRequest(audio_content=b"\0\0" * 100)], "first message must carry"),
     (lambda: [_config(), _config()], "only be sent once"),
     (lambda: [], "got an empty stream"),
