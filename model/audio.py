@@ -1,4 +1,5 @@
-"""Audio decoding: any soundfile-readable file or byte string to mono float32 at the model's rate."""
+"""Audio decoding: a file or byte string (libsndfile's formats, and PyAV's: model.audio_container) to mono float32
+at the model's rate."""
 
 from __future__ import annotations
 
@@ -47,8 +48,11 @@ class DecodedAudio:
         return len(self.samples) / self.sample_rate
 
 
-def _read(source: str | os.PathLike | bytes, name: str) -> tuple[np.ndarray, int]:
+def _read(source: str | os.PathLike | bytes, name: str) -> tuple[np.ndarray, int, int]:
+    """(mono float32 samples, rate, channels) of a whole file: libsndfile's formats, else PyAV's."""
     import soundfile as sf  # soundfile loads libsndfile at import; keep it off the model import path
+
+    from model.audio_container import decoded_blocks, read_head, sniff_container
 
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
@@ -63,11 +67,17 @@ def _read(source: str | os.PathLike | bytes, name: str) -> tuple[np.ndarray, int
         if os.path.getsize(path) == 0:
             raise AudioError(f"{name}: empty file (0 bytes)")
         handle = path
+    demuxer = sniff_container(read_head(handle))
+    if demuxer is not None:
+        blocks = list(decoded_blocks(handle, demuxer, name))
+        if not blocks:
+            raise AudioError(f"{name}: audio has zero length (no samples)")
+        return np.concatenate([b for b, _, _ in blocks]), blocks[0][1], blocks[0][2]
     try:
         data, rate = sf.read(handle, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as exc:
         raise unreadable(name, exc) from None
-    return data, int(rate)
+    return (data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]), int(rate), data.shape[1]
 
 
 def unreadable(name: str, exc: BaseException) -> AudioError:
@@ -88,7 +98,8 @@ def decode_audio(
     *,
     name: str | None = None,
 ) -> DecodedAudio:
-    """Decodes wav/flac/ogg/mp3 (anything libsndfile reads), down-mixes and resamples.
+    """Decodes wav/flac/ogg (anything libsndfile reads), and webm, mp4/m4a, aac and mp3 through PyAV
+    (model.audio_container); down-mixes and resamples.
 
     Args:
         source: a file path or the encoded bytes of a file.
@@ -103,18 +114,16 @@ def decode_audio(
             or a sample rate outside [8 kHz, 48 kHz].
     """
     label = name or (os.fspath(source) if not isinstance(source, (bytes, bytearray, memoryview)) else "audio")
-    data, rate = _read(source, label)
+    mono, rate, channels = _read(source, label)
     if rate < MIN_SAMPLE_RATE or rate > MAX_SAMPLE_RATE:
         raise AudioError(
             f"{label}: sample rate {rate} Hz is outside the supported range "
             f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz"
         )
-    if data.shape[0] == 0:
+    if mono.shape[0] == 0:
         raise AudioError(f"{label}: audio has zero length (no samples)")
-    if not np.isfinite(data).all():
+    if not np.isfinite(mono).all():
         raise AudioError(f"{label}: audio contains NaN or infinite samples")
-    channels = data.shape[1]
-    mono = data.mean(axis=1) if channels > 1 else data[:, 0]
     samples = resample(np.ascontiguousarray(mono, dtype=np.float32), rate, target_sample_rate)
     return DecodedAudio(samples, target_sample_rate, rate, channels)
 

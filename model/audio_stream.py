@@ -17,8 +17,10 @@ and a read in progress stops at its next block once ``close`` has been called.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import tempfile
 import threading
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -74,6 +76,34 @@ def probe_audio(source: str | os.PathLike | BinaryIO, name: str = "audio") -> Au
     return info
 
 
+def _transcode(source: str | os.PathLike | BinaryIO, demuxer: str, name: str, max_duration_s: float | None) -> str:
+    """Decodes a container PyAV reads into a temporary mono float WAV at its own rate; returns its path."""
+    import soundfile as sf
+
+    from model.audio_container import decoded_blocks
+
+    fd, path = tempfile.mkstemp(prefix="asr-audio-", suffix=".wav")
+    os.close(fd)
+    writer = None
+    try:
+        for block, rate, _ in decoded_blocks(source, demuxer, name, max_duration_s=max_duration_s):
+            if writer is None:
+                if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+                    raise AudioError(f"{name}: sample rate {rate} Hz is outside the supported range "
+                                     f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
+                writer = sf.SoundFile(path, "w", rate, 1, subtype="FLOAT", format="WAV")
+            writer.write(block)
+        if writer is None:
+            raise AudioError(f"{name}: audio has zero length (no samples)")
+        writer.close()
+        return path
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        os.unlink(path)
+        raise
+
+
 class AudioStreamClosed(Exception):
     """A read after ``AudioStream.close``: the request that owned the stream has ended."""
 
@@ -87,11 +117,26 @@ class AudioStream:
         name: how errors name the input.
     """
 
-    def __init__(self, source: str | os.PathLike | BinaryIO, sample_rate: int, name: str = "audio") -> None:
-        self.info = probe_audio(source, name)
+    def __init__(self, source: str | os.PathLike | BinaryIO, sample_rate: int, name: str = "audio", *,
+                 max_duration_s: float | None = None) -> None:
+        from model.audio_container import read_head, sniff_container
+
+        self._transcoded: str | None = None
+        demuxer = sniff_container(read_head(source))
+        if demuxer is not None:
+            # What libsndfile cannot read is decoded once, in order, into a temporary float WAV (4 bytes a
+            # sample at the file's rate, mono) that is then read like any file; past ``max_duration_s`` it stops,
+            # and the caller's duration check refuses it.
+            self._transcoded = _transcode(source, demuxer, name, max_duration_s)
+            source = self._transcoded
+        try:
+            self.info = probe_audio(source, name)
+            self._handle = _open(source, name)
+        except BaseException:
+            self._remove_transcoded()
+            raise
         self.sample_rate = sample_rate
         self.name = name
-        self._handle = _open(source, name)
         self._lock = threading.Lock()  # held while the handle is used: reads seek, and close must wait
         self._closed = False
         gcd = math.gcd(self.info.sample_rate, sample_rate)
@@ -157,6 +202,13 @@ class AudioStream:
         self._closed = True
         with self._lock:
             self._handle.close()
+            self._remove_transcoded()
+
+    def _remove_transcoded(self) -> None:
+        if self._transcoded is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._transcoded)
+            self._transcoded = None
 
     def __enter__(self) -> "AudioStream":
         return self

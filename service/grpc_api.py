@@ -204,7 +204,7 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
             return resample(pcm16_to_float32(data, channels), rate, model_rate)
         _pcm_format(config)  # the same field checks for every encoding
         try:
-            audio = AudioStream(io.BytesIO(data), model_rate, "audio")
+            audio = AudioStream(io.BytesIO(data), model_rate, "audio", max_duration_s=self.config.max_audio_duration_s)
         except AudioError as e:
             hint = _CONTAINER_HINT if config.encoding == asr_pb2.ENCODING_UNSPECIFIED else ""
             raise AudioError(f"{e}{hint}") from None
@@ -373,7 +373,7 @@ def _stream_format(config: asr_pb2.RecognitionConfig) -> tuple[int, int]:
 
 
 def _stream_rate(wav: WavFormat | None, rate: int, channels: int) -> tuple[int, int]:
-    """A stream's (rate, channels): its WAV header's, which must agree with what the config states, else the config's."""
+    """A stream's (rate, channels): its WAV header's (which must agree with the config's), else the config's."""
     if wav is None:
         if rate == 0:
             raise RequestError("sample_rate_hertz is required for LINEAR_PCM audio (or stream a WAV file's bytes, "

@@ -114,12 +114,14 @@ async def open_audio(engine: Engine, upload: Upload, sample_rate: int) -> AudioS
     """The uploaded file, opened for reading a window at a time at the model's rate (model.audio_stream).
 
     Only the header is read here, so audio over the duration limit is refused before any of it
-    is decoded.
+    is decoded; a container libsndfile cannot read (WebM, MP4/M4A, AAC, MP3) is decoded to a temporary
+    file first, and no further than the limit.
 
     Raises:
         AudioError (400), PayloadTooLargeError (413, too long).
     """
-    audio = await asyncio.to_thread(AudioStream, upload.file, sample_rate, upload.filename)
+    audio = await asyncio.to_thread(AudioStream, upload.file, sample_rate, upload.filename,
+                                    max_duration_s=engine.config.max_audio_duration_s)
     try:
         engine.check_duration(audio.duration_s)
     except BaseException:

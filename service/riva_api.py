@@ -8,7 +8,7 @@ ships (``riva.client.proto``), not a copy.
 Mapping (RecognitionConfig):
 
 * ``encoding``: LINEAR_PCM (with ``sample_rate_hertz`` and ``audio_channel_count``), FLAC, or
-  unset for any container our decoder reads (WAV, FLAC, OGG, MP3); MULAW, ALAW and OGGOPUS are
+  unset for any container our decoder reads (WAV, FLAC, OGG, MP3, WebM, MP4/M4A, AAC); MULAW, ALAW and OGGOPUS are
   refused with INVALID_ARGUMENT. A stream is 16-bit PCM: at the stated rate, or, with the rate
   unset, a WAV file's bytes whose header states it (service.wav_stream), as Riva's sample apps send.
 * ``GetRivaSpeechRecognitionConfig`` lists every version twice, ``type`` "offline" and "online",

@@ -1,7 +1,8 @@
 """Module boundaries (docs/style.md section 2), checked by walking every import with `ast`.
 
-- `model` imports only the standard library, torch, torchaudio, numpy, safetensors, soundfile
-  (audio I/O lives in model.audio) and itself.
+- `model` imports only the standard library, torch, torchaudio, numpy, safetensors, soundfile and av
+  (audio I/O lives in model.audio, model.audio_stream and model.audio_container, both imported lazily)
+  and itself.
 - `training` never imports `service` (nor the `client`, `cli`).
 - `service` never imports `training` (nor `cli`).
 - `lm` is shared by training and serving, so it imports neither.
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MODEL_THIRD_PARTY = {"torch", "torchaudio", "numpy", "safetensors", "soundfile"}
+MODEL_THIRD_PARTY = {"torch", "torchaudio", "numpy", "safetensors", "soundfile", "av"}
 FORBIDDEN = {
     "training": {"service", "client", "cli"},
     "service": {"training", "cli"},
