@@ -128,3 +128,17 @@ def test_provisioning_points_at_the_dashboard_and_datasource():
     assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in mounts
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids)), "duplicate panel ids"
+
+
+def test_the_error_ratio_counts_errors_only():
+    """A realtime session the client ends normally (1000, 1001 going away, 1005 no code) is not an error."""
+    import re
+
+    [expr] = [expr for title, expr in dashboard_exprs() if title == "Error ratio"]
+    not_errors = re.search(r'status!~"([^"]+)"', expr).group(1)
+
+    def is_error(status: str) -> bool:
+        return re.fullmatch(not_errors, status) is None  # PromQL regexes are anchored at both ends
+
+    assert not any(is_error(s) for s in ("200", "OK", "1000", "1001", "1005"))
+    assert all(is_error(s) for s in ("400", "413", "499", "503", "INTERNAL", "UNAVAILABLE", "1008", "1011"))
