@@ -29,6 +29,8 @@ from service.domain import (DeadlineExceededError, IdleTimeoutError, PayloadTooL
                             ServiceUnavailableError, TranscriptionRequest, TranscriptionResult, UnauthenticatedError,
                             UnknownModelError, WordTiming, WrongModelKindError, error_reason)
 from service.budget import Reservation
+from service.config import BeamConfig
+from service.decoding import plan_decoding
 from service.errors import ClientGoneError, public_message
 from service.model_slot import ModelLoadError
 from service.streaming import (MAX_STREAM_BACKLOG_S, StreamingOptions, StreamingSession, StreamResult,
@@ -110,7 +112,7 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
             stream_config = first.streaming_config
             name, version, model_rate = self.engine.resolve_model(stream_config.config.model or None,
                                                                   _request_id(context))
-            options = _streaming_options(stream_config)
+            options = _streaming_options(stream_config, self.config.beam)
             rate, channels = _stream_format(stream_config.config)
             # Riva's sample apps stream a .wav file's bytes, header included, with the format unset.
             wav, audio_messages = await peel_wav_header(aiter(request_iterator), self._next_message)
@@ -388,21 +390,23 @@ def _stream_rate(wav: WavFormat | None, rate: int, channels: int) -> tuple[int, 
     return _check_rate(wav.sample_rate), wav.channels
 
 
-def _streaming_options(stream_config: asr_pb2.StreamingRecognitionConfig) -> StreamingOptions:
+def _streaming_options(stream_config: asr_pb2.StreamingRecognitionConfig, limits: BeamConfig) -> StreamingOptions:
+    """A stream's options; its hotwords (speech_contexts) are checked here, at its start, as Recognize checks them."""
     config = stream_config.config
     if config.decoder_config.decoder not in ("", "greedy"):
         raise RequestError(f"StreamingRecognize decodes greedily; decoder {config.decoder_config.decoder!r} "
                            "is only available in Recognize")
-    if any(context.phrases for context in config.speech_contexts):
-        raise RequestError("speech_contexts (hotwords) need the beam decoder; use Recognize")
     if config.max_alternatives > 1:
         raise RequestError("StreamingRecognize returns one alternative; max_alternatives must be 0 or 1")
     endpointing = stream_config.endpointing
     if endpointing.silence_ms < 0:
         raise RequestError(f"endpointing.silence_ms must not be negative, got {endpointing.silence_ms}")
     silence_ms = None if endpointing.disabled else (endpointing.silence_ms or 800)
+    hotwords = tuple((phrase, context.boost or limits.hotword_boost)
+                     for context in config.speech_contexts for phrase in context.phrases)
+    plan_decoding(TranscriptionRequest(np.zeros(0, dtype=np.float32), hotwords=hotwords), limits, {})
     return StreamingOptions(interim_results=stream_config.interim_results,
-                            word_timestamps=config.enable_word_time_offsets, silence_ms=silence_ms)
+                            word_timestamps=config.enable_word_time_offsets, silence_ms=silence_ms, hotwords=hotwords)
 
 
 def _published_rate(engine, name: str, version: int) -> int:

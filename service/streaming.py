@@ -35,7 +35,7 @@ audio buffer (``max_redecode_s`` plus ``final_left_context_s``) however long a s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -43,7 +43,7 @@ import numpy as np
 from model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from model.decoding import GreedyDecoder, Transcript, WordTiming, greedy_decode
 from model.segments import blank_frames
-from service.domain import LogProbsResult, RequestError
+from service.domain import LogProbsResult, RequestError, TranscriptionRequest, TranscriptionResult
 from service.stream_audio import StreamAudio, pcm16_to_float32
 
 __all__ = ["MAX_STREAM_BACKLOG_S", "StreamingOptions", "StreamResult", "StreamingSession", "pcm16_to_float32"]
@@ -65,6 +65,8 @@ class LogProbsEngine(Protocol):
     async def log_probs(self, audio: np.ndarray, model: str | None, *, deadline_s: float | None = None,
                         api: str = "grpc") -> LogProbsResult: ...
 
+    async def decode(self, lp: LogProbsResult, req: TranscriptionRequest) -> TranscriptionResult: ...
+
 
 @dataclass(frozen=True)
 class StreamingOptions:
@@ -82,6 +84,9 @@ class StreamingOptions:
         max_redecode_s: segments up to this long are finalised by one pass over their audio.
         final_left_context_s: audio before the segment included in that pass (then dropped).
         max_leading_silence_s: speech-free audio at the start of a segment beyond this is dropped.
+        hotwords: (phrase, boost) pairs; a segment's final is then decoded as Recognize decodes with them (a beam
+            over the segment's frames), interims stay greedy. Segments longer than ``max_redecode_s`` are
+            finalised greedily.
     """
 
     interim_results: bool = True
@@ -94,6 +99,7 @@ class StreamingOptions:
     max_redecode_s: float = 30.0
     final_left_context_s: float = 10.0
     max_leading_silence_s: float = 10.0
+    hotwords: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.silence_ms is not None and self.silence_ms <= 0:
@@ -384,7 +390,19 @@ class StreamingSession:
         frames = frames[first: first + -(-(end - start) // self._spf)]
         if not self._labels:
             return Transcript(""), frames
+        if self.options.hotwords:
+            return await self._boosted(frames, start / self.model_rate), frames
         return greedy_decode(frames, self._labels, self._frame_s, time_offset_s=start / self.model_rate), frames
+
+    async def _boosted(self, frames: np.ndarray, offset_s: float) -> Transcript:
+        """A segment's frames decoded with the stream's hotwords, as Recognize decodes a clip with them."""
+        name, _, version = self.model.rpartition("@")
+        result = await self.engine.decode(
+            LogProbsResult(frames, self._frame_s, self._labels, name, int(version)),
+            TranscriptionRequest(np.zeros(0, dtype=np.float32), model=self.model, hotwords=self.options.hotwords,
+                                 deadline_s=self.deadline_s, api=self.api))
+        return Transcript(result.text, tuple(replace(w, start_s=round(w.start_s + offset_s, 3),
+                                                     end_s=round(w.end_s + offset_s, 3)) for w in result.words))
 
     def _final_result(self, transcript: Transcript) -> StreamResult:
         self._num_finals += 1

@@ -1,5 +1,6 @@
 """Riva's own ASR sample scripts (../shared/clients/riva, unmodified) against `asr serve`: each prints the transcript
-that REST gives for the same file. Riva's realtime WebSocket client is not served yet (issue #36)."""
+that REST gives for the same file, and boosted words change a stream's final as they change Recognize's. Riva's
+realtime WebSocket client is not served yet (issue #36)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,16 @@ def test_the_streaming_app_in_real_time_prints_interims_words_and_the_final(serv
         words = re.findall(r"^(\S+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s*$", output, re.MULTILINE)
         assert [w[0] for w in words] == server["text"].split()
         assert all(int(start) <= int(end) for _, start, end, _ in words)
+
+
+def test_boosted_words_change_the_streamed_final_as_they_change_the_offline_one(server):
+    boost = ("--boosted-lm-words", "g m e f", "--boosted-lm-score", "20")
+    offline = _app("transcribe_file_offline.py", "--server", server["grpc"], "--input-file", server["clip"], *boost)
+    [boosted] = re.findall(r"^Final transcript: (.*)$", offline, re.MULTILINE)
+    streamed = _app("transcribe_file.py", "--server", server["grpc"], "--input-file", server["clip"], *boost)
+    assert re.findall(r"^## (.*)$", streamed, re.MULTILINE) == [boosted], streamed[-2000:]
+    if server["real"]:  # the starter hears "g n e s" in this clip of "g m e f" unless the phrase is boosted
+        assert "g m e f" in boosted and boosted != server["text"], (boosted, server["text"])
 
 
 def test_two_parallel_streaming_clients_each_write_the_final(server):

@@ -139,7 +139,35 @@ def test_a_wav_files_bytes_stream_with_the_format_unset_like_riva_sample_apps_se
     assert last.audio_processed == pytest.approx(len(audio) / rate, abs=1e-3)  # the header is not heard as audio
 
 
+def test_speech_contexts_decode_a_streams_finals_as_recognize_decodes_with_them(tiny_registry):
+    audio = decode_audio(an4_test_set(limit=1)[0][0], 16_000).samples
+    contexts = [asr_pb2.SpeechContext(phrases=["jhv", "r"], boost=30.0)]
+
+    async def main():
+        async with serving(service_config(tiny_registry)) as (_, target):
+            async with grpc.aio.insecure_channel(target) as channel:
+                stub = asr_pb2_grpc.SpeechRecognitionStub(channel)
+                texts = {}
+                for label, speech_contexts in (("plain", []), ("boosted", contexts)):
+                    config = asr_pb2.RecognitionConfig(encoding=asr_pb2.LINEAR_PCM, sample_rate_hertz=16_000,
+                                                       speech_contexts=speech_contexts)
+                    offline = await stub.Recognize(asr_pb2.RecognizeRequest(config=config, audio=_pcm(audio)))
+                    first = asr_pb2.StreamingRecognizeRequest(streaming_config=asr_pb2.StreamingRecognitionConfig(
+                        config=config, endpointing=asr_pb2.EndpointingConfig(disabled=True)))
+                    streamed = [r async for r in stub.StreamingRecognize(_with_first([first],
+                                                                                     _audio_messages(_pcm(audio))))]
+                    finals = [r.alternatives[0].transcript for resp in streamed for r in resp.results if r.is_final]
+                    texts[label] = (offline.results[0].alternatives[0].transcript, finals)
+                return texts
+
+    texts = run(main())
+    for offline, finals in texts.values():
+        assert finals == [offline], texts
+    assert texts["boosted"][0] != texts["plain"][0]  # the boost changed the words, on both paths
+
+
 @pytest.mark.parametrize("messages, fragment", [
+    (lambda: [_config(speech_contexts=[asr_pb2.SpeechContext(phrases=["a"], boost=1e6)])], "hotword boost must be"),
     (lambda: [_config(rate=0, encoding=asr_pb2.ENCODING_UNSPECIFIED),
               asr_pb2.StreamingRecognizeRequest(audio_content=_wav_bytes(_tone(), 16_000, "PCM_24"))], "16-bit PCM"),
     (lambda: [_config(rate=8_000), asr_pb2.StreamingRecognizeRequest(audio_content=_wav_bytes(_tone(), 16_000))],
