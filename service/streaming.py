@@ -223,9 +223,9 @@ class StreamingSession:
         self._commit = new_commit
         if cut is not None:
             self._feed(settled[:cut])
-            final = await self._endpoint_final(old_commit + cut * self._spf, end)
-            if final is not None:
-                return [final]
+            ended, final = await self._endpoint_final(old_commit + cut * self._spf, end)
+            if ended:
+                return [] if final is None else [final]
             settled = settled[cut:]
         self._feed(settled)
         tail = frames[new_commit // self._spf - first_frame:]
@@ -342,8 +342,8 @@ class StreamingSession:
             results = [StreamResult("", (), False, TAIL_STABILITY, 0.0, processed)]
         return results
 
-    async def _endpoint_final(self, cut: int, read_to: int) -> StreamResult | None:
-        """Ends the segment at ``cut`` and returns its final, unless the one-pass decode disagrees.
+    async def _endpoint_final(self, cut: int, read_to: int) -> tuple[bool, StreamResult | None]:
+        """Ends the segment at ``cut`` unless the one-pass decode disagrees: (ended, its final or None).
 
         The candidate comes from window frames; the one-pass decode (which reads all audio
         received, ``read_to``) must also see ``silence_ms`` of blanks before ``cut``. If it
@@ -355,11 +355,11 @@ class StreamingSession:
             tail = last_frames[-needed:]
             if len(tail) < needed or not blank_frames(tail).all():
                 self._trailing_blanks = 0
-                return None
-        final = self._final_result(transcript)
+                return False, None
         # The frames after the cut are recomputed as the start of the next segment.
         self._start_segment(cut)
-        return final
+        # Frames that spell no word (a lone separator, a stray frame of noise) end no utterance: no empty final.
+        return True, (self._final_result(transcript) if transcript.text else None)
 
     async def _segment_transcript(self, end: int, read_to: int) -> tuple[Transcript, np.ndarray | None]:
         """The final transcript of the segment [seg_start, end), reading the audio up to ``read_to``, and the

@@ -148,3 +148,11 @@ def test_pcm16_decoding():
     np.testing.assert_allclose(pcm16_to_float32(pcm, channels=2), [0.25, -0.5 + 32767 / 65536], atol=1e-6)
     with pytest.raises(ValueError, match="whole 16-bit frames"):
         pcm16_to_float32(b"\0\0\0", channels=1)
+
+
+def test_a_segment_that_decodes_to_nothing_gives_no_empty_final():
+    """Non-blank frames that spell no word (a lone space, a noise's stray frame) end no utterance."""
+    audio = spell(("go", 0.4), ("", 1.2), (" ", 0.4), ("", 1.2), ("on", 0.4), ("", 1.0))
+    finals = [r for r in stream(audio, StreamingOptions(silence_ms=800)) if r.is_final]
+    assert [f.text for f in finals] == ["go", "on"]
+    assert finals[1].words[0].start_s == pytest.approx(3.2, abs=0.05)  # 0.4 + 1.2 + 0.4 + 1.2 s before it
