@@ -4,7 +4,8 @@ Starts ``python -m service.server`` (default model and settings unless a flag sa
 runs the parts asked for:
 
 * ``memory``: 59 minutes of 48 kHz stereo, as digital silence in FLAC (a 0.7 MB file) and as
-  speech in Ogg Vorbis (AN4 training utterances end to end, upsampled, both channels); for each,
+  speech in Ogg Vorbis and in WebM/Opus (read through PyAV) (AN4 training utterances end to end,
+  upsampled, both channels; ``--files`` picks among the three); for each,
   the server's peak RSS growth for one upload, then for four at once, and its RSS 60 s after the
   burst, all against its RSS before. Peak: VmHWM, reset through /proc/PID/clear_refs.
 * ``decode``: 150, 600, 1,200 and 3,540 s of speech (16 kHz FLAC) one at a time; the
@@ -120,6 +121,23 @@ def write(path: Path, samples: np.ndarray, rate: int, fmt: str, subtype: str | N
     return path
 
 
+def write_webm(path: Path, mono: np.ndarray, rate: int) -> Path:
+    """Stereo Opus in WebM (the same signal on both channels), encoded a second at a time with PyAV."""
+    import av
+
+    with av.open(str(path), "w", format="webm") as out:
+        stream = out.add_stream("libopus", rate=rate, layout="stereo")
+        for i in range(0, len(mono), rate):
+            block = np.ascontiguousarray(np.stack([mono[i:i + rate]] * 2), dtype=np.float32)
+            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="stereo")
+            frame.rate, frame.pts = rate, i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
 def post(base: str, path: Path, timeout: float = 3600) -> tuple[int, dict, float]:
     started = time.monotonic()
     with open(path, "rb") as handle:
@@ -155,13 +173,19 @@ def memory_part(server: Server, path: Path) -> dict:
 
 
 def run_memory(args, tmp: Path) -> dict:
-    silence = write(tmp / "silence_48k_stereo.flac", np.zeros((int(59 * 60 * 48_000), 2), dtype=np.float32),
-                    48_000, "FLAC")
+    files = {}
+    if "silence_flac" in args.files:
+        files["silence_flac"] = write(tmp / "silence_48k_stereo.flac",
+                                      np.zeros((int(59 * 60 * 48_000), 2), dtype=np.float32), 48_000, "FLAC")
     mono = speech(59 * 60, 48_000)
-    spoken = write(tmp / "speech_48k_stereo.ogg", np.stack([mono, mono], axis=1), 48_000, "OGG", "VORBIS")
+    if "speech_ogg" in args.files:
+        files["speech_ogg"] = write(tmp / "speech_48k_stereo.ogg", np.stack([mono, mono], axis=1), 48_000, "OGG",
+                                    "VORBIS")
+    if "speech_webm" in args.files:  # Chrome's MediaRecorder: Opus in WebM, read through PyAV
+        files["speech_webm"] = write_webm(tmp / "speech_48k_stereo.webm", mono, 48_000)
     del mono
     results = {}
-    for name, path in (("silence_flac", silence), ("speech_ogg", spoken)):
+    for name, path in files.items():
         server = Server(args.code, args.registry, args.model, dict(args.env))  # a fresh process for each
         try:
             results[name] = memory_part(server, path)
@@ -260,6 +284,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="default: the server's own default model")
     parser.add_argument("--env", action="append", default=[], type=lambda kv: tuple(kv.split("=", 1)),
                         help="NAME=VALUE for the server's environment (repeatable)")
+    parser.add_argument("--files", nargs="+", default=["silence_flac", "speech_ogg", "speech_webm"],
+                        choices=("silence_flac", "speech_ogg", "speech_webm"), help="the memory part's uploads")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
