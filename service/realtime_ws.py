@@ -1,4 +1,5 @@
-"""The live-transcription WebSocket ``/v1/realtime?intent=transcription``, in OpenAI Realtime's event shape.
+"""The live-transcription WebSocket ``/v1/realtime?intent=transcription``, in OpenAI Realtime's event shape (the
+beta API's transcription_session events and the GA API's session.update of a "transcription" session).
 
 The protocol is in README.md ("Live transcription over a WebSocket"). Each buffered item is a
 service.streaming.StreamingSession, so windows, finals, limits and metrics are the gRPC stream's.
@@ -41,7 +42,9 @@ KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
 MIN_COMMIT_S = 0.1
 # Client events received but not yet applied, beyond which the socket is not read.
 _MAX_QUEUED_EVENTS = 64
-_EVENTS = ("transcription_session.update", "input_audio_buffer.append", "input_audio_buffer.commit",
+# transcription_session.update is the beta API's; session.update with a "transcription" session the GA API's
+# (openai's client.realtime). Each is answered in its own shape.
+_EVENTS = ("transcription_session.update", "session.update", "input_audio_buffer.append", "input_audio_buffer.commit",
            "input_audio_buffer.clear")
 
 
@@ -91,7 +94,9 @@ async def realtime(websocket: WebSocket) -> None:
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     connection = _Connection(websocket, engine)
     try:
-        if websocket.query_params.get("intent") != "transcription":
+        # Without an intent the session is a transcription one too (it is all this server does), so a client
+        # given only the base URL connects; another intent is refused rather than served as something it is not.
+        if websocket.query_params.get("intent", "transcription") != "transcription":
             raise _EventError("unsupported_intent", "this server only transcribes: connect to "
                                                     "/v1/realtime?intent=transcription")
         check_api_key(engine.config.api_keys, _authorization(websocket, offered))
@@ -230,6 +235,9 @@ class _Connection:
         if kind == "transcription_session.update":
             self._update(event.get("session"))
             await self.send("transcription_session.updated", session=self._session_json())
+        elif kind == "session.update":
+            self._update(_from_ga_session(event.get("session")))
+            await self.send("session.updated", session=self._ga_session_json())
         elif kind == "input_audio_buffer.append":
             self._append(event["pcm"])
         elif kind == "input_audio_buffer.commit":
@@ -278,9 +286,8 @@ class _Connection:
         self.source_rate = rate
 
     def _append(self, pcm: bytes) -> None:
-        if self.model is None:
-            raise _EventError("session_not_configured", "send transcription_session.update before "
-                                                        "input_audio_buffer.append")
+        if self.model is None:  # no session update: the defaults (the active model, 24 kHz), as OpenAI's
+            self.model = self.engine.resolve_model(None, self.ws.headers.get("x-request-id") or self.session_id)
         if self.stream is None:
             name, version, model_rate = self.model
             self.stream = StreamingSession(self.engine, f"{name}@{version}", model_rate, self.source_rate,
@@ -319,12 +326,50 @@ class _Connection:
                         words=words_json(final.words) if final else [], model={"name": name, "version": version})
         self.previous_item_id = self.item_id
 
+    def _ga_session_json(self) -> dict:
+        beta = self._session_json()
+        return {"type": "transcription", "id": self.session_id, "object": "realtime.transcription_session",
+                "audio": {"input": {"format": {"type": "audio/pcm", "rate": self.source_rate},
+                                    "transcription": beta["input_audio_transcription"],
+                                    "turn_detection": beta["turn_detection"], "noise_reduction": None}}}
+
     def _session_json(self) -> dict:
         model = f"{self.model[0]}@{self.model[1]}" if self.model else None
         turn = None if self.silence_ms is None else {"type": "server_vad", "silence_duration_ms": self.silence_ms}
         return {"id": self.session_id, "object": "realtime.transcription_session", "input_audio_format": "pcm16",
                 "sample_rate": self.source_rate, "input_audio_transcription": {"model": model},
                 "turn_detection": turn}
+
+
+def _from_ga_session(session) -> dict:
+    """A GA ``session.update``'s transcription session in the beta fields ``_update`` reads.
+
+    GA: ``{"type": "transcription", "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000},
+    "transcription": {"model": ...}, "turn_detection": ...}}}``; each field left out keeps its value.
+    """
+    if not isinstance(session, dict):
+        raise _EventError("invalid_session", "session.update needs a 'session' object")
+    if session.get("type", "transcription") != "transcription":
+        raise _EventError("unsupported_session_type", "this server only transcribes: the session's type must be "
+                                                      "\"transcription\"")
+    audio = session.get("audio") or {}
+    audio_input = audio.get("input") if isinstance(audio, dict) else None
+    if not isinstance(audio_input or {}, dict):
+        raise _EventError("invalid_session", "session.audio.input must be an object")
+    audio_input = audio_input or {}
+    beta: dict = {}
+    audio_format = audio_input.get("format")
+    if audio_format is not None:
+        if not isinstance(audio_format, dict) or audio_format.get("type", "audio/pcm") != "audio/pcm":
+            raise _EventError("unsupported_audio_format", "audio.input.format must be {\"type\": \"audio/pcm\"} "
+                                                          "(16-bit mono PCM)", 1003)
+        if "rate" in audio_format:
+            beta["sample_rate"] = audio_format["rate"]
+    if "transcription" in audio_input:
+        beta["input_audio_transcription"] = audio_input["transcription"]
+    if "turn_detection" in audio_input:
+        beta["turn_detection"] = audio_input["turn_detection"]
+    return beta
 
 
 def _silence_ms(turn_detection) -> int | None:

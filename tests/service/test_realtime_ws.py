@@ -39,16 +39,19 @@ pytestmark = pytest.mark.skipif(not AN4_TEST_MANIFEST.exists(), reason="shared A
 class _Server:
     """``create_app(config)`` under a real uvicorn on a free port, in a thread of its own."""
 
-    def __init__(self, config) -> None:
-        self.port = free_port()
+    def __init__(self, config, scheme: str = "http", verify: str | bool = True) -> None:
+        self.port, self.scheme = free_port(), scheme
         self.app = create_app(config)
-        self.uvicorn = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None))
+        tls = ({"ssl_certfile": str(config.tls_cert_file), "ssl_keyfile": str(config.tls_key_file)}
+               if config.tls_cert_file is not None else {})
+        self.uvicorn = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None,
+                                                     **tls))
         self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 120  # a cold model load on a busy machine
         while True:
             try:
-                if httpx.get(self.url + "/health/ready", timeout=2).status_code == 200:
+                if httpx.get(self.url + "/health/ready", timeout=2, verify=verify).status_code == 200:
                     break
             except httpx.TransportError:
                 pass  # not listening yet
@@ -57,7 +60,7 @@ class _Server:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def ws(self, query: str = "intent=transcription", **kw):
         return connect(f"ws://127.0.0.1:{self.port}/v1/realtime?{query}", open_timeout=30, **kw)
@@ -219,7 +222,11 @@ def test_api_key_by_header_query_or_subprotocol(strict_server):
     (lambda ws: ws.send(b"\x00\x01"), "unsupported_frame", 1003),
     (lambda ws: ws.send(json.dumps({"type": "response.create"})), "unknown_event", 1003),
     (lambda ws: ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "%%%"})), "invalid_audio", 1003),
-    (lambda ws: _append(ws, b"\x00\x00" * 100), "session_not_configured", 1008),
+    (lambda ws: ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime"}})),
+     "unsupported_session_type", 1008),
+    (lambda ws: ws.send(json.dumps({"type": "session.update", "session": {
+        "type": "transcription", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}})),
+     "unsupported_audio_format", 1003),
     (lambda ws: ws.send(json.dumps({"type": "input_audio_buffer.commit"})), "input_audio_buffer_commit_empty", 1008),
     (lambda ws: ws.send(json.dumps({"type": "transcription_session.update",
                                     "session": {"input_audio_format": "g711_ulaw"}})), "unsupported_audio_format", 1003),
@@ -253,7 +260,7 @@ def test_missing_or_wrong_key_and_wrong_intent_are_refused(strict_server):
         with strict_server.ws(query) as ws:
             error, closed_with = _refused(ws)
         assert (error["code"], closed_with) == ("invalid_api_key", 1008), error
-    with strict_server.ws(f"api_key={API_KEY}") as ws:
+    with strict_server.ws(f"intent=conversation&api_key={API_KEY}") as ws:
         error, closed_with = _refused(ws)
     assert (error["code"], closed_with) == ("unsupported_intent", 1008), error
     metrics = httpx.get(strict_server.url + "/metrics").text
