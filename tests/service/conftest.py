@@ -110,3 +110,17 @@ def slow_worker(monkeypatch, seconds: float) -> None:
         return original(self, clips)
 
     monkeypatch.setattr(InferenceWorker, "__call__", slowed)
+
+
+@pytest.fixture()
+def self_signed_certificate(tmp_path) -> tuple[Path, Path]:
+    """(certificate, key) for 127.0.0.1 and localhost, made by openssl; the test is skipped where it cannot."""
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                           "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                           "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"openssl could not make a certificate: {made.stderr[-300:]}")
+    return cert, key

@@ -6,7 +6,6 @@ Each commit's transcript equals POST /transcribe's for the same audio."""
 from __future__ import annotations
 
 import base64
-import subprocess
 
 import httpx
 import numpy as np
@@ -71,13 +70,8 @@ def test_the_ga_client_transcribes_with_only_the_base_url(clip):
         server.close()
 
 
-def test_the_beta_client_transcribes_over_tls_with_only_the_base_url(clip, tmp_path, monkeypatch):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-                           "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-                           "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"openssl could not make a certificate: {made.stderr[-300:]}")
+def test_the_beta_client_transcribes_over_tls_with_only_the_base_url(clip, monkeypatch, self_signed_certificate):
+    cert, key = self_signed_certificate
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the client trusts the server as it would a real certificate
     server = _Server(make_config(STARTER, default_model=STARTER_MODEL, http_host="127.0.0.1", tls_cert_file=cert,
                                  tls_key_file=key), scheme="https", verify=str(cert))

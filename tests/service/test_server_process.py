@@ -183,17 +183,13 @@ def test_sigterm_finishes_six_uploads_still_arriving(registry_root, tmp_path):
             server.proc.kill()
 
 
-def test_tls_serves_rest_and_grpc_to_clients_that_trust_the_certificate(registry_root, tmp_path, an4_paths):
+def test_tls_serves_rest_and_grpc_to_clients_that_trust_the_certificate(registry_root, tmp_path, an4_paths,
+                                                                        self_signed_certificate):
     import grpc
 
     from service.asr_pb import asr_pb2, asr_pb2_grpc
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-                           "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-                           "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"openssl could not make a certificate: {made.stderr[-300:]}")
+    cert, key = self_signed_certificate
     env = {"ASR_TLS_CERT_FILE": str(cert), "ASR_TLS_KEY_FILE": str(key)}
     server = Server(registry_root, tmp_path, env=env, scheme="https", verify=str(cert))
     try:
