@@ -13,6 +13,7 @@ import json
 import logging
 import secrets
 import time
+from dataclasses import replace
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
@@ -169,6 +170,7 @@ class _Connection:
         self.item_id: str | None = None
         self.previous_item_id: str | None = None
         self.sent_stable = ""  # stable text already sent as deltas for the open item
+        self.item_start_s = 0.0  # where the open item starts in its stream
         self.received_s = 0.0  # all items' audio, for max_audio_duration_s
         self._carry = b""  # an append may end inside a 16-bit sample
         # Bounded: a client sending faster than the model runs is held back by TCP, not by our memory.
@@ -292,7 +294,7 @@ class _Connection:
             name, version, model_rate = self.model
             self.stream = StreamingSession(self.engine, f"{name}@{version}", model_rate, self.source_rate,
                                            StreamingOptions(silence_ms=self.silence_ms), api=API)
-            self.item_id, self.sent_stable = _new_id("item"), ""
+            self.item_id, self.sent_stable, self.item_start_s = _new_id("item"), "", 0.0
         data = self._carry + pcm
         usable = len(data) - len(data) % 2
         self._carry = data[usable:]
@@ -307,7 +309,9 @@ class _Connection:
         final = next((r for r in results if r.is_final), None)
         if final is not None:
             await self._complete(final)
-            self.item_id, self.sent_stable = _new_id("item"), ""  # the stream goes on as the next item
+            # The stream goes on as the next item, which starts where the stream's next segment does.
+            self.item_id, self.sent_stable = _new_id("item"), ""
+            self.item_start_s = self.stream.segment_start_s
             return
         stable = " ".join(r.text for r in results if r.stability == STABLE_STABILITY and r.text)
         # Deltas are append-only (OpenAI's contract), so only settled words go out as deltas;
@@ -320,10 +324,20 @@ class _Connection:
 
     async def _complete(self, final: StreamResult | None) -> None:
         name, version, _ = self.model
+        text = final.text if final else ""
+        if text.startswith(self.sent_stable) and text != self.sent_stable:
+            # The rest of the final as one more delta, so that the item's deltas add up to its transcript (unless
+            # the final revised a word already sent: deltas cannot be taken back).
+            await self.send("conversation.item.input_audio_transcription.delta", item_id=self.item_id,
+                            content_index=0, delta=text[len(self.sent_stable):], transcript=text)
         await self.send("input_audio_buffer.committed", previous_item_id=self.previous_item_id, item_id=self.item_id)
+        # Word times count from the item's start (the stream's, for every item after a server VAD endpoint).
+        offset_s = self.item_start_s
+        words = [replace(w, start_s=round(w.start_s - offset_s, 3), end_s=round(w.end_s - offset_s, 3))
+                 for w in final.words] if final else []
         await self.send("conversation.item.input_audio_transcription.completed", item_id=self.item_id,
-                        content_index=0, transcript=final.text if final else "",
-                        words=words_json(final.words) if final else [], model={"name": name, "version": version})
+                        content_index=0, transcript=text, words=words_json(words),
+                        model={"name": name, "version": version})
         self.previous_item_id = self.item_id
 
     def _ga_session_json(self) -> dict:

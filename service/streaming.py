@@ -171,6 +171,11 @@ class StreamingSession:
     # ---- public API -----------------------------------------------------------------------
 
     @property
+    def segment_start_s(self) -> float:
+        """Where the open segment starts, in seconds from the start of the stream."""
+        return self._seg_start / self.model_rate
+
+    @property
     def audio_received_s(self) -> float:
         return self._audio.end / self.model_rate
 

@@ -167,15 +167,17 @@ def test_deltas_while_streaming_and_completed_equals_rest(starter_server):
         assert [w["word"] for w in completed["words"]] == [w["word"] for w in want["words"]]
         assert completed["model"] == want["model"]
         # Deltas are append-only: each one extends the settled words the event's whole guess starts with.
-        # (The final is a one-pass decode of the item, so it may still revise a settled word: about 1 run
-        # in 20 turned "b a l z" into "b a r z" on 2026-12-07, before and after the long-audio changes;
-        # making deltas add up to the final is issue #36's.)
         sent = ""
         for delta in deltas:
             sent += delta["delta"]
             if delta["delta"]:
                 assert delta["transcript"].startswith(sent.strip()), (sent, delta["transcript"])
         assert sent.strip(), deltas
+        # They add up to the transcript, unless the final (a one-pass decode of the item) revised a word already
+        # sent (about 1 run in 20 turned "b a l z" into "b a r z" on 2026-12-07): deltas cannot be taken back.
+        settled_before_final = "".join(d["delta"] for d in deltas[:-1])
+        assert sent == completed["transcript"] or not completed["transcript"].startswith(settled_before_final), (
+            sent, completed["transcript"])
     metrics = httpx.get(starter_server.url + "/metrics").text
     assert 'asr_requests_total{api="realtime",status="1000"} 3.0' in metrics
     assert "asr_active_streams 0.0" in metrics
@@ -207,6 +209,25 @@ def test_server_vad_completes_an_item_at_each_pause(starter_server):
     committed, second = [e for e in events if e["type"] == "input_audio_buffer.committed"][-1], events[-1]
     assert first["transcript"] and second["transcript"], (first, second)
     assert committed["previous_item_id"] == first["item_id"] != second["item_id"] == committed["item_id"]
+
+
+def test_server_vad_items_time_their_words_from_their_own_start(starter_server):
+    """Three copies of a clip, a pause, another clip: the last item's words count from that item's start, not from
+    the stream's (which would put them after the three copies)."""
+    clips = [decode_audio(path, 16_000).samples for path, _ in an4_test_set(limit=2)]
+    pause = np.zeros(24_000, dtype=np.float32)
+    lead_s = 3 * len(clips[0]) / 16_000 + len(pause) / 16_000
+    with starter_server.ws() as ws:
+        _configure(ws, sample_rate=16_000, turn_detection={"type": "server_vad", "silence_duration_ms": 500})
+        _append(ws, _pcm(np.concatenate([clips[0], clips[0], clips[0], pause, clips[1]])))
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        ws.send(json.dumps({"type": "input_audio_buffer.clear"}))  # answered once the commit is done
+        events = _receive_until(ws, "input_audio_buffer.cleared")
+    items = [e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed"]
+    assert len(items) >= 2 and items[-1]["words"], [e["transcript"] for e in items]
+    last = items[-1]["words"]
+    assert 0 <= last[0]["start"] and last[-1]["end"] <= len(pause) / 16_000 + len(clips[1]) / 16_000 + 0.1, last
+    assert last[-1]["end"] < lead_s  # where the stream's own clock would put them
 
 
 def test_api_key_by_header_query_or_subprotocol(strict_server):
