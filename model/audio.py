@@ -15,7 +15,8 @@ import torchaudio.functional as AF
 # Below 8 kHz the 0-4 kHz band that carries most speech cues is already cut off, so the
 # model's 0-8 kHz mel bank would see mostly silence; refuse instead of guessing.
 MIN_SAMPLE_RATE = 8_000
-MAX_SAMPLE_RATE = 48_000
+# Studio and high-resolution recorders write 96 and 192 kHz; they are resampled like any other rate.
+MAX_SAMPLE_RATE = 192_000
 # Speed changes resample by a ratio of small integers: torchaudio's sinc kernel has one row per
 # output phase, so 16000 -> 17777 Hz (gcd 1) would build a ~1 GB kernel, whereas 9 -> 10 gives
 # the same 1/0.9 ratio with a 10-row kernel. A denominator of at most 100 keeps the ratio within
@@ -111,7 +112,7 @@ def decode_audio(
 
     Raises:
         AudioError: missing/empty/undecodable file, zero-length audio, non-finite samples,
-            or a sample rate outside [8 kHz, 48 kHz].
+            or a sample rate outside [8 kHz, 192 kHz].
     """
     label = name or (os.fspath(source) if not isinstance(source, (bytes, bytearray, memoryview)) else "audio")
     mono, rate, channels = _read(source, label)

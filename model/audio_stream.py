@@ -62,7 +62,7 @@ def probe_audio(source: str | os.PathLike | BinaryIO, name: str = "audio") -> Au
     """Reads the header only.
 
     Raises:
-        AudioError: unreadable, zero-length, or a sample rate outside [8 kHz, 48 kHz].
+        AudioError: unreadable, zero-length, or a sample rate outside [8 kHz, 192 kHz].
     """
     with _open(source, name) as handle:
         info = AudioInfo(int(handle.frames), int(handle.samplerate), int(handle.channels))

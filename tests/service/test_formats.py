@@ -1,5 +1,6 @@
 """The formats phones and browsers record, on every transport and the CLI, with the starter model: WebM/Opus, M4A and
-MP4 (AAC), raw AAC and MP3, at 48 kHz stereo, give the WAV's words. Encoded here with PyAV's FFmpeg."""
+MP4 (AAC), raw AAC and MP3, at 48 kHz stereo, and a 192 kHz WAV, give the 48 kHz WAV's words. Encoded here with PyAV's
+FFmpeg."""
 
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ def recordings() -> dict[str, bytes]:
     samples = decode_audio(an4_test_set(limit=1)[0][0], 48_000).samples
     wav = io.BytesIO()
     sf.write(wav, samples[:, None].repeat(2, axis=1), 48_000, format="WAV", subtype="PCM_16")
-    return {"c.wav": wav.getvalue(), **{name: encode(muxer, encoder, samples) for muxer, encoder, name in FORMATS}}
+    high = io.BytesIO()  # a high-resolution recorder's 192 kHz, resampled like any other rate
+    sf.write(high, decode_audio(an4_test_set(limit=1)[0][0], 192_000).samples, 192_000, format="WAV", subtype="PCM_24")
+    return {"c.wav": wav.getvalue(), "c192k.wav": high.getvalue(),
+            **{name: encode(muxer, encoder, samples) for muxer, encoder, name in FORMATS}}
 
 
 def test_rest_and_openai_hear_each_format_as_the_wav(recordings):
