@@ -22,6 +22,7 @@ from model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from service.auth import check_api_key
 from service.domain import IdleTimeoutError, PayloadTooLargeError, RequestError, ServiceUnavailableError
 from service.errors import public_message
+from service.g711 import g711_to_pcm16
 from service.http_api import words_json
 from service.http_errors import count_failure, error_response, known_error
 from service.openai_api import OPENAI_MODEL_IDS
@@ -47,6 +48,11 @@ _MAX_QUEUED_EVENTS = 64
 # (openai's client.realtime). Each is answered in its own shape.
 _EVENTS = ("transcription_session.update", "session.update", "input_audio_buffer.append", "input_audio_buffer.commit",
            "input_audio_buffer.clear")
+
+
+# Telephony's G.711, as the beta API names it and as the GA API does (8 kHz, one byte a sample; service.g711).
+_G711_FORMATS = {"g711_ulaw": "mulaw", "g711_alaw": "alaw"}
+_GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
 
 
 class _EventError(RequestError):
@@ -165,7 +171,7 @@ class _Connection:
         self.client_close_code = 1000
         self.session_id = _new_id("sess")
         self.model: tuple[str, int, int] | None = None  # (name, version, model rate), pinned at update
-        self.source_rate, self.silence_ms = DEFAULT_SAMPLE_RATE, None
+        self.source_rate, self.silence_ms, self.audio_format = DEFAULT_SAMPLE_RATE, None, "pcm16"
         self.stream: StreamingSession | None = None
         self.item_id: str | None = None
         self.previous_item_id: str | None = None
@@ -266,11 +272,12 @@ class _Connection:
         if self.stream is not None:
             raise _EventError("session_locked", "the session cannot change while audio is buffered; commit or "
                                                 "clear it first")
-        audio_format = session.get("input_audio_format", "pcm16")
-        if audio_format != "pcm16":
-            raise _EventError("unsupported_audio_format", f"input_audio_format must be pcm16, got "
-                                                          f"{str(audio_format)[:32]!r}", 1003)
-        rate = session.get("sample_rate", self.source_rate)
+        audio_format = session.get("input_audio_format", self.audio_format)
+        if audio_format not in _G711_FORMATS and audio_format != "pcm16":
+            raise _EventError("unsupported_audio_format", f"input_audio_format must be pcm16, g711_ulaw or g711_alaw, "
+                              f"got {str(audio_format)[:32]!r}", 1003)
+        # G.711 is 8 kHz by definition; 16-bit PCM keeps the session's rate unless the update sets one.
+        rate = session.get("sample_rate", 8_000 if audio_format in _G711_FORMATS else self.source_rate)
         if type(rate) is not int or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
             raise _EventError("invalid_sample_rate", f"sample_rate must be an integer from {MIN_SAMPLE_RATE} to "
                                                      f"{MAX_SAMPLE_RATE} Hz, got {str(rate)[:32]}")
@@ -285,7 +292,7 @@ class _Connection:
         if spec is not None or self.model is None:
             self.model = self.engine.resolve_model(None if spec in (None, "", "default", *OPENAI_MODEL_IDS)
                                                    else spec, self.ws.headers.get("x-request-id") or self.session_id)
-        self.source_rate = rate
+        self.source_rate, self.audio_format = rate, audio_format
 
     def _append(self, pcm: bytes) -> None:
         if self.model is None:  # no session update: the defaults (the active model, 24 kHz), as OpenAI's
@@ -295,6 +302,8 @@ class _Connection:
             self.stream = StreamingSession(self.engine, f"{name}@{version}", model_rate, self.source_rate,
                                            StreamingOptions(silence_ms=self.silence_ms), api=API)
             self.item_id, self.sent_stable, self.item_start_s = _new_id("item"), "", 0.0
+        if self.audio_format in _G711_FORMATS:  # one byte a sample: never split
+            pcm = g711_to_pcm16(pcm, _G711_FORMATS[self.audio_format])
         data = self._carry + pcm
         usable = len(data) - len(data) % 2
         self._carry = data[usable:]
@@ -343,16 +352,17 @@ class _Connection:
     def _ga_session_json(self) -> dict:
         beta = self._session_json()
         return {"type": "transcription", "id": self.session_id, "object": "realtime.transcription_session",
-                "audio": {"input": {"format": {"type": "audio/pcm", "rate": self.source_rate},
+                "audio": {"input": {"format": {"type": {v: k for k, v in _GA_FORMATS.items()}[self.audio_format],
+                                               "rate": self.source_rate},
                                     "transcription": beta["input_audio_transcription"],
                                     "turn_detection": beta["turn_detection"], "noise_reduction": None}}}
 
     def _session_json(self) -> dict:
         model = f"{self.model[0]}@{self.model[1]}" if self.model else None
         turn = None if self.silence_ms is None else {"type": "server_vad", "silence_duration_ms": self.silence_ms}
-        return {"id": self.session_id, "object": "realtime.transcription_session", "input_audio_format": "pcm16",
-                "sample_rate": self.source_rate, "input_audio_transcription": {"model": model},
-                "turn_detection": turn}
+        return {"id": self.session_id, "object": "realtime.transcription_session",
+                "input_audio_format": self.audio_format, "sample_rate": self.source_rate,
+                "input_audio_transcription": {"model": model}, "turn_detection": turn}
 
 
 def _from_ga_session(session) -> dict:
@@ -374,9 +384,11 @@ def _from_ga_session(session) -> dict:
     beta: dict = {}
     audio_format = audio_input.get("format")
     if audio_format is not None:
-        if not isinstance(audio_format, dict) or audio_format.get("type", "audio/pcm") != "audio/pcm":
-            raise _EventError("unsupported_audio_format", "audio.input.format must be {\"type\": \"audio/pcm\"} "
-                                                          "(16-bit mono PCM)", 1003)
+        kind = audio_format.get("type", "audio/pcm") if isinstance(audio_format, dict) else None
+        if kind not in _GA_FORMATS:
+            raise _EventError("unsupported_audio_format", "audio.input.format.type must be audio/pcm, audio/pcmu or "
+                                                          "audio/pcma", 1003)
+        beta["input_audio_format"] = _GA_FORMATS[kind]
         if "rate" in audio_format:
             beta["sample_rate"] = audio_format["rate"]
     if "transcription" in audio_input:

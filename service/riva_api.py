@@ -7,9 +7,9 @@ ships (``riva.client.proto``), not a copy.
 
 Mapping (RecognitionConfig):
 
-* ``encoding``: LINEAR_PCM (with ``sample_rate_hertz`` and ``audio_channel_count``), FLAC, or
-  unset for any container our decoder reads (WAV, FLAC, OGG, MP3, WebM, MP4/M4A, AAC); MULAW, ALAW and OGGOPUS are
-  refused with INVALID_ARGUMENT. A stream is 16-bit PCM: at the stated rate, or, with the rate
+* ``encoding``: LINEAR_PCM (with ``sample_rate_hertz`` and ``audio_channel_count``), MULAW and ALAW
+  (G.711, turned into that PCM), FLAC, OGGOPUS (Recognize only), or unset for any container our decoder
+  reads (WAV, FLAC, OGG, MP3, WebM, MP4/M4A, AAC). A stream is 16-bit PCM: at the stated rate, or, with the rate
   unset, a WAV file's bytes whose header states it (service.wav_stream), as Riva's sample apps send.
 * ``GetRivaSpeechRecognitionConfig`` lists every version twice, ``type`` "offline" and "online",
   as Riva lists a pipeline per mode and its sample apps keep one of them.
@@ -33,11 +33,17 @@ from riva.client.proto import riva_asr_pb2, riva_asr_pb2_grpc, riva_audio_pb2
 from service.asr_pb import asr_pb2
 from service.domain import RequestError
 from service.errors import public_message
+from service.g711 import g711_to_pcm16
 from service.grpc_api import SpeechRecognitionServicer
 
 SERVICE_NAME = riva_asr_pb2.DESCRIPTOR.services_by_name["RivaSpeechRecognition"].full_name
+# Riva's telephony encodings arrive as G.711 bytes and go on as the 16-bit PCM they stand for (service.g711);
+# Ogg Opus is a container the decoder reads (Recognize only: a stream is PCM).
 _ENCODINGS = {riva_audio_pb2.ENCODING_UNSPECIFIED: asr_pb2.ENCODING_UNSPECIFIED,
-              riva_audio_pb2.LINEAR_PCM: asr_pb2.LINEAR_PCM, riva_audio_pb2.FLAC: asr_pb2.FLAC}
+              riva_audio_pb2.LINEAR_PCM: asr_pb2.LINEAR_PCM, riva_audio_pb2.FLAC: asr_pb2.FLAC,
+              riva_audio_pb2.MULAW: asr_pb2.LINEAR_PCM, riva_audio_pb2.ALAW: asr_pb2.LINEAR_PCM,
+              riva_audio_pb2.OGGOPUS: asr_pb2.ENCODING_UNSPECIFIED}
+_G711 = {riva_audio_pb2.MULAW: "mulaw", riva_audio_pb2.ALAW: "alaw"}
 _ENGLISH = ("", "en", "en-us", "en-gb", "en-au", "en-in")
 _CUSTOM_KEYS = ("decoder", "beam_width", "lm", "lm_alpha", "lm_beta")
 
@@ -55,8 +61,8 @@ class RivaSpeechRecognitionServicer(riva_asr_pb2_grpc.RivaSpeechRecognitionServi
         except RequestError as exc:  # counted and reported like asr.v1's own refusals
             self.asr.metrics.count_error(exc.reason)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, public_message(exc))
-        response = await self.asr.Recognize(asr_pb2.RecognizeRequest(config=config, audio=request.audio,
-                                                                     request_id=request.id.value), context)
+        response = await self.asr.Recognize(asr_pb2.RecognizeRequest(
+            config=config, audio=_pcm(request.audio, request.config.encoding), request_id=request.id.value), context)
         return riva_asr_pb2.RecognizeResponse(
             results=[riva_asr_pb2.SpeechRecognitionResult(alternatives=_alternatives(r.alternatives),
                                                           channel_tag=r.channel_tag, audio_processed=r.audio_processed)
@@ -69,13 +75,14 @@ class RivaSpeechRecognitionServicer(riva_asr_pb2_grpc.RivaSpeechRecognitionServi
 
         async def translated() -> AsyncIterator[asr_pb2.StreamingRecognizeRequest]:
             nonlocal request_id
+            encoding = riva_audio_pb2.ENCODING_UNSPECIFIED
             async for message in request_iterator:
                 if message.WhichOneof("streaming_request") == "streaming_config":
-                    request_id = message.id
+                    request_id, encoding = message.id, message.streaming_config.config.encoding
                     yield asr_pb2.StreamingRecognizeRequest(streaming_config=to_asr_streaming_config(
                         message.streaming_config))
                 else:
-                    yield asr_pb2.StreamingRecognizeRequest(audio_content=message.audio_content)
+                    yield asr_pb2.StreamingRecognizeRequest(audio_content=_pcm(message.audio_content, encoding))
 
         # A translation error surfaces inside asr.v1's stream, which reports it as INVALID_ARGUMENT.
         async for response in self.asr.StreamingRecognize(translated(), context):
@@ -111,8 +118,8 @@ def to_asr_config(config: riva_asr_pb2.RecognitionConfig) -> asr_pb2.Recognition
     if config.encoding not in _ENCODINGS:
         name = riva_audio_pb2.AudioEncoding.Name(config.encoding) if config.encoding in \
             riva_audio_pb2.AudioEncoding.values() else str(config.encoding)
-        raise RequestError(f"encoding {name} is not supported: send LINEAR_PCM, FLAC, or a WAV/OGG/MP3 file with "
-                           "the encoding unset")
+        raise RequestError(f"encoding {name} is not supported: send LINEAR_PCM, FLAC, MULAW, ALAW, OGGOPUS, or an "
+                           "audio file with the encoding unset")
     if config.language_code.lower() not in _ENGLISH:
         raise RequestError(f"language_code {config.language_code!r} is not supported: the models transcribe English")
     if config.enable_automatic_punctuation:
@@ -138,7 +145,15 @@ def to_asr_config(config: riva_asr_pb2.RecognitionConfig) -> asr_pb2.Recognition
         decoder_config=decoder)
 
 
+def _pcm(audio: bytes, encoding: int) -> bytes:
+    """Riva's audio bytes as asr.v1 takes them: G.711 as 16-bit PCM, anything else as it is."""
+    return g711_to_pcm16(audio, _G711[encoding]) if encoding in _G711 else audio
+
+
 def to_asr_streaming_config(config: riva_asr_pb2.StreamingRecognitionConfig) -> asr_pb2.StreamingRecognitionConfig:
+    if config.config.encoding == riva_audio_pb2.OGGOPUS:
+        raise RequestError("a stream is PCM (LINEAR_PCM, MULAW or ALAW, or a WAV file's bytes); send Ogg Opus to "
+                           "Recognize")
     inner = to_asr_config(config.config)  # encoding unset: raw PCM at the stated rate, or a WAV file's bytes
     streaming = asr_pb2.StreamingRecognitionConfig(config=inner, interim_results=config.interim_results)
     stop_history = config.config.endpointing_config.stop_history

@@ -230,6 +230,36 @@ def test_server_vad_items_time_their_words_from_their_own_start(starter_server):
     assert last[-1]["end"] < lead_s  # where the stream's own clock would put them
 
 
+@pytest.mark.parametrize("update", [
+    {"type": "transcription_session.update", "session": {"input_audio_format": "g711_ulaw"}},
+    {"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+        "format": {"type": "audio/pcma"}}}}},
+], ids=["beta g711_ulaw", "GA audio/pcma"])
+def test_telephony_g711_is_heard_as_the_pcm_it_carries(starter_server, update):
+    """8 kHz G.711 bytes (libsndfile's encoder) give what REST gives for the 16-bit PCM libsndfile decodes them to."""
+    subtype = "ULAW" if "g711_ulaw" in json.dumps(update) else "ALAW"
+    audio = decode_audio(an4_test_set(limit=1)[0][0], 8_000).samples
+    companded = io.BytesIO()
+    sf.write(companded, audio, 8_000, format="RAW", subtype=subtype)
+    pcm, _ = sf.read(io.BytesIO(companded.getvalue()), dtype="float32", format="RAW", subtype=subtype,
+                     samplerate=8_000, channels=1)
+    wav = io.BytesIO()
+    sf.write(wav, pcm, 8_000, format="WAV", subtype="PCM_16")
+    want = _rest(starter_server, wav.getvalue(), "g711.wav", STARTER_MODEL)
+    with starter_server.ws() as ws:
+        assert json.loads(ws.recv(timeout=RECEIVE_TIMEOUT_S))["type"] == "transcription_session.created"
+        ws.send(json.dumps(update))
+        updated = _receive_until(ws, update["type"].replace("update", "updated"))[-1]["session"]
+        assert json.dumps(updated).count("8000") == 1  # G.711 is 8 kHz
+        data = companded.getvalue()
+        for offset in range(0, len(data), 801):  # odd sizes: one byte is one sample
+            ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                "audio": base64.b64encode(data[offset:offset + 801]).decode()}))
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        completed = _receive_until(ws, "conversation.item.input_audio_transcription.completed")[-1]
+    assert completed["transcript"] == want["text"] and completed["transcript"]
+
+
 def test_api_key_by_header_query_or_subprotocol(strict_server):
     for kw, query in (({"additional_headers": {"Authorization": f"Bearer {API_KEY}"}}, ""),
                       ({}, f"&api_key={API_KEY}"),
@@ -246,11 +276,11 @@ def test_api_key_by_header_query_or_subprotocol(strict_server):
     (lambda ws: ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime"}})),
      "unsupported_session_type", 1008),
     (lambda ws: ws.send(json.dumps({"type": "session.update", "session": {
-        "type": "transcription", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}})),
+        "type": "transcription", "audio": {"input": {"format": {"type": "audio/opus"}}}}})),
      "unsupported_audio_format", 1003),
     (lambda ws: ws.send(json.dumps({"type": "input_audio_buffer.commit"})), "input_audio_buffer_commit_empty", 1008),
     (lambda ws: ws.send(json.dumps({"type": "transcription_session.update",
-                                    "session": {"input_audio_format": "g711_ulaw"}})), "unsupported_audio_format", 1003),
+                                    "session": {"input_audio_format": "opus"}})), "unsupported_audio_format", 1003),
     (lambda ws: ws.send(json.dumps({"type": "transcription_session.update",
                                     "session": {"sample_rate": 4000}})), "invalid_sample_rate", 1008),
     (lambda ws: ws.send(json.dumps({"type": "transcription_session.update",

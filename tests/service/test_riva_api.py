@@ -164,7 +164,7 @@ def test_unsupported_options_are_invalid_arguments(server):
     path, _ = an4_test_set(limit=1)[0]
     for config, fragment in ((_config(enable_automatic_punctuation=True), "punctuation"),
                              (riva_client.RecognitionConfig(language_code="de-DE"), "de-DE"),
-                             (_config(encoding=riva_client.AudioEncoding.MULAW, sample_rate_hertz=8000), "MULAW")):
+                             (_config(encoding=99, sample_rate_hertz=8000), "encoding 99 is not supported")):
         with pytest.raises(grpc.RpcError) as err:
             asr.offline_recognize(path.read_bytes(), config)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in err.value.details()
@@ -193,3 +193,36 @@ def test_interim_pieces_concatenate_with_spaces_as_riva_clients_join_them():
     _space_interim_pieces(results)
     assert "".join(r.alternatives[0].transcript for r in results if not r.is_final) == "s three nine"
     assert results[0].alternatives[0].transcript == "rubout g n e"  # finals are whole results, left as they are
+
+
+def test_g711_and_ogg_opus_are_heard_as_the_pcm_they_carry(server):
+    """MULAW and ALAW bytes (libsndfile's G.711 encoder) give the transcript of the 16-bit PCM libsndfile decodes them
+    to, offline and streaming; Ogg Opus is read as a container by Recognize and refused on a stream."""
+    import soundfile as sf
+
+    asr = _asr(server)
+    audio = decode_audio(an4_test_set(limit=1)[0][0], 8_000).samples
+    for encoding, subtype in ((riva_client.AudioEncoding.MULAW, "ULAW"), (riva_client.AudioEncoding.ALAW, "ALAW")):
+        companded = io.BytesIO()
+        sf.write(companded, audio, 8_000, format="RAW", subtype=subtype)
+        pcm, _ = sf.read(io.BytesIO(companded.getvalue()), dtype="int16", format="RAW", subtype=subtype,
+                         samplerate=8_000, channels=1)
+        want = asr.offline_recognize(pcm.astype("<i2").tobytes(), _config(
+            encoding=riva_client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=8_000)).results[0].alternatives[0]
+        got = asr.offline_recognize(companded.getvalue(), _config(encoding=encoding, sample_rate_hertz=8_000))
+        assert got.results[0].alternatives[0].transcript == want.transcript, subtype
+        streaming_config = riva_client.StreamingRecognitionConfig(
+            config=_config(encoding=encoding, sample_rate_hertz=8_000), interim_results=False)
+        chunks = [companded.getvalue()[i:i + 799] for i in range(0, len(companded.getvalue()), 799)]
+        finals = [r.alternatives[0].transcript for response in asr.streaming_response_generator(
+            audio_chunks=chunks, streaming_config=streaming_config) for r in response.results if r.is_final]
+        assert " ".join(f for f in finals if f) == want.transcript, subtype
+    opus = io.BytesIO()
+    sf.write(opus, decode_audio(an4_test_set(limit=1)[0][0], 48_000).samples, 48_000, format="OGG", subtype="OPUS")
+    unset = asr.offline_recognize(opus.getvalue(), _config()).results[0].alternatives[0].transcript
+    named = asr.offline_recognize(opus.getvalue(), _config(encoding=riva_client.AudioEncoding.OGGOPUS))
+    assert named.results[0].alternatives[0].transcript == unset
+    with pytest.raises(grpc.RpcError) as err:
+        list(asr.streaming_response_generator(audio_chunks=[opus.getvalue()], streaming_config=(
+            riva_client.StreamingRecognitionConfig(config=_config(encoding=riva_client.AudioEncoding.OGGOPUS)))))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "send Ogg Opus to Recognize" in err.value.details()
