@@ -15,19 +15,25 @@ import secrets
 import time
 from dataclasses import replace
 
-from fastapi import APIRouter, WebSocket
+import numpy as np
+from fastapi import APIRouter, Request, WebSocket
+from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 
 from model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from service.auth import check_api_key
-from service.domain import IdleTimeoutError, PayloadTooLargeError, RequestError, ServiceUnavailableError
+from service.decoding import plan_decoding
+from service.domain import (IdleTimeoutError, PayloadTooLargeError, RequestError, ServiceUnavailableError,
+                            TranscriptionRequest)
 from service.errors import public_message
 from service.g711 import g711_to_pcm16
 from service.http_api import words_json
 from service.http_errors import count_failure, error_response, known_error
 from service.openai_api import OPENAI_MODEL_IDS
+from service.riva_realtime import FILE_FORMAT, default_session, from_riva_session, is_riva_session
 from service.streaming import (MAX_STREAM_BACKLOG_S, STABLE_STABILITY, StreamingOptions, StreamingSession, StreamResult,
                                pcm16_to_float32)
+from service.wav_stream import is_wav, parse_wav_header
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,7 @@ _MAX_QUEUED_EVENTS = 64
 # transcription_session.update is the beta API's; session.update with a "transcription" session the GA API's
 # (openai's client.realtime). Each is answered in its own shape.
 _EVENTS = ("transcription_session.update", "session.update", "input_audio_buffer.append", "input_audio_buffer.commit",
-           "input_audio_buffer.clear")
+           "input_audio_buffer.clear", "input_audio_buffer.done")
 
 
 # Telephony's G.711, as the beta API names it and as the GA API does (8 kHz, one byte a sample; service.g711).
@@ -83,6 +89,19 @@ def error_for(exc: BaseException) -> tuple[int, dict]:
         return 1011, {"type": "server_error", "code": "internal", "message": "internal server error"}
     status, type_, code = known
     return _CLOSE_CODES.get(status, 1008), {"type": type_, "code": code, "message": public_message(exc)}
+
+
+@router.post("/v1/realtime/transcription_sessions", tags=["realtime"],
+             summary="Riva's realtime API: the defaults of a new transcription session, before its socket opens")
+async def create_transcription_session(request: Request) -> JSONResponse:
+    engine = request.app.state.engine
+    try:
+        check_api_key(engine.config.api_keys, request.headers.get("authorization"))
+        name, version, _ = engine.resolve_model(None, request.headers.get("x-request-id"))
+    except Exception as exc:  # noqa: BLE001 - answered as every REST error is
+        count_failure(engine.metrics, exc)
+        return error_response(exc)
+    return JSONResponse(default_session(_new_id("sess"), f"{name}@{version}", 16_000))
 
 
 @router.websocket("/v1/realtime")
@@ -172,6 +191,9 @@ class _Connection:
         self.session_id = _new_id("sess")
         self.model: tuple[str, int, int] | None = None  # (name, version, model rate), pinned at update
         self.source_rate, self.silence_ms, self.audio_format = DEFAULT_SAMPLE_RATE, None, "pcm16"
+        self.channels, self.hotwords, self.riva = 1, (), False  # riva: the session came from Riva's client
+        self._header = b""  # a file's first bytes while its WAV header is incomplete (input_audio_format "none")
+        self._force_eou = False  # Riva's runtime_config.force_eou: the next commit ends the item
         self.stream: StreamingSession | None = None
         self.item_id: str | None = None
         self.previous_item_id: str | None = None
@@ -241,14 +263,28 @@ class _Connection:
     async def _apply(self, event: dict) -> None:
         kind = event["type"]
         if kind == "transcription_session.update":
-            self._update(event.get("session"))
+            session = event.get("session")
+            if isinstance(session, dict) and is_riva_session(session):
+                self.riva, session = True, from_riva_session(session)
+            self._update(session)
             await self.send("transcription_session.updated", session=self._session_json())
         elif kind == "session.update":
             self._update(_from_ga_session(event.get("session")))
             await self.send("session.updated", session=self._ga_session_json())
         elif kind == "input_audio_buffer.append":
             self._append(event["pcm"])
+            runtime = event.get("runtime_config")
+            self._force_eou = self._force_eou or (isinstance(runtime, dict) and
+                                                  str(runtime.get("force_eou")).lower() == "true")
+        elif kind == "input_audio_buffer.commit" and self.riva and not self._force_eou:
+            pass  # Riva's client commits after every chunk: its items end at pauses, force_eou or done
+        elif kind == "input_audio_buffer.done":  # Riva's: the last audio is in; its final is the last result
+            results = await self.stream.finish() if self.stream is not None else []
+            self.stream, self._carry, self._header = None, b"", b""
+            self.reservation.resize(0.0)
+            await self._complete(results[0] if results else None, last=True)
         elif kind == "input_audio_buffer.commit":
+            self._force_eou = False
             if self.stream is None:
                 raise _EventError("input_audio_buffer_commit_empty", "nothing to commit: no audio was appended "
                                                                      "since the last commit")
@@ -273,9 +309,15 @@ class _Connection:
             raise _EventError("session_locked", "the session cannot change while audio is buffered; commit or "
                                                 "clear it first")
         audio_format = session.get("input_audio_format", self.audio_format)
-        if audio_format not in _G711_FORMATS and audio_format != "pcm16":
-            raise _EventError("unsupported_audio_format", f"input_audio_format must be pcm16, g711_ulaw or g711_alaw, "
-                              f"got {str(audio_format)[:32]!r}", 1003)
+        if audio_format not in _G711_FORMATS and audio_format not in ("pcm16", FILE_FORMAT):
+            raise _EventError("unsupported_audio_format", f"input_audio_format must be pcm16, g711_ulaw, g711_alaw or "
+                              f"none (a WAV file's bytes), got {str(audio_format)[:32]!r}", 1003)
+        channels = session.get("channels", self.channels)
+        if type(channels) is not int or not 1 <= channels <= 8:
+            raise _EventError("invalid_channels", f"num_channels must be an integer from 1 to 8, got "
+                                                  f"{str(channels)[:32]}")
+        hotwords = tuple(session.get("hotwords", self.hotwords))
+        plan_decoding(TranscriptionRequest(np.zeros(0, dtype=np.float32), hotwords=hotwords), self.config.beam, {})
         # G.711 is 8 kHz by definition; 16-bit PCM keeps the session's rate unless the update sets one.
         rate = session.get("sample_rate", 8_000 if audio_format in _G711_FORMATS else self.source_rate)
         if type(rate) is not int or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
@@ -292,26 +334,52 @@ class _Connection:
         if spec is not None or self.model is None:
             self.model = self.engine.resolve_model(None if spec in (None, "", "default", *OPENAI_MODEL_IDS)
                                                    else spec, self.ws.headers.get("x-request-id") or self.session_id)
-        self.source_rate, self.audio_format = rate, audio_format
+        self.source_rate, self.audio_format, self.channels, self.hotwords = rate, audio_format, channels, hotwords
 
     def _append(self, pcm: bytes) -> None:
         if self.model is None:  # no session update: the defaults (the active model, 24 kHz), as OpenAI's
             self.model = self.engine.resolve_model(None, self.ws.headers.get("x-request-id") or self.session_id)
         if self.stream is None:
+            if self.audio_format == FILE_FORMAT:
+                pcm = self._past_wav_header(pcm)
+                if pcm is None:
+                    return  # the header goes on in the next append
             name, version, model_rate = self.model
             self.stream = StreamingSession(self.engine, f"{name}@{version}", model_rate, self.source_rate,
-                                           StreamingOptions(silence_ms=self.silence_ms), api=API)
+                                           StreamingOptions(silence_ms=self.silence_ms, hotwords=self.hotwords),
+                                           api=API)
             self.item_id, self.sent_stable, self.item_start_s = _new_id("item"), "", 0.0
         if self.audio_format in _G711_FORMATS:  # one byte a sample: never split
             pcm = g711_to_pcm16(pcm, _G711_FORMATS[self.audio_format])
+        frame_bytes = 2 * self.channels
         data = self._carry + pcm
-        usable = len(data) - len(data) % 2
+        usable = len(data) - len(data) % frame_bytes
         self._carry = data[usable:]
-        self.stream.add_audio(pcm16_to_float32(data[:usable]))
+        self.stream.add_audio(pcm16_to_float32(data[:usable], self.channels))
         self.reservation.resize(self.stream.held_s)
-        self.received_s += usable / 2 / self.source_rate
+        self.received_s += usable / frame_bytes / self.source_rate
         if self.received_s > self.config.max_audio_duration_s:
             raise PayloadTooLargeError(f"stream audio exceeds {self.config.max_audio_duration_s:.0f} s")
+
+    def _past_wav_header(self, data: bytes) -> bytes | None:
+        """A file's bytes (input_audio_format "none"): None until its WAV header is whole, then the bytes after it,
+        with the rate and channels the header states."""
+        self._header += data
+        if len(self._header) < 12:
+            return None
+        if not is_wav(self._header):
+            raise _EventError("unsupported_audio_format", "input_audio_format none takes a WAV file's bytes, header "
+                                                          "first", 1003)
+        wav = parse_wav_header(self._header)
+        if wav is None:
+            return None
+        if not MIN_SAMPLE_RATE <= wav.sample_rate <= MAX_SAMPLE_RATE or wav.channels > 8:
+            raise _EventError("invalid_sample_rate", f"the WAV file is {wav.sample_rate} Hz with {wav.channels} "
+                                                     f"channel(s); {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz and 1-8 "
+                                                     "channels are read")
+        self.source_rate, self.channels = wav.sample_rate, wav.channels
+        rest, self._header = self._header[wav.data_offset:], b""
+        return rest
 
     async def _publish(self, results: list[StreamResult]) -> None:
         """Sends a step's results: a final (server VAD endpoint) completes the item, interims are deltas."""
@@ -331,7 +399,7 @@ class _Connection:
         await self.send("conversation.item.input_audio_transcription.delta", item_id=self.item_id,
                         content_index=0, delta=delta, transcript=" ".join(r.text for r in results if r.text))
 
-    async def _complete(self, final: StreamResult | None) -> None:
+    async def _complete(self, final: StreamResult | None, last: bool = False) -> None:
         name, version, _ = self.model
         text = final.text if final else ""
         if text.startswith(self.sent_stable) and text != self.sent_stable:
@@ -344,9 +412,13 @@ class _Connection:
         offset_s = self.item_start_s
         words = [replace(w, start_s=round(w.start_s - offset_s, 3), end_s=round(w.end_s - offset_s, 3))
                  for w in final.words] if final else []
+        # is_last_result and words_info (times in ms) are Riva's; OpenAI's clients read past them.
+        riva = {"words_info": {"words": [{"word": w.word, "start_time": round(1000 * w.start_s),
+                                          "end_time": round(1000 * w.end_s), "confidence": w.confidence,
+                                          "speaker_tag": 0} for w in words]}} if self.riva else {}
         await self.send("conversation.item.input_audio_transcription.completed", item_id=self.item_id,
                         content_index=0, transcript=text, words=words_json(words),
-                        model={"name": name, "version": version})
+                        model={"name": name, "version": version}, is_last_result=last, **riva)
         self.previous_item_id = self.item_id
 
     def _ga_session_json(self) -> dict:

@@ -1,6 +1,6 @@
 """Riva's own ASR sample scripts (../shared/clients/riva, unmodified) against `asr serve`: each prints the transcript
-that REST gives for the same file, and boosted words change a stream's final as they change Recognize's. Riva's
-realtime WebSocket client is not served yet (issue #36)."""
+that REST gives for the same file, and boosted words change a stream's final as they change Recognize's; their
+realtime WebSocket client (realtime_asr_client.py) does the same over our HTTP port."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def server(served_model, tmp_path_factory):
     env = {**os.environ, "ASR_DRAIN_TIMEOUT_S": "5", "PYTHONPATH": str(REPO)}
     env.pop("ASR_API_KEYS", None)
     cmd = _asr_command() + ["serve", "--registry", str(served_model.registry), "--model", served_model.name,
-                            "--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port), "--device", "cpu"]
+                            "--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port),
+                            "--device", "cpu"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -45,7 +46,8 @@ def server(served_model, tmp_path_factory):
                          what="asr serve")
         rest = httpx.post(f"http://127.0.0.1:{port}/transcribe", files={"file": ("clip.wav", clip.read_bytes())},
                           timeout=60).json()
-        yield {"grpc": f"127.0.0.1:{grpc_port}", "clip": clip, "text": rest["text"], "tmp": tmp,
+        yield {"grpc": f"127.0.0.1:{grpc_port}", "http": f"127.0.0.1:{port}", "clip": clip, "text": rest["text"],
+               "tmp": tmp,
                "model": f"{rest['model']['name']}@{rest['model']['version']}", "real": served_model.real}
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -101,3 +103,17 @@ def test_two_parallel_streaming_clients_each_write_the_final(server):
     for index in (0, 1):
         text = (out / f"output_{index}.txt").read_text()
         assert re.findall(r"Transcript 0: (.*)", text) == [server["text"]], text[-2000:]
+
+
+@pytest.mark.parametrize("boost", [(), ("--boosted-lm-words", "g m e f", "--boosted-lm-score", "20")],
+                         ids=["plain", "boosted"])
+def test_the_realtime_app_writes_what_the_offline_app_prints(server, boost):
+    offline = _app("transcribe_file_offline.py", "--server", server["grpc"], "--input-file", server["clip"], *boost)
+    [want] = re.findall(r"^Final transcript: (.*)$", offline, re.MULTILINE)
+    out = server["tmp"] / f"realtime-{len(boost)}.txt"
+    printed = _app("realtime_asr_client.py", "--server", server["http"], "--input-file", server["clip"],
+                   "--word-time-offsets", "--output-text", out, *boost)
+    assert out.read_text() == want, printed[-2000:]
+    if server["real"]:  # word times in ms, from the file's start
+        words = re.findall(r"^(\S+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+0\s*$", printed, re.MULTILINE)
+        assert [w[0] for w in words] == want.split(), printed[-2000:]

@@ -361,3 +361,60 @@ def test_an_idle_socket_is_closed_going_away(impatient_server):
     assert error["message"].startswith("no event for 0.5 s; the socket was closed")
     metrics = httpx.get(impatient_server.url + "/metrics").text
     assert 'asr_errors_total{reason="idle_timeout"} 1.0' in metrics
+
+
+def _riva_session(**overrides) -> dict:
+    """What Riva's client sends: the server's defaults (POST /v1/realtime/transcription_sessions) with its changes."""
+    from service.riva_realtime import default_session
+
+    return {**default_session("sess_x", STARTER_MODEL, 16_000), **overrides}
+
+
+def test_rivas_session_endpoint_gives_the_defaults_behind_the_api_key(strict_server):
+    assert httpx.post(strict_server.url + "/v1/realtime/transcription_sessions", json={}).status_code == 401
+    session = httpx.post(strict_server.url + "/v1/realtime/transcription_sessions", json={},
+                         headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    assert session["input_audio_params"] == {"sample_rate_hz": 16_000, "num_channels": 1}
+    assert session["input_audio_transcription"]["model"] == "tiny@1"
+
+
+def test_a_riva_file_session_commits_every_chunk_and_ends_with_the_last_result(starter_server):
+    """Riva's client streams a .wav file's bytes (input_audio_format "none"), commits after every chunk, and sends
+    input_audio_buffer.done: one item, marked the last result, with REST's words and times in ms."""
+    path, _ = an4_test_set(limit=1)[0]
+    wav = io.BytesIO()
+    sf.write(wav, decode_audio(path, 16_000).samples, 16_000, format="WAV", subtype="PCM_16")
+    want = _rest(starter_server, wav.getvalue(), "clip.wav", STARTER_MODEL)
+    with starter_server.ws() as ws:
+        assert json.loads(ws.recv(timeout=RECEIVE_TIMEOUT_S))["type"] == "transcription_session.created"
+        update = {"type": "transcription_session.update", "session": _riva_session(input_audio_format="none")}
+        ws.send(json.dumps(update))
+        _receive_until(ws, "transcription_session.updated")
+        data = wav.getvalue()
+        for offset in range(0, len(data), 3_200):  # the header arrives split, the way the file is read
+            _append(ws, data[offset:offset + 3_200], chunk_bytes=3_200)
+            ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        ws.send(json.dumps({"type": "input_audio_buffer.done"}))
+        events = _receive_until(ws, "conversation.item.input_audio_transcription.completed")
+    completed = [e for e in events if e["type"].endswith(".completed")]
+    assert len(completed) == 1 and completed[0]["is_last_result"] is True
+    assert completed[0]["transcript"] == want["text"]
+    assert [(w["word"], w["start_time"]) for w in completed[0]["words_info"]["words"]] == [
+        (w["word"], round(1000 * w["start"])) for w in want["words"]]
+
+
+def test_riva_force_eou_ends_an_item_and_done_ends_the_last(starter_server):
+    clips = [decode_audio(path, 16_000).samples for path, _ in an4_test_set(limit=2)]
+    with starter_server.ws() as ws:
+        assert json.loads(ws.recv(timeout=RECEIVE_TIMEOUT_S))["type"] == "transcription_session.created"
+        ws.send(json.dumps({"type": "transcription_session.update", "session": _riva_session()}))
+        _receive_until(ws, "transcription_session.updated")
+        _append(ws, _pcm(clips[0]))
+        ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "", "runtime_config": {"force_eou": "true"}}))
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        first = _receive_until(ws, "conversation.item.input_audio_transcription.completed")[-1]
+        _append(ws, _pcm(clips[1]))
+        ws.send(json.dumps({"type": "input_audio_buffer.done"}))
+        last = _receive_until(ws, "conversation.item.input_audio_transcription.completed")[-1]
+    assert first["is_last_result"] is False and last["is_last_result"] is True
+    assert first["transcript"] and last["transcript"] and first["item_id"] != last["item_id"]
