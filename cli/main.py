@@ -71,7 +71,9 @@ def _add_canary_gate_args(parser: argparse.ArgumentParser, required: bool) -> No
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description="QuartzNet speech recognition: train, publish, serve.")
-    parser.add_argument("--registry", default=None, help="model registry folder (default $ASR_REGISTRY or ./registry)")
+    parser.add_argument("--registry", default=None,
+                        help="model registry folder (default $ASR_REGISTRY, else ./registry, else "
+                             "~/.local/share/quartznet-asr/registry, which scripts/setup.sh links to the checkout's)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     models = sub.add_parser("models", help="model presets and the registry").add_subparsers(dest="models_cmd",

@@ -52,9 +52,22 @@ class IntegrityError(RegistryError):
     """A published version whose files or metadata no longer match what was published."""
 
 
+def user_registry_root() -> Path:
+    """The per-user registry, ``$XDG_DATA_HOME/quartznet-asr/registry`` (``~/.local/share/...``): scripts/setup.sh
+    links it to the checkout's registry, so ``asr`` finds the models from any directory."""
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(data_home) / "quartznet-asr" / "registry"
+
+
 def default_registry_root() -> Path:
-    """Returns ``$ASR_REGISTRY`` if set, else ``./registry`` relative to the working directory."""
-    return Path(os.environ.get("ASR_REGISTRY") or "registry")
+    """``$ASR_REGISTRY`` if set; else ``./registry`` where the working directory has one (a checkout); else the
+    per-user registry where it exists; else ``./registry`` (a missing registry's errors name both places)."""
+    if os.environ.get("ASR_REGISTRY"):
+        return Path(os.environ["ASR_REGISTRY"])
+    local = Path("registry")
+    if not local.is_dir() and user_registry_root().is_dir():
+        return user_registry_root()
+    return local
 
 
 def validate_name(name: str) -> str:
@@ -220,6 +233,10 @@ class Registry:
         name, version = parse_spec(spec)
         available = self.versions(name)
         if not available:
+            if not self.root.is_dir():
+                raise NotFoundError(f"no model named {name!r}: the registry {self.root} does not exist (set "
+                                    f"ASR_REGISTRY or --registry, or run scripts/setup.sh, which links "
+                                    f"{user_registry_root()} to the checkout's registry)")
             known = ", ".join(self.names()) or "none"
             raise NotFoundError(f"no model named {name!r} in registry {self.root} (available: {known})")
         if version is None:

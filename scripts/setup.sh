@@ -100,6 +100,12 @@ step_seed_registry() {
     mv "$target/.tmp/seed-$name-$version" "$target/$name/$version"
     log "seeded $name@$version into $target"
   done
+  # `asr` from any directory: the per-user registry (model/registry.py user_registry_root) is this checkout's,
+  # unless one is there already (another checkout's, or the user's own); a link left dangling is replaced.
+  local user_dir="${XDG_DATA_HOME:-$HOME/.local/share}/quartznet-asr"
+  if [[ ! -e "$user_dir/registry" ]] && mkdir -p "$user_dir" 2>/dev/null; then
+    ln -sfn "$(cd "$target" && pwd)" "$user_dir/registry" && log "linked $user_dir/registry -> $target"
+  fi
 }
 
 step_apt() {

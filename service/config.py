@@ -6,7 +6,6 @@ Nested fields use ``__`` (e.g. ``ASR_BEAM__WIDTH_MAX=128``); lists are JSON
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -17,7 +16,9 @@ from lm.beam import DEFAULT_ALPHA, DEFAULT_BEAM_WIDTH, DEFAULT_BETA, DEFAULT_HOT
 
 
 def _default_registry() -> Path:
-    return Path(os.environ.get("ASR_REGISTRY") or "registry")
+    from model.registry import default_registry_root
+
+    return default_registry_root()
 
 
 class BeamConfig(BaseModel):
@@ -68,7 +69,7 @@ class ServiceConfig(BaseSettings):
 
     # --- models -------------------------------------------------------------------------
     registry: Path = Field(default_factory=_default_registry)
-    """Model registry root ($ASR_REGISTRY, else ./registry)."""
+    """Model registry root ($ASR_REGISTRY, else ./registry, else the per-user registry: model.registry)."""
     default_model: str = "an4-quartznet"
     """NAME[@VERSION] served when a request names no model (or "default"/an OpenAI model id)."""
     preload_models: list[str] = Field(default_factory=list)

@@ -20,6 +20,7 @@ from model.registry import (
     RegistryError,
     default_registry_root,
     parse_spec,
+    user_registry_root,
     validate_name,
 )
 
@@ -68,12 +69,22 @@ def test_parse_spec() -> None:
             parse_spec(bad)
 
 
-def test_default_root_honours_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_default_root_is_the_env_then_the_working_directorys_then_the_users(monkeypatch: pytest.MonkeyPatch,
+                                                                            tmp_path: Path) -> None:
     monkeypatch.setenv("ASR_REGISTRY", str(tmp_path / "reg"))
     assert default_registry_root() == tmp_path / "reg"
     assert Registry().root == tmp_path / "reg"
     monkeypatch.delenv("ASR_REGISTRY")
-    assert default_registry_root() == Path("registry")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert default_registry_root() == Path("registry")  # neither exists: the errors say where to look
+    with pytest.raises(NotFoundError) as error:
+        Registry().resolve("an4-quartznet")
+    assert "does not exist" in str(error.value) and str(user_registry_root()) in str(error.value)
+    user_registry_root().mkdir(parents=True)
+    assert user_registry_root() == tmp_path / "data" / "quartznet-asr" / "registry" == default_registry_root()
+    (tmp_path / "registry").mkdir()
+    assert default_registry_root() == Path("registry")  # a checkout's own comes first
 
 
 # -- publish / resolve / list ----------------------------------------------------------------
