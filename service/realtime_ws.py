@@ -276,7 +276,7 @@ class _Connection:
             runtime = event.get("runtime_config")
             self._force_eou = self._force_eou or (isinstance(runtime, dict) and
                                                   str(runtime.get("force_eou")).lower() == "true")
-        elif kind == "input_audio_buffer.commit" and self.riva and not self._force_eou:
+        elif kind == "input_audio_buffer.commit" and self.riva and (not self._force_eou or self.stream is None):
             pass  # Riva's client commits after every chunk: its items end at pauses, force_eou or done
         elif kind == "input_audio_buffer.done":  # Riva's: the last audio is in; its final is the last result
             results = await self.stream.finish() if self.stream is not None else []
@@ -424,7 +424,8 @@ class _Connection:
     def _ga_session_json(self) -> dict:
         beta = self._session_json()
         return {"type": "transcription", "id": self.session_id, "object": "realtime.transcription_session",
-                "audio": {"input": {"format": {"type": {v: k for k, v in _GA_FORMATS.items()}[self.audio_format],
+                "audio": {"input": {"format": {"type": {v: k for k, v in _GA_FORMATS.items()}.get(self.audio_format,
+                                                                                                   "audio/pcm"),
                                                "rate": self.source_rate},
                                     "transcription": beta["input_audio_transcription"],
                                     "turn_detection": beta["turn_detection"], "noise_reduction": None}}}

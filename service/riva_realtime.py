@@ -31,26 +31,37 @@ def from_riva_session(session: dict) -> dict:
     fields it shares with OpenAI's beta session (input_audio_format, input_audio_transcription) stay as they are."""
     out = {key: session[key] for key in ("input_audio_format", "input_audio_transcription", "turn_detection")
            if key in session}
-    params = session.get("input_audio_params") or {}
-    if not isinstance(params, dict):
-        raise RequestError("input_audio_params must be an object")
+    params = _section(session, "input_audio_params")
     if "sample_rate_hz" in params:
         out["sample_rate"] = params["sample_rate_hz"]
     if "num_channels" in params:
         out["channels"] = params["num_channels"]
-    recognition = session.get("recognition_config") or {}
-    if isinstance(recognition, dict) and recognition.get("enable_automatic_punctuation"):
+    if _section(session, "recognition_config").get("enable_automatic_punctuation"):
         raise RequestError("enable_automatic_punctuation is not supported: transcripts have no punctuation")
-    if (session.get("speaker_diarization") or {}).get("enable_speaker_diarization"):
+    if _section(session, "speaker_diarization").get("enable_speaker_diarization"):
         raise RequestError("speaker diarization is not supported")
-    boosting = session.get("word_boosting") or {}
+    boosting = _section(session, "word_boosting")
     if boosting.get("enable_word_boosting"):
-        out["hotwords"] = [(phrase, float(entry.get("boost", 0.0)))
-                           for entry in boosting.get("word_boosting_list") or [] for phrase in entry.get("phrases", [])]
-    stop_history_ms = (session.get("endpointing_config") or {}).get("stop_history")
+        out["hotwords"] = hotwords = []
+        for entry in boosting.get("word_boosting_list") or []:
+            phrases, boost = (entry.get("phrases"), entry.get("boost", 0.0)) if isinstance(entry, dict) else (0, 0)
+            if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases) or \
+                    isinstance(boost, bool) or not isinstance(boost, (int, float)):
+                raise RequestError("word_boosting_list entries need 'phrases' (strings) and a numeric 'boost'")
+            hotwords += [(phrase, float(boost)) for phrase in phrases]
+    stop_history_ms = _section(session, "endpointing_config").get("stop_history")
     if stop_history_ms:
-        out["turn_detection"] = {"type": "server_vad", "silence_duration_ms": int(stop_history_ms)}
+        if isinstance(stop_history_ms, bool) or not isinstance(stop_history_ms, int) or stop_history_ms < 0:
+            raise RequestError("endpointing_config.stop_history must be a whole number of milliseconds")
+        out["turn_detection"] = {"type": "server_vad", "silence_duration_ms": stop_history_ms}
     return out
+
+
+def _section(session: dict, key: str) -> dict:
+    value = session.get(key) or {}
+    if not isinstance(value, dict):
+        raise RequestError(f"{key} must be an object")
+    return value
 
 
 def is_riva_session(session: dict) -> bool:

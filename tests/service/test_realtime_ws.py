@@ -275,6 +275,10 @@ def test_api_key_by_header_query_or_subprotocol(strict_server):
     (lambda ws: ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "%%%"})), "invalid_audio", 1003),
     (lambda ws: ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime"}})),
      "unsupported_session_type", 1008),
+    (lambda ws: ws.send(json.dumps({"type": "transcription_session.update", "session": {  # Riva's, malformed
+        "input_audio_params": {}, "word_boosting": {"enable_word_boosting": True,
+                                                    "word_boosting_list": [{"phrases": "g m", "boost": "high"}]}}})),
+     "bad_request", 1008),
     (lambda ws: ws.send(json.dumps({"type": "session.update", "session": {
         "type": "transcription", "audio": {"input": {"format": {"type": "audio/opus"}}}}})),
      "unsupported_audio_format", 1003),
