@@ -18,9 +18,10 @@ from model.audio_stream import AudioStream
 av = pytest.importorskip("av")
 
 RATE = 48_000
-# (PyAV muxer, encoder, file name): Chrome's MediaRecorder, iPhone voice memos, video, Common Voice, raw AAC.
+# (PyAV muxer, encoder, file name): Chrome's MediaRecorder, iPhone voice memos, video, Common Voice, raw AAC, and
+# an MPEG program stream (OpenAI's "mpeg").
 FORMATS = [("webm", "libopus", "c.webm"), ("ipod", "aac", "c.m4a"), ("mp4", "aac", "c.mp4"),
-           ("mp3", "libmp3lame", "c.mp3"), ("adts", "aac", "c.aac")]
+           ("mp3", "libmp3lame", "c.mp3"), ("adts", "aac", "c.aac"), ("mpeg", "mp2", "c.mpeg")]
 
 
 def encode(muxer: str, encoder: str, samples: np.ndarray, rate: int = RATE, channels: int = 2) -> bytes:
