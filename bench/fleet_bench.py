@@ -95,20 +95,26 @@ def latency(replica: dict, balancer: dict, payloads: list[bytes], pcm: list[byte
     return {"rest": rest, "grpc": grpc_}
 
 
+async def post_clips(balancer: dict, payloads: list[bytes], index: int, step: int, stop: asyncio.Event,
+                     record) -> None:
+    """Client ``index`` of ``step``: posts clips through the balancer until ``stop``, ``record(response)`` each."""
+    async with httpx.AsyncClient(timeout=120) as http:
+        i = index
+        while not stop.is_set():
+            record(await http.post(f"http://127.0.0.1:{balancer['http_port']}/transcribe",
+                                   content=payloads[i % len(payloads)], headers={"Content-Type": "audio/wav"}))
+            i += step
+
+
 async def rollout(args, registry: Path, replicas: list[dict], balancer: dict, payloads: list[bytes]) -> dict:
     outcomes: list[tuple[float, int, str | None]] = []
     stop = asyncio.Event()
 
-    async def client(index: int) -> None:
-        async with httpx.AsyncClient(timeout=120) as http:
-            i = index
-            while not stop.is_set():
-                r = await http.post(f"http://127.0.0.1:{balancer['http_port']}/transcribe",
-                                    content=payloads[i % len(payloads)], headers={"Content-Type": "audio/wav"})
-                outcomes.append((time.monotonic(), r.status_code, r.headers.get("x-asr-model")))
-                i += args.clients
+    def record(r: httpx.Response) -> None:
+        outcomes.append((time.monotonic(), r.status_code, r.headers.get("x-asr-model")))
 
-    clients = [asyncio.ensure_future(client(i)) for i in range(args.clients)]
+    clients = [asyncio.ensure_future(post_clips(balancer, payloads, i, args.clients, stop, record))
+               for i in range(args.clients)]
     await asyncio.sleep(5)
     started = time.monotonic()
     subprocess.run([sys.executable, "-m", "cli.main", "--registry", str(registry), "models", "activate",
@@ -143,14 +149,8 @@ async def scale_down(args, replicas: list[dict], balancer: dict, payloads: list[
     stop = asyncio.Event()
     config = asr_pb2.RecognitionConfig(encoding=asr_pb2.LINEAR_PCM, sample_rate_hertz=16_000)
 
-    async def rest_client(index: int) -> None:
-        async with httpx.AsyncClient(timeout=120) as http:
-            i = index
-            while not stop.is_set():
-                r = await http.post(f"http://127.0.0.1:{balancer['http_port']}/transcribe",
-                                    content=payloads[i % len(payloads)], headers={"Content-Type": "audio/wav"})
-                outcomes.append((time.monotonic(), "rest", str(r.status_code)))
-                i += args.clients
+    def record(r: httpx.Response) -> None:
+        outcomes.append((time.monotonic(), "rest", str(r.status_code)))
 
     async def grpc_client(index: int) -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{balancer['grpc_port']}") as channel:
@@ -163,7 +163,8 @@ async def scale_down(args, replicas: list[dict], balancer: dict, payloads: list[
                     outcomes.append((time.monotonic(), "grpc", e.code().name))
                 i += args.clients
 
-    clients = [asyncio.ensure_future((rest_client if i % 2 == 0 else grpc_client)(i)) for i in range(args.clients)]
+    clients = [asyncio.ensure_future(post_clips(balancer, payloads, i, args.clients, stop, record) if i % 2 == 0
+                                     else grpc_client(i)) for i in range(args.clients)]
     await asyncio.sleep(5)
     leaving = replicas[-1]
     sigterm = time.monotonic()

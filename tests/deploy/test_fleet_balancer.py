@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -188,6 +189,22 @@ def _wav(clip: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+@contextlib.contextmanager
+def fleet(registry: Path, tmp: Path):
+    """Three replicas over ``registry`` serving tiny@1, Debian's nginx in front, and the clips the clients send."""
+    replicas = [Replica(i, registry, tmp) for i in range(3)]
+    balancer = None
+    try:
+        _wait_for(lambda: all(r.version() == 1 for r in replicas), "three replicas serving tiny@1")
+        balancer = Balancer(replicas, tmp)
+        yield replicas, balancer, [decode_audio(path, 16_000).samples[:32_000] for path, _ in an4_test_set(limit=8)]
+    finally:
+        if balancer is not None:
+            balancer.stop()
+        for replica in replicas:
+            replica.stop()
+
+
 def _failures(load: Load, since: float = 0.0, until: float = float("inf")) -> list:
     return [o for o in load.outcomes if o[2] != "ok" and since <= o[0] <= until]
 
@@ -197,12 +214,7 @@ def test_a_fleet_behind_the_balancer_rolls_out_refuses_a_corrupt_version_and_sur
     publish_tiny_model(registry, "tiny", seed=0)
     publish_tiny_model(registry, "tiny", seed=1)
     asr_in_process("--registry", registry, "models", "activate", "tiny@1")
-    replicas = [Replica(i, registry, tmp_path) for i in range(3)]
-    balancer = None
-    try:
-        _wait_for(lambda: all(r.version() == 1 for r in replicas), "three replicas serving tiny@1")
-        balancer = Balancer(replicas, tmp_path)
-        clips = [decode_audio(path, 16_000).samples[:32_000] for path, _ in an4_test_set(limit=8)]
+    with fleet(registry, tmp_path) as (replicas, balancer, clips):
         timeline: dict[str, float] = {}
 
         async def scenario() -> Load:
@@ -263,11 +275,6 @@ def test_a_fleet_behind_the_balancer_rolls_out_refuses_a_corrupt_version_and_sur
         assert len(killed) <= CLIENTS, killed
         assert not _failures(load, since=timeline["restarted"]), _failures(load, since=timeline["restarted"])
         assert all(r.proc.poll() is None for r in replicas)
-    finally:
-        if balancer is not None:
-            balancer.stop()
-        for replica in replicas:
-            replica.stop()
 
 
 def test_scaling_down_drains_a_replica_behind_the_balancer_without_failing_a_request(tmp_path):
@@ -275,12 +282,7 @@ def test_scaling_down_drains_a_replica_behind_the_balancer_without_failing_a_req
     has, the balancer sends everything new to the others, and no client sees an error."""
     registry = tmp_path / "registry"
     publish_tiny_model(registry, "tiny", seed=0)
-    replicas = [Replica(i, registry, tmp_path) for i in range(3)]
-    balancer = None
-    try:
-        _wait_for(lambda: all(r.version() == 1 for r in replicas), "three replicas serving tiny@1")
-        balancer = Balancer(replicas, tmp_path)
-        clips = [decode_audio(path, 16_000).samples[:32_000] for path, _ in an4_test_set(limit=8)]
+    with fleet(registry, tmp_path) as (replicas, balancer, clips):
         timeline: dict[str, float] = {}
 
         async def scenario() -> Load:
@@ -303,8 +305,3 @@ def test_scaling_down_drains_a_replica_behind_the_balancer_without_failing_a_req
         assert timeline["exit_code"] == 0
         assert len(load.outcomes) >= 100 and not _failures(load), _failures(load)
         assert all(r.proc.poll() is None for r in replicas[:2])
-    finally:
-        if balancer is not None:
-            balancer.stop()
-        for replica in replicas:
-            replica.stop()
