@@ -37,3 +37,47 @@ def test_the_installed_client_imports_and_runs_without_the_server_side(tmp_path)
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert run.returncode == 2, run.stderr[-2000:]  # the client's own exit code for a missing file
     assert "file.wav" in run.stderr and "ImportError" not in run.stderr
+
+
+def test_the_declared_floors_are_what_the_generated_stubs_check_for():
+    """grpcio and protobuf floors in client/pyproject.toml against the version checks inside client/asr_pb."""
+    import re
+    import tomllib
+
+    from packaging.version import Version
+
+    dependencies = tomllib.loads((REPO_ROOT / "client" / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = {}
+    for dependency in dependencies:
+        name, floor = re.match(r"([A-Za-z0-9_-]+)>=([0-9.]+)", dependency).groups()
+        floors[name] = Version(floor)
+    stubs = REPO_ROOT / "client" / "asr_pb"
+    grpc_needs = re.search(r"GRPC_GENERATED_VERSION = '([0-9.]+)'", (stubs / "asr_pb2_grpc.py").read_text()).group(1)
+    protobuf_needs = re.search(r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*(\d+),\s*(\d+),"
+                               r"\s*(\d+),", (stubs / "asr_pb2.py").read_text()).groups()
+    assert floors["grpcio"] >= Version(grpc_needs), (floors, grpc_needs)
+    assert floors["protobuf"] >= Version(".".join(protobuf_needs)), (floors, protobuf_needs)
+    protobuf = next(d for d in dependencies if d.startswith("protobuf"))
+    assert f"<{int(protobuf_needs[0]) + 1}" in protobuf  # the stubs refuse another major version
+
+
+def test_rest_needs_neither_grpc_nor_protobuf():
+    probe = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Refuse(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("grpc", "google"):
+                    raise ImportError("REST imported " + name)
+        sys.meta_path.insert(0, Refuse())
+        sys.path.insert(0, {str(REPO_ROOT)!r})
+        import client
+        client.RestClient("http://127.0.0.1:9").close()
+        try:
+            client.GrpcClient
+        except ImportError as e:
+            assert "grpc" in str(e), e
+        else:
+            raise SystemExit("GrpcClient loaded without grpc")
+    """)
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
