@@ -276,14 +276,11 @@ class _Connection:
             runtime = event.get("runtime_config")
             self._force_eou = self._force_eou or (isinstance(runtime, dict) and
                                                   str(runtime.get("force_eou")).lower() == "true")
-        elif kind == "input_audio_buffer.commit" and self.riva and (not self._force_eou or self.stream is None):
-            pass  # Riva's client commits after every chunk: its items end at pauses, force_eou or done
         elif kind == "input_audio_buffer.done":  # Riva's: the last audio is in; its final is the last result
-            results = await self.stream.finish() if self.stream is not None else []
-            self.stream, self._carry, self._header = None, b"", b""
-            self.reservation.resize(0.0)
-            await self._complete(results[0] if results else None, last=True)
+            await self._end_item(last=True)
         elif kind == "input_audio_buffer.commit":
+            if self.riva and (not self._force_eou or self.stream is None):
+                return  # Riva's client commits after every chunk: its items end at pauses, force_eou or done
             self._force_eou = False
             if self.stream is None:
                 raise _EventError("input_audio_buffer_commit_empty", "nothing to commit: no audio was appended "
@@ -292,14 +289,18 @@ class _Connection:
                 raise _EventError("input_audio_buffer_commit_empty", f"buffer too small: "
                                   f"{1000 * self.stream.audio_received_s:.0f} ms of audio; commit at least "
                                   f"{1000 * MIN_COMMIT_S:.0f} ms")
-            results = await self.stream.finish()
-            self.stream, self._carry = None, b""
-            self.reservation.resize(0.0)
-            await self._complete(results[0] if results else None)
+            await self._end_item()
         else:  # input_audio_buffer.clear
             self.stream, self._carry = None, b""
             self.reservation.resize(0.0)
             await self.send("input_audio_buffer.cleared")
+
+    async def _end_item(self, last: bool = False) -> None:
+        """Finishes the open item's stream and completes the item (with no audio buffered: an empty one)."""
+        results = await self.stream.finish() if self.stream is not None else []
+        self.stream, self._carry, self._header = None, b"", b""
+        self.reservation.resize(0.0)
+        await self._complete(results[0] if results else None, last=last)
 
     def _update(self, session) -> None:
         """Applies the fields a ``transcription_session.update`` sets; the others keep their values."""
