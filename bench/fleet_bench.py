@@ -43,6 +43,9 @@ from serve_bench import REPO, SPEECH, free_port, machine, make_clips, wav  # noq
 sys.path.insert(0, str(REPO / "deploy" / "nginx"))
 import local as nginx_local  # noqa: E402
 
+sys.path.insert(0, str(REPO))
+from client.grpc_client import CHANNEL_OPTIONS  # noqa: E402
+
 
 def start_replica(index: int, registry: Path, model: str, log_dir: Path) -> dict:
     port, grpc_port = free_port(), free_port()
@@ -153,7 +156,8 @@ async def scale_down(args, replicas: list[dict], balancer: dict, payloads: list[
         outcomes.append((time.monotonic(), "rest", str(r.status_code)))
 
     async def grpc_client(index: int) -> None:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{balancer['grpc_port']}") as channel:
+        # Our client's channel options: its retry policy sends again what a stopping replica never started.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{balancer['grpc_port']}", options=CHANNEL_OPTIONS) as channel:
             stub, i = asr_pb2_grpc.SpeechRecognitionStub(channel), index
             while not stop.is_set():
                 try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -16,6 +17,24 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # 100 ms per streamed message: the Riva client default (1,600 frames at 16 kHz).
 STREAM_CHUNK_S = 0.1
 
+# Transcription is idempotent, so a call the server never ran is safe to send again. gRPC retries only calls
+# answered before any response header (nothing was processed), and only ``RETRYABLE_CODES``:
+# - UNAVAILABLE: the replica was unreachable or refused the call (the standard retryable code);
+# - CANCELLED: what a stopping gRPC server (grpcio, grpc/grpc issue 41785) answers the calls it had accepted but
+#   not yet started; a replica scaled down behind a load balancer answers a few of those. A cancel of our own
+#   is local and never retried.
+RETRYABLE_CODES = ("UNAVAILABLE", "CANCELLED")
+RETRY_SERVICE_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{}],  # every method: each of ours is idempotent (and so is grpc.health.v1)
+    "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "2s", "backoffMultiplier": 2,
+                    "retryableStatusCodes": list(RETRYABLE_CODES)}}]})
+CHANNEL_OPTIONS = (("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.service_config", RETRY_SERVICE_CONFIG),
+                   # A retry resends what the call sent; keep a whole Recognize message for that (the default is
+                   # 256 KiB, past which a call is not retried).
+                   ("grpc.per_rpc_retry_buffer_size", MAX_MESSAGE_BYTES))
+
 
 class GrpcClient(Closing):
     """Talks to one server over gRPC (synchronous; the streaming sender runs in gRPC's thread).
@@ -27,8 +46,7 @@ class GrpcClient(Closing):
 
     def __init__(self, target: str, *, timeout_s: float = 300.0) -> None:
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                                                               ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+        self._channel = grpc.insecure_channel(target, options=list(CHANNEL_OPTIONS))
         self._stub = asr_pb2_grpc.SpeechRecognitionStub(self._channel)
 
     def close(self) -> None:

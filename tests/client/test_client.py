@@ -9,6 +9,7 @@ import json
 import threading
 import time
 
+import grpc
 import pytest
 
 from client.cli import add_client_arguments
@@ -129,3 +130,63 @@ def test_rest(tmp_path, capsys):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def _servicer_base():
+    from client.asr_pb import asr_pb2_grpc
+
+    return asr_pb2_grpc.SpeechRecognitionServicer
+
+
+class _CancelsFirstAttempts(_servicer_base()):
+    """A SpeechRecognition stand-in that answers its first ``failures`` calls as a stopping grpcio server answers
+    the calls it had accepted but not started: CANCELLED before any response header."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, 0
+
+    def Recognize(self, request, context):
+        from client.asr_pb import asr_pb2
+
+        self.calls += 1
+        if self.calls <= self.failures:
+            context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
+        return asr_pb2.RecognizeResponse(request_id=str(len(request.audio)))
+
+
+@contextlib.contextmanager
+def _stand_in(servicer):
+    from concurrent import futures
+
+    from client.asr_pb import asr_pb2_grpc
+    from client.grpc_client import MAX_MESSAGE_BYTES
+
+    server = grpc.server(futures.ThreadPoolExecutor(2), options=[("grpc.max_receive_message_length",
+                                                                  MAX_MESSAGE_BYTES)])
+    asr_pb2_grpc.add_SpeechRecognitionServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(None)
+
+
+@pytest.mark.parametrize("audio_bytes", [1_000, 4_000_000])  # under and over gRPC's default 256 KiB retry buffer
+def test_grpc_client_sends_a_call_the_server_never_started_again(audio_bytes):
+    from client.grpc_client import GrpcClient
+
+    servicer = _CancelsFirstAttempts(failures=2)
+    with _stand_in(servicer) as target, GrpcClient(target, timeout_s=30) as client:
+        response = client.recognize(b"\0" * audio_bytes)
+    assert servicer.calls == 3 and response.request_id == str(audio_bytes)
+
+
+def test_grpc_client_gives_up_after_four_attempts():
+    from client.grpc_client import GrpcClient
+
+    servicer = _CancelsFirstAttempts(failures=10)
+    with _stand_in(servicer) as target, GrpcClient(target, timeout_s=30) as client:
+        with pytest.raises(grpc.RpcError) as raised:
+            client.recognize(b"\0" * 1_000)
+    assert raised.value.code() is grpc.StatusCode.CANCELLED and servicer.calls == 4

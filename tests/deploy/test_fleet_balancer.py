@@ -1,6 +1,9 @@
 """Three `asr serve` replicas over one registry behind Debian's nginx (deploy/nginx/asr.conf.template), under load from
 REST, OpenAI, gRPC unary, gRPC streaming and WebSocket clients: a fleet-wide activation, a corrupt version and a
 killed replica, with no failed request but those in flight on the killed one.
+
+The gRPC clients use the client package's channel options, as a production client should: a stopping grpcio server
+answers CANCELLED to the calls it had accepted but not started, and those are sent again (client/grpc_client.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 import pytest
 import websockets
 
+from client.grpc_client import CHANNEL_OPTIONS
 from model.audio import decode_audio
 from service.asr_pb import asr_pb2, asr_pb2_grpc
 from tests.cli.helpers import asr_in_process
@@ -139,7 +143,7 @@ class Load:
         return int(r.json()["model"].split("@")[1])
 
     async def _grpc(self, clip) -> int:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.balancer.grpc_port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.balancer.grpc_port}", options=CHANNEL_OPTIONS) as channel:
             response = await asr_pb2_grpc.SpeechRecognitionStub(channel).Recognize(asr_pb2.RecognizeRequest(
                 config=asr_pb2.RecognitionConfig(encoding=asr_pb2.LINEAR_PCM, sample_rate_hertz=16_000),
                 audio=_pcm(clip)))
@@ -154,7 +158,7 @@ class Load:
             for offset in range(0, len(pcm), 6400):
                 yield asr_pb2.StreamingRecognizeRequest(audio_content=pcm[offset:offset + 6400])
 
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.balancer.grpc_port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.balancer.grpc_port}", options=CHANNEL_OPTIONS) as channel:
             versions = {r.model.version async for r in asr_pb2_grpc.SpeechRecognitionStub(channel).StreamingRecognize(
                 messages())}
         [version] = versions  # a stream stays on one version for its whole life
