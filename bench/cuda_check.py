@@ -8,7 +8,8 @@ It records, for QuartzNet 15x5 (random weights), the eager model and the inferen
 fp16 and bf16 for 1, 8 and 32 clips of 10 s (median x real time), the fp16 and bf16 forms'
 log-prob distance from fp32, a 5x3 training step with and without AMP (fp16 autocast +
 GradScaler), a forward/backward through torch's SyncBatchNorm in a one-rank NCCL group, and the
-service engine's throughput with 32 concurrent requests on CUDA. Each part that fails is
+service engine's throughput with 32 concurrent requests on CUDA, and `asr transcribe-batch` on a GPU
+actor (its texts against `asr transcribe` on the same device). Each part that fails is
 recorded with its error instead of stopping the run. ``--device cpu`` runs the same script on
 the CPU, as a check that it works before a GPU is lent.
 """
@@ -167,6 +168,45 @@ def batching(device: torch.device) -> dict:
         return asyncio.run(run())
 
 
+def archive_batch(device: torch.device) -> dict:
+    """`asr transcribe-batch --gpus-per-worker 1` over 24 synthetic files (one 70 s, in windows); its texts
+    against `asr transcribe` on the same device."""
+    import subprocess
+    import tempfile
+
+    import soundfile as sf
+
+    from model.checkpoint import publish_model
+    from model.registry import Registry
+
+    with tempfile.TemporaryDirectory() as tmp:
+        publish_model(Registry(f"{tmp}/registry"), "qn", _model("quartznet_5x3"), source="trained")
+        folder = Path(tmp) / "archive"
+        folder.mkdir()
+        for i, clip in enumerate(synthetic_batch(23, 4.0, 16_000)):
+            sf.write(folder / f"clip{i:02d}.wav", clip, 16_000)
+        sf.write(folder / "long.wav", synthetic_batch(1, 70.0, 16_000)[0], 16_000)
+        gpus = ["--gpus-per-worker", "1"] if device.type == "cuda" else []
+        asr = [sys.executable, "-m", "cli.main", "--registry", f"{tmp}/registry"]
+        batch = subprocess.run([*asr, "transcribe-batch", str(folder), "--out", f"{tmp}/out", "--model", "qn",
+                                "--precision", "fp32", "--json", "--quiet", *gpus], cwd=REPO, capture_output=True,
+                               text=True, timeout=600)
+        if batch.returncode != 0:
+            raise RuntimeError(batch.stderr[-1500:])
+        single = subprocess.run([*asr, "transcribe", *sorted(str(p) for p in folder.iterdir()), "--model", "qn",
+                                 "--precision", "fp32", "--device", device.type, "--json"], cwd=REPO,
+                                capture_output=True, text=True, timeout=600)
+        if single.returncode != 0:
+            raise RuntimeError(single.stderr[-1500:])
+        expected = {Path(r["file"]).name: r["text"] for r in json.loads(single.stdout)["results"]}
+        got = {Path(json.loads(line)["file"]).name: json.loads(line)["text"]
+               for line in (Path(tmp) / "out" / "results.jsonl").read_text().splitlines()}
+        summary = json.loads(batch.stdout)
+        return {"files_done": summary["done_this_run"], "x_real_time": summary["x_real_time"],
+                "same_text_as_asr_transcribe": sum(got.get(k) == v for k, v in expected.items()),
+                "of": len(expected)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -179,7 +219,8 @@ def main() -> int:
     parts = {"inference": lambda: inference(device, tuple(args.batches)),
              "training_fp32": lambda: training_step(device, amp=False),
              "training_amp_fp16": lambda: training_step(device, amp=device.type == "cuda"),
-             "sync_bn": lambda: sync_bn(device), "batching_32_requests": lambda: batching(device)}
+             "sync_bn": lambda: sync_bn(device), "batching_32_requests": lambda: batching(device),
+             "archive_batch": lambda: archive_batch(device)}
     for name, part in parts.items():
         started = time.perf_counter()
         try:

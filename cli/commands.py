@@ -284,6 +284,62 @@ def cmd_transcribe(args) -> int:
     return 0
 
 
+def cmd_transcribe_batch(args) -> int:
+    """An archive on a Ray cluster (cli.archive_job); a rerun into the same --out finishes only what is left."""
+    from cli.archive_inputs import InputError, list_inputs
+    from cli.archive_job import JobSpec, print_summary, registry_files, run_job, summarize, timed
+    from cli.archive_outputs import FORMATS, is_done, read_record
+
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise UsageError(f"--format takes a comma-separated list of {', '.join(FORMATS)}, got {args.format!r}")
+    if (args.workers is not None and args.workers < 1) or args.cpus_per_worker <= 0 or args.gpus_per_worker < 0:
+        raise UsageError("--workers must be at least 1, --cpus-per-worker above 0 and --gpus-per-worker at least 0")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {args.limit}")
+    _check_decoder_args(args)
+    try:
+        items, kind = list_inputs(args.input, args.limit)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    device = "cuda" if args.gpus_per_worker > 0 else args.device
+    registry = _registry(args)
+    model, ref = _load(args)  # the driver's copy: checks the model and gives its rate to the readers
+    lm_ref = choice = None
+    if args.decoder == "beam":
+        from lm.model_lm import choose_lm, recorded_lm
+        from model.checkpoint import read_config
+
+        choice = choose_lm(recorded_lm(read_config(ref.path)), lm=args.lm, alpha=args.alpha, beta=args.beta)
+        lm_ref = registry.resolve(choice.spec) if choice.spec is not None else None
+    spec = JobSpec(model=str(ref), lm=str(lm_ref) if lm_ref else None, decoder=args.decoder,
+                   beam_width=args.beam_width, alpha=choice.alpha if choice else None,
+                   beta=choice.beta if choice else None, precision=args.precision, device=device,
+                   batch_size=args.batch_size, threads=max(1, int(args.cpus_per_worker)),
+                   sample_rate=model.sample_rate, frame_duration_s=model.frame_duration_s)
+    outcome, wall_s = timed(run_job, items, out, formats, spec, registry_files(ref.path),
+                            registry_files(lm_ref.path) if lm_ref else None, address=args.address,
+                            workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                            gpus_per_worker=args.gpus_per_worker, progress=not args.quiet)
+    scores = None
+    if kind == "manifest":
+        from training.metrics import word_char_error_rates
+
+        scored = [(i, read_record(out, i.key)["text"]) for i in items if i.text is not None and is_done(out, i.key)]
+        scores = word_char_error_rates([model.vocabulary.normalize(i.text) for i, _ in scored],
+                                       [hyp for _, hyp in scored])
+    summary = summarize(items, out, outcome, wall_s, kind, "jsonl" in formats, scores)
+    if args.json:
+        _print_json(summary)
+    else:
+        print_summary(summary, outcome.failed)
+    return 0
+
+
 def cmd_eval(args) -> int:
     from cli.evaluate import evaluate_manifest
 

@@ -1,18 +1,18 @@
-"""File transcription for the CLI: decode audio, batch by length, greedy or beam decode."""
+"""File transcription for the CLI: read audio in the service's windows, batch by length, greedy or beam decode."""
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 from dataclasses import asdict
 
 import numpy as np
 
-from model.audio import AudioError, decode_audio
+from cli.windowed import decoder_factory, read_file, transcribe_files
+from model.audio import decode_audio
 from model.checkpoint import read_config
-from model.decoding import Transcript, greedy_decode
+from model.decoding import Transcript
 from model.recognizer import SpeechRecognizer
 
 
@@ -21,21 +21,21 @@ class BatchDecoder:
 
     def __init__(self, model: SpeechRecognizer, args, registry, model_path=None) -> None:
         self.model, self.args = model, args
-        self.beam = None
+        self.beam = self.lm = None
         if args.decoder == "beam":
             from lm.model_lm import BeamDecoders, choose_lm, recorded_lm
 
             recorded = recorded_lm(read_config(model_path)) if model_path is not None else {}
             self.lm = choose_lm(recorded, lm=args.lm, alpha=args.alpha, beta=args.beta)
             self.beam = BeamDecoders(registry).get(model.vocabulary.labels, self.lm.spec)
+        self.new_decoder = decoder_factory(model, args.decoder, beam=self.beam, lm=self.lm,
+                                           beam_width=getattr(args, "beam_width", None))
 
     def __call__(self, log_probs: np.ndarray) -> Transcript:
-        frame_s = self.model.frame_duration_s
-        if self.beam is None:
-            return greedy_decode(log_probs, self.model.vocabulary.labels, frame_s)
-        from lm.model_lm import beam_transcripts
-
-        return beam_transcripts(self.beam, log_probs, frame_s, self.lm, beam_width=self.args.beam_width)[0]
+        decoder = self.new_decoder()
+        decoder.feed(log_probs)
+        found = decoder.finish()
+        return found if isinstance(found, Transcript) else found[0]
 
 
 @contextlib.contextmanager
@@ -64,20 +64,19 @@ def decode_clip(path: str, sample_rate: int):
 
 def decode_files(model: SpeechRecognizer, paths: list[str], args, registry, model_path, *,
                  batch_size: int = 8) -> list[dict]:
-    """Transcribes files; any undecodable file aborts with its AudioError before any compute."""
-    audio = [decode_clip(path, model.sample_rate) for path in paths]
-    shortest = math.ceil(model.frame_duration_s * model.sample_rate)  # one output frame
-    for path, clip in zip(paths, audio):
-        if len(clip.samples) < shortest:
-            raise AudioError(f"{path}: audio is {1000 * clip.duration_s:.1f} ms long; the model needs at least "
-                             f"{1000 * model.frame_duration_s:.0f} ms (one output frame)")
+    """Transcribes files a window at a time (cli.windowed); any unreadable file aborts with its AudioError
+    before any compute."""
+    with native_stderr_silenced():
+        audio = [read_file(path, model.sample_rate, model.frame_duration_s) for path in paths]
     decoder = BatchDecoder(model, args, registry, model_path)
-    results = []
-    for path, clip, lp in zip(paths, audio, model.log_probs_sorted([a.samples for a in audio], batch_size)):
-        transcript = decoder(lp)
-        results.append({"file": path, "text": transcript.text, "duration": round(clip.duration_s, 3),
-                        "words": [_word_json(w) for w in transcript.words]})
-    return results
+    transcripts = transcribe_files(model, audio, decoder.new_decoder, batch_size)
+    return [file_result(clip.path, clip.duration_s, transcript) for clip, transcript in zip(audio, transcripts)]
+
+
+def file_result(path: str, duration_s: float, transcript: Transcript) -> dict:
+    """A file's transcript as `asr transcribe --json` prints it."""
+    return {"file": path, "text": transcript.text, "duration": round(duration_s, 3),
+            "words": [_word_json(w) for w in transcript.words]}
 
 
 def _word_json(word) -> dict:

@@ -11,6 +11,8 @@ Usage:
     asr models canary NAME@VERSION --traffic PERCENT --gate MANIFEST.json [--max-wer-increase 0.5] [--min-requests 200]
     asr fleet status [--json]
     asr transcribe AUDIO... [--model NAME[@VERSION]] [--json] [--decoder beam [--lm NAME]] [--precision P]
+    asr transcribe-batch INPUT --out DIR [--format jsonl,srt,vtt,txt] [--address auto|HOST:PORT] [--workers N]
+        [--gpus-per-worker G] [--model ...] [--decoder beam [--lm NAME]] [--precision P] [--limit N]
     asr eval --manifest M.json [--model ...] [--json]
     asr logprobs AUDIO --model NAME[@VERSION] --out FILE.npy [--precision fp32]
     asr bench [--model NAME[@VERSION]] [--batch-size N] [--clip-seconds S] [--threads N] [--precision P] [--json]
@@ -31,7 +33,7 @@ from cli.commands import (DEFAULT_MODEL_ENV, STARTER_MODEL, UsageError, cmd_benc
                           cmd_lm_build, cmd_logprobs, cmd_models_activate, cmd_models_canary, cmd_models_ensemble,
                           cmd_models_export,
                           cmd_models_export_nemo, cmd_models_import_nemo, cmd_models_list, cmd_models_presets,
-                          cmd_models_rollback, cmd_serve, cmd_train, cmd_transcribe)
+                          cmd_models_rollback, cmd_serve, cmd_train, cmd_transcribe, cmd_transcribe_batch)
 
 def _add_decoder_args(parser: argparse.ArgumentParser) -> None:
     from lm.beam import DEFAULT_BEAM_WIDTH
@@ -135,6 +137,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON with word times and confidences")
     _add_decoder_args(p)
     p.set_defaults(func=cmd_transcribe)
+
+    p = sub.add_parser("transcribe-batch", help="transcribe an archive on a Ray cluster (Ray Data); resumable")
+    p.add_argument("input", help="a folder (recursive), a glob, a text file of paths, or a NeMo manifest")
+    p.add_argument("--out", required=True, help="results folder; a rerun into it finishes only what is left")
+    p.add_argument("--format", default="jsonl", help="comma-separated: jsonl (per-file .json and results.jsonl), "
+                                                     "srt, vtt, txt (default jsonl)")
+    p.add_argument("--address", help="a Ray cluster to join: auto or HOST:PORT (default: a local Ray instance)")
+    p.add_argument("--workers", type=int, help="transcribing actors (default: one per GPU with --gpus-per-worker, "
+                                                "else the cluster's CPUs over --cpus-per-worker, one CPU per node "
+                                                "left for reading)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0,
+                   help="CPUs (and torch threads) per actor (default 1: single-threaded actors lose nothing to "
+                        "other processes on a shared core)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor; above 0 runs on CUDA")
+    p.add_argument("--limit", type=int, help="only the first N files (by key)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_decoder_args(p)
+    p.set_defaults(func=cmd_transcribe_batch)
 
     p = sub.add_parser("eval", help="WER/CER against a NeMo manifest")
     p.add_argument("--manifest", required=True)

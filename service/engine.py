@@ -40,7 +40,7 @@ from service.decoding import CTCDecoding, DecodingPlan, plan_decoding
 from service.domain import (DeadlineExceededError, LogProbsResult, PayloadTooLargeError, RequestError,
                             WrongModelKindError, ServiceUnavailableError, TranscriptionRequest, TranscriptionResult)
 from service.errors import public_message, without_paths
-from service.long_audio import AudioWindow, plan_windows
+from model.long_audio import AudioWindow, plan_windows
 from service.metrics import Metrics
 from service.model_slot import DEFAULT_ALIASES, LoadedModel, ModelLoadError, ModelSlot
 from service.replica import Replica

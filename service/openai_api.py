@@ -18,12 +18,11 @@ the deltas come once the file is decoded (live audio belongs to a stream, not a 
 from __future__ import annotations
 
 import json
-import math
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from model.decoding import WordTiming
+from model.subtitles import build_segments, to_srt, to_vtt
 from service.domain import RequestError, TranscriptionRequest, TranscriptionResult
 from service.http_api import engine_of, model_header, parse_bool, parse_number, serve, transcribe_upload
 from service.upload import read_upload
@@ -33,9 +32,6 @@ router = APIRouter()
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 OPENAI_MODEL_IDS = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
 _ENGLISH = ("", "en", "en-us", "en-gb", "english")
-# A new segment starts at a pause this long, or once a segment spans this many seconds.
-_SEGMENT_PAUSE_S = 1.0
-_SEGMENT_MAX_S = 30.0
 
 _UPLOAD_DOC = {"requestBody": {"content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"], "properties": {
@@ -133,39 +129,3 @@ def format_result(result: TranscriptionResult, response_format: str, with_words:
         body["words"] = [{"word": w.word, "start": w.start_s, "end": w.end_s, "probability": w.confidence}
                          for w in result.words]
     return JSONResponse(body, headers=headers)
-
-
-def build_segments(words: tuple[WordTiming, ...], text: str, duration_s: float) -> list[dict]:
-    """Groups words into Whisper-style segments, breaking at pauses and at _SEGMENT_MAX_S."""
-    groups: list[list[WordTiming]] = []
-    for word in words:
-        if (not groups or word.start_s - groups[-1][-1].end_s >= _SEGMENT_PAUSE_S
-                or word.end_s - groups[-1][0].start_s > _SEGMENT_MAX_S):
-            groups.append([])
-        groups[-1].append(word)
-    if not groups:
-        spans = [(0.0, duration_s, text, 0.0)] if text else []
-    else:
-        spans = [(g[0].start_s, g[-1].end_s, " ".join(w.word for w in g),
-                  sum(w.confidence for w in g) / len(g)) for g in groups]
-    return [{"id": i, "seek": 0, "start": start, "end": end, "text": seg_text, "tokens": [], "temperature": 0.0,
-             "avg_logprob": round(math.log(max(conf, 1e-6)), 4), "compression_ratio": 1.0, "no_speech_prob": 0.0}
-            for i, (start, end, seg_text, conf) in enumerate(spans)]
-
-
-def _timestamp(seconds: float, separator: str) -> str:
-    ms = int(round(seconds * 1000))
-    hours, ms = divmod(ms, 3_600_000)
-    minutes, ms = divmod(ms, 60_000)
-    secs, ms = divmod(ms, 1000)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{ms:03d}"
-
-
-def to_srt(segments: list[dict]) -> str:
-    return "".join(f"{i + 1}\n{_timestamp(s['start'], ',')} --> {_timestamp(s['end'], ',')}\n{s['text']}\n\n"
-                   for i, s in enumerate(segments))
-
-
-def to_vtt(segments: list[dict]) -> str:
-    return "WEBVTT\n\n" + "".join(f"{_timestamp(s['start'], '.')} --> {_timestamp(s['end'], '.')}\n{s['text']}\n\n"
-                                  for s in segments)

@@ -11,7 +11,7 @@ from model import (BlockConfig, MelFeaturizerConfig, QuartzNetConfig, Recognizer
                    Vocabulary, greedy_decode, load_model, publish_model)
 from service.domain import TranscriptionRequest
 from service.engine import Engine
-from service.long_audio import plan_windows, stitch_log_probs
+from model.long_audio import plan_windows, stitch_log_probs
 from tests.service.conftest import make_config
 
 REPO_REGISTRY = Path(__file__).resolve().parents[2] / "registry"

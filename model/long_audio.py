@@ -1,6 +1,6 @@
 """Pure functions that cut long audio into overlapping windows and stitch their CTC log-probs back.
 
-Each window is run as its own batch item and decoded as it comes (service.engine), so memory
+Each window is run as its own batch item and decoded as it comes (service.engine, cli.windowed), so memory
 stays bounded for hour-long files.
 Frames near a window's edges see zero padding instead of real context, so at every seam
 only the central frames are kept: the overlap is split at its midpoint, and each side
