@@ -306,7 +306,9 @@ def cmd_transcribe_batch(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
-    device = "cuda" if args.gpus_per_worker > 0 else args.device
+    if args.device != "cpu" and args.gpus_per_worker <= 0:
+        raise UsageError("the actors run on GPUs only with --gpus-per-worker (e.g. 1); --device is for the driver")
+    device = "cuda" if args.gpus_per_worker > 0 else "cpu"
     registry = _registry(args)
     model, ref = _load(args)  # the driver's copy: checks the model and gives its rate to the readers
     lm_ref = choice = None

@@ -165,6 +165,7 @@ def test_bad_arguments_exit_2_with_one_line(archive, tmp_path):
     for argv, fragment in (([str(tmp_path / "missing"), "--model", "tiny"], "no such folder"),
                            ([str(folder), "--model", "tiny", "--format", "docx"], "--format"),
                            ([str(folder), "--model", "tiny", "--workers", "0"], "--workers"),
+                           ([str(folder), "--model", "tiny", "--device", "cuda"], "--gpus-per-worker"),
                            ([str(folder), "--model", "nosuch"], "nosuch")):
         result = asr_in_process("--registry", registry, "transcribe-batch", *argv, "--out", tmp_path / "o")
         result.assert_one_line_error(fragment)
@@ -214,3 +215,30 @@ def test_actors_load_the_model_from_the_shipped_files_not_the_registry(archive, 
                             "--precision", "fp32", "--json")
     want = [r["text"] for r in json.loads(result.stdout)["results"]]
     assert [json.loads(r)["text"] for r in got["record"]] == want and got["error"] == ["", "", ""]
+
+
+def test_a_file_that_fails_in_the_network_fails_alone(archive, monkeypatch):
+    """A batch whose transcription raises is redone a file at a time: only the file that fails is recorded."""
+    from cli.archive_job import JobSpec, Transcriber, read_row, registry_files
+    from model.registry import Registry
+
+    registry, folder, good, _ = archive
+    files = registry_files(Registry(registry).resolve("tiny").path)
+    spec = JobSpec(model="tiny@1", lm=None, decoder="greedy", beam_width=1, alpha=None, beta=None, precision="fp32",
+                   device="cpu", batch_size=4, threads=1, sample_rate=16_000, frame_duration_s=0.02)
+    rows = [read_row({"key": k, "path": str(folder / k)}, 16_000, 0.02) for k in good[:3]]
+    batch = {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]}
+    transcriber = Transcriber(spec, files, None)
+    import cli.windowed as windowed
+
+    original = windowed.transcribe_files
+
+    def flaky(model, audio, new_decoder, batch_size):
+        if any(a.path.endswith(good[1]) for a in audio):
+            raise RuntimeError("boom")
+        return original(model, audio, new_decoder, batch_size)
+
+    monkeypatch.setattr(windowed, "transcribe_files", flaky)
+    got = transcriber(batch)
+    assert got["error"][0] == "" and got["error"][2] == "" and "boom" in got["error"][1]
+    assert got["record"][1] == "" and json.loads(got["record"][0])["key"] == good[0]
