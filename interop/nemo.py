@@ -20,6 +20,7 @@ from model.features import MelFeaturizerConfig
 from model.network_config import BlockConfig, QuartzNetConfig
 from model.presets import scaled_kernel
 from model.recognizer import RecognizerConfig, SpeechRecognizer
+from model.text import UNKNOWN_PIECE
 from model.vocabulary import Vocabulary
 
 from interop.tokenizer import MODEL_KEY, SPE_VOCAB_KEY, VOCAB_KEY, TokenizerError, build_tokenizer, read_pieces
@@ -337,6 +338,19 @@ def _nemo_block(b: BlockConfig) -> dict[str, Any]:
     return row
 
 
+# The added <unk> class's logit sits this far below zero with zero weights: its softmax share is exp(-1e4), which is
+# 0 in every float format, so the other classes' log-probs are unchanged and it is never emitted.
+UNKNOWN_CLASS_BIAS = -1.0e4
+
+
+def _with_unknown_class(state: dict[str, torch.Tensor], weight_key: str, bias_key: str) -> dict[str, torch.Tensor]:
+    """The decoder with one more class just before the blank (the last class), for an appended <unk> piece."""
+    weight, bias = state[weight_key], state[bias_key]
+    return {**state,
+            weight_key: torch.cat([weight[:-1], torch.zeros_like(weight[:1]), weight[-1:]]),
+            bias_key: torch.cat([bias[:-1], torch.full_like(bias[:1], UNKNOWN_CLASS_BIAS), bias[-1:]])}
+
+
 def export_nemo(model: SpeechRecognizer, path: Path | str) -> None:
     """Writes a .nemo archive that NeMo's restore_from can load: an EncDecCTCModel for characters, an
     EncDecCTCModelBPE with a SentencePiece tokenizer rebuilt from the pieces (interop.tokenizer) for a
@@ -344,11 +358,17 @@ def export_nemo(model: SpeechRecognizer, path: Path | str) -> None:
     if not isinstance(model, SpeechRecognizer):
         raise NemoImportError("ensembles cannot be exported to .nemo: NeMo runs one network; export a member")
     artifacts: dict[str, bytes] = {}
+    labels = list(model.vocabulary.labels)
+    # Every SentencePiece vocabulary has <unk>; pieces trained without one (the starter's) gain it as one
+    # more class that never wins (see _with_unknown_class), so NeMo's tokenizer and decoder line up.
+    add_unknown = model.vocabulary.is_word_piece and UNKNOWN_PIECE not in labels
+    if add_unknown:
+        labels.append(UNKNOWN_PIECE)
     if model.vocabulary.is_word_piece:
         # NeMo's EncDecCTCModel is character-only; its BPE model needs a SentencePiece tokenizer,
-        # which a SentencePiece piece list (one with <unk>) gives back.
+        # which a SentencePiece piece list gives back.
         try:
-            artifacts = build_tokenizer(model.vocabulary.labels)
+            artifacts = build_tokenizer(tuple(labels))
         except TokenizerError as exc:
             raise NemoImportError(f"word-piece models cannot be exported as a NeMo character model (.nemo), "
                                   f"and this one not as a BPE model either: {exc}") from None
@@ -356,7 +376,7 @@ def export_nemo(model: SpeechRecognizer, path: Path | str) -> None:
         # NeMo's ConvASREncoder has no self-conditioning heads; dropping them would change every output.
         raise NemoImportError("self-conditioned models cannot be exported to .nemo: NeMo's encoder has no "
                               "self-conditioning heads")
-    feats, network, labels = model.config.features, model.config.network, list(model.vocabulary.labels)
+    feats, network = model.config.features, model.config.network
     jasper = nemo_jasper_blocks(network)
     config = {
         "sample_rate": feats.sample_rate, "labels": labels,
@@ -383,6 +403,8 @@ def export_nemo(model: SpeechRecognizer, path: Path | str) -> None:
         members = {names[key]: data for key, data in artifacts.items()}
     mapping = nemo_key_map(network)
     state = {mapping[k]: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in mapping}
+    if add_unknown:
+        state = _with_unknown_class(state, mapping["network.decoder.weight"], mapping["network.decoder.bias"])
     weights = io.BytesIO()
     torch.save(state, weights)
     config_bytes = yaml.safe_dump(config, sort_keys=False, allow_unicode=True).encode()

@@ -147,18 +147,21 @@ def test_export_keeps_the_nemo24_frontend(imported, tmp_path):
     assert info["frontend"] == "nemo24" and again.config == model.config
 
 
-def test_word_piece_models_are_not_exported_as_character_models(imported, tmp_path):
+def test_word_piece_models_are_exported_as_bpe_models_not_character_models(imported, tmp_path):
     from dataclasses import replace
 
+    from interop.nemo import BPE_TARGET
     from model.recognizer import SpeechRecognizer
     from model.vocabulary import Vocabulary
 
     model, _ = imported[MODELS[0]]
     labels = tuple(f"\u2581w{i}" for i in range(len(model.vocabulary.labels)))
     pieces = SpeechRecognizer(replace(model.config, vocabulary=Vocabulary(labels)))
-    with pytest.raises(NemoImportError, match="word-piece"):
-        export_nemo(pieces, tmp_path / "pieces.nemo")
-    assert not (tmp_path / "pieces.nemo").exists()
+    export_nemo(pieces, tmp_path / "pieces.nemo")
+    with tarfile.open(tmp_path / "pieces.nemo") as tar:
+        config = yaml.safe_load(tar.extractfile(f"./{CONFIG_MEMBER}").read())
+    assert config["target"] == BPE_TARGET and "labels" not in config
+    assert config["decoder"]["vocabulary"] == [*labels, "<unk>"]  # SentencePiece needs one; never emitted
 
 
 def test_self_conditioned_models_are_not_exported(imported, tmp_path):
