@@ -35,6 +35,7 @@ from service.errors import ClientGoneError, public_message
 from service.model_slot import ModelLoadError
 from service.streaming import (MAX_STREAM_BACKLOG_S, StreamingOptions, StreamingSession, StreamResult,
                                pcm16_to_float32)
+from service.container_stream import decode_container
 from service.wav_stream import WavFormat, peel_wav_header
 
 log = logging.getLogger(__name__)
@@ -114,15 +115,26 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
                                                                   _request_id(context))
             options = _streaming_options(stream_config, self.config.beam)
             rate, channels = _stream_format(stream_config.config)
-            # Riva's sample apps stream a .wav file's bytes, header included, with the format unset.
+            # Riva's sample apps stream a .wav or .flac file's bytes, header included, with the format unset;
+            # browsers record Opus in Ogg or WebM: the stream's first bytes say which.
             wav, audio_messages = await peel_wav_header(aiter(request_iterator), self._next_message)
+            file_rate = None
+            if wav is None:
+                file_rate, audio_messages = await decode_container(audio_messages, self._next_message)
+                if file_rate is not None:
+                    wav = WavFormat(file_rate, 1, 0)  # decoded to mono float32 at the file's rate
+                    channels = 1
+                elif stream_config.config.encoding in _CONTAINER_ENCODINGS:
+                    raise RequestError(f"the stream is not the {asr_pb2.AudioEncoding.Name(stream_config.config.encoding)}"
+                                       " file its config says (a FLAC, Ogg or WebM file's bytes, from its start)")
             rate, channels = _stream_rate(wav, rate, channels)
             session = StreamingSession(self.engine, f"{name}@{version}", model_rate, rate, options,
                                        deadline_s=_deadline(context))
             model_ref = asr_pb2.ModelRef(name=name, version=version)
             self.metrics.active_streams.inc()
             reader = _AudioReader(audio_messages, session, channels, self.config,
-                                  self.engine.budget.reserve(0.0, "stream"), self._next_message)
+                                  self.engine.budget.reserve(0.0, "stream"), self._next_message,
+                                  float_samples=file_rate is not None)
             try:
                 async for results in reader.drive():
                     yield _streaming_response(results, model_ref)
@@ -246,8 +258,10 @@ class _AudioReader:
     """
 
     def __init__(self, requests: AsyncIterator, session: StreamingSession, channels: int, config,
-                 reservation: Reservation, next_message) -> None:
+                 reservation: Reservation, next_message, *, float_samples: bool = False) -> None:
         self.requests = requests
+        # A decoded file's audio (service.container_stream) comes as mono float32, not 16-bit PCM.
+        self.float_samples = float_samples
         self.next_message = next_message
         self.session = session
         self.channels = channels
@@ -304,13 +318,16 @@ class _AudioReader:
         self._wake.set()
 
     def _add(self, data: bytes) -> None:
-        self._received += len(data)
+        self._received += len(data) // (2 if self.float_samples else 1)  # as the 16-bit PCM it would be
         if self._received > self.config.max_audio_bytes:
             raise PayloadTooLargeError(f"stream audio exceeds {self.config.max_audio_bytes} bytes")
         data = self._carry + data
-        usable = len(data) - len(data) % (2 * self.channels)  # a message may end inside a PCM frame
+        frame_bytes = 4 if self.float_samples else 2 * self.channels
+        usable = len(data) - len(data) % frame_bytes  # a message may end inside a PCM frame
         self._carry = data[usable:]
-        self.session.add_audio(pcm16_to_float32(data[:usable], self.channels))
+        samples = (np.frombuffer(data[:usable], dtype="<f4").copy() if self.float_samples
+                   else pcm16_to_float32(data[:usable], self.channels))
+        self.session.add_audio(samples)
         self.reservation.resize(self.session.held_s)
         if self.session.audio_received_s > self.config.max_audio_duration_s:
             raise PayloadTooLargeError(f"stream audio exceeds {self.config.max_audio_duration_s:.0f} s")
@@ -362,15 +379,21 @@ def _pcm_format(config: asr_pb2.RecognitionConfig) -> tuple[int, int]:
     return _check_rate(config.sample_rate_hertz), channels
 
 
+# Encodings a stream may declare for a file's bytes, which the stream's first bytes must then confirm.
+_CONTAINER_ENCODINGS = (asr_pb2.FLAC, asr_pb2.OGG_VORBIS)
+
+
 def _stream_format(config: asr_pb2.RecognitionConfig) -> tuple[int, int]:
-    if config.encoding not in (asr_pb2.ENCODING_UNSPECIFIED, asr_pb2.LINEAR_PCM) \
-            and config.encoding in asr_pb2.AudioEncoding.values():
-        raise RequestError(f"StreamingRecognize accepts LINEAR_PCM audio only, got "
+    if config.encoding not in (asr_pb2.ENCODING_UNSPECIFIED, asr_pb2.LINEAR_PCM, asr_pb2.WAV,
+                               *_CONTAINER_ENCODINGS) and config.encoding in asr_pb2.AudioEncoding.values():
+        raise RequestError(f"StreamingRecognize accepts LINEAR_PCM, or a WAV, FLAC, Ogg or WebM file's bytes, got "
                            f"{asr_pb2.AudioEncoding.Name(config.encoding)}")
     linear = asr_pb2.RecognitionConfig()
     linear.CopyFrom(config)
-    # A stream is raw PCM either way; without a rate, a WAV header at its start must say it (_stream_rate).
-    linear.encoding = asr_pb2.LINEAR_PCM if config.sample_rate_hertz else asr_pb2.ENCODING_UNSPECIFIED
+    if config.encoding in (asr_pb2.WAV, *_CONTAINER_ENCODINGS):
+        linear.sample_rate_hertz = 0  # the file's header says the rate
+    # A stream is raw PCM, or a file whose header says its rate (_stream_rate).
+    linear.encoding = asr_pb2.LINEAR_PCM if linear.sample_rate_hertz else asr_pb2.ENCODING_UNSPECIFIED
     return _pcm_format(linear)
 
 

@@ -8,9 +8,10 @@ ships (``riva.client.proto``), not a copy.
 Mapping (RecognitionConfig):
 
 * ``encoding``: LINEAR_PCM (with ``sample_rate_hertz`` and ``audio_channel_count``), MULAW and ALAW
-  (G.711, turned into that PCM), FLAC, OGGOPUS (Recognize only), or unset for any container our decoder
-  reads (WAV, FLAC, OGG, MP3, WebM, MP4/M4A, AAC). A stream is 16-bit PCM: at the stated rate, or, with the rate
-  unset, a WAV file's bytes whose header states it (service.wav_stream), as Riva's sample apps send.
+  (G.711, turned into that PCM), FLAC, OGGOPUS, or unset for any container our decoder reads (WAV, FLAC, OGG,
+  MP3, WebM, MP4/M4A, AAC). A stream is 16-bit PCM at the stated rate, or a file's bytes whose header states
+  it: WAV (service.wav_stream), as Riva's sample apps send, or FLAC, Ogg (Opus, Vorbis) or WebM, decoded as
+  they arrive (service.container_stream).
 * ``GetRivaSpeechRecognitionConfig`` lists every version twice, ``type`` "offline" and "online",
   as Riva lists a pipeline per mode and its sample apps keep one of them.
 * ``model``, ``max_alternatives``, ``enable_word_time_offsets`` (word times in milliseconds, as
@@ -151,10 +152,8 @@ def _pcm(audio: bytes, encoding: int) -> bytes:
 
 
 def to_asr_streaming_config(config: riva_asr_pb2.StreamingRecognitionConfig) -> asr_pb2.StreamingRecognitionConfig:
-    if config.config.encoding == riva_audio_pb2.OGGOPUS:
-        raise RequestError("a stream is PCM (LINEAR_PCM, MULAW or ALAW, or a WAV file's bytes); send Ogg Opus to "
-                           "Recognize")
-    inner = to_asr_config(config.config)  # encoding unset: raw PCM at the stated rate, or a WAV file's bytes
+    # Encoding unset or OGGOPUS: raw PCM at the stated rate, or a WAV, FLAC, Ogg or WebM file's bytes.
+    inner = to_asr_config(config.config)
     streaming = asr_pb2.StreamingRecognitionConfig(config=inner, interim_results=config.interim_results)
     stop_history = config.config.endpointing_config.stop_history
     if stop_history > 0:

@@ -85,6 +85,16 @@ def test_the_streaming_app_in_real_time_prints_interims_words_and_the_final(serv
         assert all(int(start) <= int(end) for _, start, end, _ in words)
 
 
+def test_the_streaming_app_with_a_flac_file_prints_the_final(server):
+    """The same clip as a .flac file: the app streams its bytes as they are, the encoding unset."""
+    import soundfile as sf
+
+    flac = server["tmp"] / "clip.flac"
+    sf.write(flac, sf.read(server["clip"], dtype="float32")[0], 16_000, subtype="PCM_16")
+    output = _app("transcribe_file.py", "--server", server["grpc"], "--input-file", flac, "--show-intermediate")
+    assert [f.strip() for f in re.findall(r"^## (.*)$", output, re.MULTILINE)] == [server["text"]], output[-2000:]
+
+
 def test_boosted_words_change_the_streamed_final_as_they_change_the_offline_one(server):
     boost = ("--boosted-lm-words", "g m e f", "--boosted-lm-score", "20")
     offline = _app("transcribe_file_offline.py", "--server", server["grpc"], "--input-file", server["clip"], *boost)

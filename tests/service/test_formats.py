@@ -78,3 +78,38 @@ def test_a_container_longer_than_the_limit_is_413_without_decoding_all_of_it(rec
 
     response = run(main())
     assert response.status_code == 413 and "limit is 1 s" in response.json()["error"]["message"], response.text
+
+
+def test_a_browser_recording_streamed_over_grpc_is_heard_as_the_wav(recordings):
+    """WebM/Opus (Chrome's MediaRecorder) streamed in 4 KiB messages, as a browser uploads it while recording: the
+    finals are the WAV's words (tests/model/test_container_stream.py shows the decoding keeps pace)."""
+    data = recordings["c.webm"]
+
+    async def main() -> list[str]:
+        finals = []
+        async with serving(make_config(AN4_REGISTRY, default_model=MODEL, grpc_port=free_port())) as (_, target):
+            async with grpc.aio.insecure_channel(target) as channel:
+                stub = asr_pb2_grpc.SpeechRecognitionStub(channel)
+
+                async def messages():
+                    yield asr_pb2.StreamingRecognizeRequest(streaming_config=asr_pb2.StreamingRecognitionConfig(
+                        interim_results=True))
+                    for offset in range(0, len(data), 4096):
+                        yield asr_pb2.StreamingRecognizeRequest(audio_content=data[offset:offset + 4096])
+
+                async for response in stub.StreamingRecognize(messages()):
+                    finals += [r.alternatives[0].transcript for r in response.results if r.is_final]
+        return finals
+
+    assert " ".join(f for f in run(main()) if f) == _wav_text(recordings)
+
+
+def _wav_text(recordings) -> str:
+    async def main() -> str:
+        async with serving(make_config(AN4_REGISTRY, default_model=MODEL, grpc_port=free_port())) as (_, target):
+            async with grpc.aio.insecure_channel(target) as channel:
+                response = await asr_pb2_grpc.SpeechRecognitionStub(channel).Recognize(
+                    asr_pb2.RecognizeRequest(audio=recordings["c.wav"]))
+        return response.results[0].alternatives[0].transcript
+
+    return run(main())

@@ -197,7 +197,7 @@ def test_interim_pieces_concatenate_with_spaces_as_riva_clients_join_them():
 
 def test_g711_and_ogg_opus_are_heard_as_the_pcm_they_carry(server):
     """MULAW and ALAW bytes (libsndfile's G.711 encoder) give the transcript of the 16-bit PCM libsndfile decodes them
-    to, offline and streaming; Ogg Opus is read as a container by Recognize and refused on a stream."""
+    to, offline and streaming; Ogg Opus is read as a container by Recognize."""
     import soundfile as sf
 
     asr = _asr(server)
@@ -222,7 +222,34 @@ def test_g711_and_ogg_opus_are_heard_as_the_pcm_they_carry(server):
     unset = asr.offline_recognize(opus.getvalue(), _config()).results[0].alternatives[0].transcript
     named = asr.offline_recognize(opus.getvalue(), _config(encoding=riva_client.AudioEncoding.OGGOPUS))
     assert named.results[0].alternatives[0].transcript == unset
-    with pytest.raises(grpc.RpcError) as err:
-        list(asr.streaming_response_generator(audio_chunks=[opus.getvalue()], streaming_config=(
-            riva_client.StreamingRecognitionConfig(config=_config(encoding=riva_client.AudioEncoding.OGGOPUS)))))
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "send Ogg Opus to Recognize" in err.value.details()
+
+
+@pytest.mark.parametrize("encoding, container, subtype", [
+    ("FLAC", "FLAC", "PCM_16"), ("ENCODING_UNSPECIFIED", "FLAC", "PCM_16"), ("OGGOPUS", "OGG", "OPUS"),
+    ("ENCODING_UNSPECIFIED", "OGG", "VORBIS")])
+def test_flac_and_ogg_streams_are_decoded_as_they_arrive(server, encoding, container, subtype):
+    """A file's bytes streamed in 4 KiB chunks, as Riva's transcribe_file.py streams a .flac: the finals are
+    Recognize's transcript of the same bytes (the same decoder reads both, the stream as it arrives)."""
+    import soundfile as sf
+
+    asr = _asr(server)
+    data = io.BytesIO()
+    rate = 48_000 if subtype == "OPUS" else 16_000
+    sf.write(data, decode_audio(an4_test_set(limit=1)[0][0], rate).samples, rate, format=container, subtype=subtype)
+    data = data.getvalue()
+    offline = asr.offline_recognize(data, _config()).results[0].alternatives[0].transcript
+    streaming_config = riva_client.StreamingRecognitionConfig(
+        config=_config(encoding=getattr(riva_client.AudioEncoding, encoding)), interim_results=True)
+    chunks = [data[i:i + 4096] for i in range(0, len(data), 4096)]
+    finals = [r.alternatives[0].transcript for response in asr.streaming_response_generator(
+        audio_chunks=chunks, streaming_config=streaming_config) for r in response.results if r.is_final]
+    assert offline and " ".join(f for f in finals if f) == offline
+
+
+def test_a_stream_that_is_not_the_file_its_encoding_names_is_refused(server):
+    asr = _asr(server)
+    streaming_config = riva_client.StreamingRecognitionConfig(config=_config(encoding=riva_client.AudioEncoding.FLAC))
+    for chunks, fragment in (([b"\0\1" * 4000], "not the FLAC file"), ([b"fLaC" + b"\x7f" * 5000], "flac file: not a readable audio file")):
+        with pytest.raises(grpc.RpcError) as err:
+            list(asr.streaming_response_generator(audio_chunks=chunks, streaming_config=streaming_config))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in err.value.details()
