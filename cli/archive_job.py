@@ -178,8 +178,7 @@ class Outcome:
 
 def run_job(items: list[Item], out: Path, formats: tuple[str, ...], spec: JobSpec, model_files: dict[str, bytes],
             lm_files: dict[str, bytes] | None, *, address: str | None, workers: int | None,
-            cpus_per_worker: float,
-            gpus_per_worker: float, progress: bool = True) -> Outcome:
+            cpus_per_worker: float, gpus_per_worker: float, progress: bool = True) -> Outcome:
     """Transcribes every item not done yet under ``out``; returns this run's outcome (the caller summarizes)."""
     import ray
 
@@ -209,8 +208,7 @@ def run_job(items: list[Item], out: Path, formats: tuple[str, ...], spec: JobSpe
     transcribed = read.map_batches(
         Transcriber, fn_constructor_kwargs={"spec": spec, "model_files": model_ref, "lm_files": lm_ref},
         batch_size=FILES_PER_CALL, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=cpus_per_worker,
-        num_gpus=gpus_per_worker or None)
+        num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None)
     for row in _rows(transcribed):
         outcome.files_by_node[row["node"]] = outcome.files_by_node.get(row["node"], 0) + 1
         if row["error"]:

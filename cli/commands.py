@@ -324,7 +324,8 @@ def cmd_transcribe_batch(args) -> int:
                    batch_size=args.batch_size, threads=max(1, int(args.cpus_per_worker)),
                    sample_rate=model.sample_rate, frame_duration_s=model.frame_duration_s)
     outcome, wall_s = timed(run_job, items, out, formats, spec, registry_files(ref.path),
-                            registry_files(lm_ref.path) if lm_ref else None, address=args.address,
+                            registry_files(lm_ref.path) if lm_ref else None,
+                            address=args.address or os.environ.get("RAY_ADDRESS") or None,
                             workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                             gpus_per_worker=args.gpus_per_worker, progress=not args.quiet)
     scores = None

@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results folder; a rerun into it finishes only what is left")
     p.add_argument("--format", default="jsonl", help="comma-separated: jsonl (per-file .json and results.jsonl), "
                                                      "srt, vtt, txt (default jsonl)")
-    p.add_argument("--address", help="a Ray cluster to join: auto or HOST:PORT (default: a local Ray instance)")
+    p.add_argument("--address", help="a Ray cluster to join: auto or HOST:PORT (default: $RAY_ADDRESS, else a new "
+                                     "local Ray instance)")
     p.add_argument("--workers", type=int, help="transcribing actors (default: one per GPU with --gpus-per-worker, "
                                                 "else the cluster's CPUs over --cpus-per-worker, one CPU per node "
                                                 "left for reading)")
