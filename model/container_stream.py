@@ -1,4 +1,4 @@
-"""A compressed file decoded while its bytes still arrive: FLAC, Ogg (Opus, Vorbis) or WebM sent as a stream.
+"""A compressed file decoded while its bytes still arrive: FLAC, Ogg (Opus, Vorbis), WebM or MP3 sent as a stream.
 
 FFmpeg (through PyAV, model.audio_container) reads a file object; here that object is a pipe the owner
 writes the stream's bytes into as they come. A thread runs the demuxer and decoder over it and hands each
@@ -15,13 +15,18 @@ import numpy as np
 
 from model.audio import AudioError
 
-# What a stream may start with, and the demuxer that reads it.
-STREAM_DEMUXERS = ((b"fLaC", "flac"), (b"OggS", "ogg"), (b"\x1a\x45\xdf\xa3", "matroska"))
-HEAD_BYTES = 4
+# What a file's bytes start with, and the demuxer that reads them. Only unambiguous signatures: an MP3 without its
+# ID3 tag starts with a sync word that raw PCM can start with too.
+STREAM_DEMUXERS = ((b"fLaC", "flac"), (b"OggS", "ogg"), (b"\x1a\x45\xdf\xa3", "matroska"), (b"ID3", "mp3"))
+# MP4's index (moov) usually comes after the samples: it cannot be decoded before the file ends.
+UNSTREAMABLE = "mov"
+HEAD_BYTES = 8
 
 
 def stream_demuxer(head: bytes) -> str | None:
-    """The demuxer for a stream starting with ``head`` (at least HEAD_BYTES), None for anything else."""
+    """The demuxer for a stream starting with ``head`` (HEAD_BYTES), UNSTREAMABLE for MP4, None for anything else."""
+    if head[4:8] == b"ftyp":
+        return UNSTREAMABLE
     return next((demuxer for magic, demuxer in STREAM_DEMUXERS if head.startswith(magic)), None)
 
 

@@ -1,4 +1,4 @@
-"""A gRPC stream whose audio is a compressed file's bytes (FLAC, Ogg Opus or Vorbis, WebM), decoded as it arrives.
+"""A gRPC stream whose audio is a compressed file's bytes (FLAC, Ogg Opus or Vorbis, WebM, MP3), decoded as it arrives.
 
 Riva's sample apps stream a .flac file's bytes as they would a .wav's, and browsers record Opus in Ogg or
 WebM. ``decode_container`` looks at a stream's first audio bytes; for one of those containers it starts a
@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import numpy as np
 
 from model.audio import AudioError
-from model.container_stream import HEAD_BYTES, ContainerStream, stream_demuxer
+from model.container_stream import HEAD_BYTES, UNSTREAMABLE, ContainerStream, stream_demuxer
 from service.asr_pb import asr_pb2
 from service.domain import RequestError
 
@@ -35,6 +35,9 @@ async def decode_container(messages: AsyncIterator, next_message: Callable[[Asyn
     if first is None or first.WhichOneof("streaming_request") != "audio_content" \
             or stream_demuxer(first.audio_content[:HEAD_BYTES]) is None:
         return None, _chain([first] if first is not None else [], messages)
+    if stream_demuxer(first.audio_content[:HEAD_BYTES]) == UNSTREAMABLE:
+        raise RequestError("MP4/M4A/MOV audio cannot be streamed (its index comes after its samples); send the file "
+                           "to Recognize")
     blocks = _decoded(first.audio_content, messages, next_message)
     try:
         pcm, rate = await anext(blocks)

@@ -119,7 +119,7 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
             # browsers record Opus in Ogg or WebM: the stream's first bytes say which.
             wav, audio_messages = await peel_wav_header(aiter(request_iterator), self._next_message)
             file_rate = None
-            if wav is None:
+            if wav is None and stream_config.config.encoding != asr_pb2.LINEAR_PCM:  # raw PCM is never sniffed
                 file_rate, audio_messages = await decode_container(audio_messages, self._next_message)
                 if file_rate is not None:
                     wav = WavFormat(file_rate, 1, 0)  # decoded to mono float32 at the file's rate

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from model.audio import AudioError, decode_audio
-from model.container_stream import ContainerStream, stream_demuxer
+from model.container_stream import UNSTREAMABLE, ContainerStream, stream_demuxer
 from tests.service.test_grpc_support import AN4_TEST_MANIFEST, an4_test_set
 
 pytestmark = pytest.mark.skipif(not AN4_TEST_MANIFEST.exists(), reason="needs the AN4 test set")
@@ -43,7 +43,7 @@ def _file(container: str, subtype: str, rate: int, clips: int) -> tuple[bytes, n
 def test_blocks_arrive_before_the_stream_ends_and_add_up_to_the_file(container, subtype, rate):
     data, speech = _file(container, subtype, rate, clips=6)
     seen = _Collected()
-    decoder = ContainerStream(stream_demuxer(data[:4]), "test", seen.on_block, seen.on_end)
+    decoder = ContainerStream(stream_demuxer(data[:8]), "test", seen.on_block, seen.on_end)
     cut = 3 * len(data) // 4
     for offset in range(0, cut, 4096):
         decoder.feed(data[offset:min(offset + 4096, cut)])
@@ -72,6 +72,7 @@ def test_a_broken_stream_ends_with_one_error_and_cancel_stops_the_thread():
     assert not waiting._thread.is_alive()
 
 
-def test_only_flac_ogg_and_webm_starts_are_streams():
-    assert [stream_demuxer(h) for h in (b"fLaC", b"OggS", b"\x1a\x45\xdf\xa3", b"RIFF", b"\0\0\0\0")] == [
-        "flac", "ogg", "matroska", None, None]
+def test_only_unambiguous_starts_are_streams():
+    heads = (b"fLaC\0\0\0\x22", b"OggS\0\2\0\0", b"\x1a\x45\xdf\xa3\x01\0\0\0", b"ID3\x04\0\0\0\0",
+             b"\0\0\0\x20ftyp", b"RIFF\0\0\0\0", b"\xff\xfb\x90\x64\0\0\0\0", b"\0\0\0\0\0\0\0\0")
+    assert [stream_demuxer(h) for h in heads] == ["flac", "ogg", "matroska", "mp3", UNSTREAMABLE, None, None, None]

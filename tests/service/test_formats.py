@@ -80,10 +80,12 @@ def test_a_container_longer_than_the_limit_is_413_without_decoding_all_of_it(rec
     assert response.status_code == 413 and "limit is 1 s" in response.json()["error"]["message"], response.text
 
 
-def test_a_browser_recording_streamed_over_grpc_is_heard_as_the_wav(recordings):
-    """WebM/Opus (Chrome's MediaRecorder) streamed in 4 KiB messages, as a browser uploads it while recording: the
-    finals are the WAV's words (tests/model/test_container_stream.py shows the decoding keeps pace)."""
-    data = recordings["c.webm"]
+@pytest.mark.parametrize("name", ["c.webm", "c.mp3"])
+def test_a_recording_streamed_over_grpc_is_heard_as_the_wav(recordings, name):
+    """WebM/Opus (Chrome's MediaRecorder) and MP3 streamed in 4 KiB messages, as a browser uploads while it records:
+    the finals are the WAV's words (tests/model/test_container_stream.py shows the decoding keeps pace)."""
+    data = recordings[name]
+    assert data[:3] == b"ID3" or name != "c.mp3"  # what makes an MP3 stream recognisable
 
     async def main() -> list[str]:
         finals = []
@@ -113,3 +115,22 @@ def _wav_text(recordings) -> str:
         return response.results[0].alternatives[0].transcript
 
     return run(main())
+
+
+def test_an_mp4_stream_is_refused_with_a_reason(recordings):
+    async def main():
+        async with serving(make_config(AN4_REGISTRY, default_model=MODEL, grpc_port=free_port())) as (_, target):
+            async with grpc.aio.insecure_channel(target) as channel:
+                stub = asr_pb2_grpc.SpeechRecognitionStub(channel)
+
+                async def messages():
+                    yield asr_pb2.StreamingRecognizeRequest(streaming_config=asr_pb2.StreamingRecognitionConfig())
+                    yield asr_pb2.StreamingRecognizeRequest(audio_content=recordings["c.m4a"][:4096])
+
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    async for _ in stub.StreamingRecognize(messages()):
+                        pass
+                return err.value
+
+    error = run(main())
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "cannot be streamed" in error.details()
