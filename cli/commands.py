@@ -451,6 +451,19 @@ def cmd_lm_build(args) -> int:
     return 0
 
 
+def cmd_lm_import(args) -> int:
+    from lm.store import import_lm
+    from model.vocabulary import ENGLISH_LABELS
+
+    labels = ENGLISH_LABELS
+    if args.vocabulary_from:
+        from model.checkpoint import load_model
+
+        labels = load_model(_registry(args), args.vocabulary_from)[0].vocabulary.labels
+    print(str(import_lm(_registry(args), args.name, Path(args.arpa), labels)))
+    return 0
+
+
 def cmd_serve(args) -> int:
     from service.server import config_from_args, run_server
 

@@ -18,6 +18,7 @@ Usage:
     asr bench [--model NAME[@VERSION]] [--batch-size N] [--clip-seconds S] [--threads N] [--precision P] [--json]
     asr train CONFIG.yaml [--set key=value ...] [--plot curve.png] [--activate | --canary PERCENT --gate M.json]
     asr lm build TEXT_OR_MANIFEST --order N --name NAME [--prune 0 1 1]
+    asr lm import FILE.arpa[.gz] --name NAME [--vocabulary-from MODEL]
     asr serve [--port 8000] [--grpc-port 50051] [--model NAME]
 
 Expected failures (bad audio, unknown model, bad config) print one line and exit with 2.
@@ -30,7 +31,7 @@ import os
 import sys
 
 from cli.commands import (DEFAULT_MODEL_ENV, STARTER_MODEL, UsageError, cmd_bench, cmd_eval, cmd_fleet_status,
-                          cmd_lm_build, cmd_logprobs, cmd_models_activate, cmd_models_canary, cmd_models_ensemble,
+                          cmd_lm_build, cmd_lm_import, cmd_logprobs, cmd_models_activate, cmd_models_canary, cmd_models_ensemble,
                           cmd_models_export,
                           cmd_models_export_nemo, cmd_models_import_nemo, cmd_models_list, cmd_models_presets,
                           cmd_models_rollback, cmd_serve, cmd_train, cmd_transcribe, cmd_transcribe_batch)
@@ -206,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", type=int, nargs="*", default=None, help="lmplz --prune thresholds, e.g. 0 1 1")
     p.add_argument("--model", help="take the vocabulary from this model (default: English letters)")
     p.set_defaults(func=cmd_lm_build)
+    p = lm.add_parser("import", help="publish an ARPA language model made elsewhere (plain or .gz)")
+    p.add_argument("arpa", help="FILE.arpa or FILE.arpa.gz (e.g. LibriSpeech's 3-gram.arpa.gz)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--vocabulary-from", metavar="MODEL",
+                   help="check its words against this model's labels (default: English letters)")
+    p.set_defaults(func=cmd_lm_import)
 
     p = sub.add_parser("serve", help="start the REST + gRPC server")
     try:

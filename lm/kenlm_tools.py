@@ -150,6 +150,20 @@ def read_arpa_unigrams(arpa_path: Path) -> list[str]:
     return sorted(words)
 
 
+def arpa_to_binary(arpa_path: Path, binary_path: Path, *, memory: str = "1G") -> Path:
+    """Runs ``build_binary trie`` on an ARPA file; returns ``binary_path``.
+
+    Raises:
+        KenLMNotFoundError: the tools are not installed (run scripts/setup.sh).
+        LMBuildError: build_binary failed (its last line says why).
+    """
+    build_binary = find_kenlm_binary("build_binary")
+    with tempfile.TemporaryDirectory(prefix="kenlm-", dir=Path(binary_path).parent) as tmp:
+        _run([str(build_binary), "-S", memory, "-T", str(Path(tmp) / "trie"), "trie", str(arpa_path),
+              str(binary_path)], stdin_lines=None, log_path=Path(tmp) / "build_binary.log")
+    return Path(binary_path)
+
+
 def build_kenlm(
     text_lines: Iterable[str],
     order: int,
@@ -187,7 +201,7 @@ def build_kenlm(
         raise LMBuildError(f"LM order must be an integer from 1 to 6, got {order!r}")
     prune_args = _check_prune(order, prune)
     lmplz = find_kenlm_binary("lmplz")
-    build_binary = find_kenlm_binary("build_binary")
+    find_kenlm_binary("build_binary")  # both tools present before a long lmplz run
 
     sentences = (joined for line in text_lines if (joined := " ".join(line.split())))
     first = next(sentences, None)
@@ -205,11 +219,7 @@ def build_kenlm(
         if prune_args:
             cmd += ["--prune", *map(str, prune_args)]
         _run(cmd, stdin_lines=itertools.chain([first], sentences), log_path=tmp_path / "lmplz.log")
-        _run(
-            [str(build_binary), "-S", memory, "-T", str(tmp_path / "trie"), "trie", str(arpa_path), str(binary_path)],
-            stdin_lines=None,
-            log_path=tmp_path / "build_binary.log",
-        )
+    arpa_to_binary(arpa_path, binary_path, memory=memory)
     unigrams = read_arpa_unigrams(arpa_path)
     if not unigrams:
         raise LMBuildError(f"{arpa_path} has no words in its unigram section")

@@ -7,11 +7,11 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from lm.kenlm_tools import LMBuildError, build_kenlm
+from lm.kenlm_tools import LMBuildError, arpa_to_binary, build_kenlm, read_arpa_unigrams
 from lm.text import normalize_text
 from model.registry import IntegrityError, ModelRef, Registry, RegistryError
 
-__all__ = ["BINARY_FILE", "UNIGRAMS_FILE", "load_lm_files", "publish_lm", "read_sentences"]
+__all__ = ["BINARY_FILE", "UNIGRAMS_FILE", "import_lm", "load_lm_files", "publish_lm", "read_sentences"]
 
 BINARY_FILE = "lm.binary"
 UNIGRAMS_FILE = "unigrams.txt"
@@ -119,6 +119,83 @@ def publish_lm(
                 "corpus": text_source.name,
             },
         )
+
+
+def import_lm(registry: Registry, name: str, arpa: Path, labels: Sequence[str], *, memory: str = "1G") -> ModelRef:
+    """Publishes a language model made elsewhere (an ARPA file, plain or .gz, e.g. LibriSpeech's 3-gram) as the next
+    version of ``name``, in the form ``publish_lm`` gives: a KenLM trie and its word list.
+
+    Words are checked against the acoustic model's ``labels`` as a built LM's corpus is normalised: an LM in
+    upper case for a lower-case model (LibriSpeech's are upper case) is lower-cased on the way in; an LM most of
+    whose words the labels cannot spell is refused, since the beam decoder could never match them.
+
+    Raises:
+        LMBuildError: not an ARPA file, words the labels cannot spell, or a KenLM tool failed.
+    """
+    labels = list(labels)
+    arpa = Path(arpa)
+    if not arpa.is_file():
+        raise LMBuildError(f"{arpa}: file not found")
+    with tempfile.TemporaryDirectory(prefix="lm-import-") as tmp:
+        plain = _plain_arpa(arpa, Path(tmp) / "lm.arpa", labels)
+        unigrams = read_arpa_unigrams(plain)
+        if not unigrams:
+            raise LMBuildError(f"{arpa}: no \\1-grams: section with words (is it an ARPA file?)")
+        unspellable = [w for w in unigrams if normalize_text(w, labels) != w]
+        if len(unspellable) > len(unigrams) // 2:
+            raise LMBuildError(f"{arpa}: {len(unspellable)} of its {len(unigrams)} words cannot be spelled with the "
+                               f"model's labels (e.g. {unspellable[0]!r}); the beam decoder could never match them")
+        binary = arpa_to_binary(plain, Path(tmp) / BINARY_FILE, memory=memory)
+        order = _arpa_order(plain)
+        return registry.publish(
+            name,
+            {BINARY_FILE: binary, UNIGRAMS_FILE: "".join(w + "\n" for w in unigrams).encode("utf-8")},
+            kind="lm", source="imported",
+            extra={"order": order, "prune": [], "num_unigrams": len(unigrams),
+                   "num_unspellable_unigrams": len(unspellable), "labels": labels, "corpus": None,
+                   "imported_from": arpa.name})
+
+
+def _plain_arpa(source: Path, dest: Path, labels: Sequence[str]) -> Path:
+    """``source`` as an uncompressed ARPA file, lower-cased when the labels are and the LM's words are not."""
+    import gzip
+
+    def lines() -> Iterator[str]:
+        with (gzip.open(source, "rt", encoding="utf-8") if source.suffix == ".gz"
+              else open(source, encoding="utf-8")) as f:
+            yield from f
+
+    try:
+        head = [line for line, _ in zip(lines(), range(2000))]
+    except (UnicodeDecodeError, OSError, EOFError) as exc:
+        raise LMBuildError(f"{source}: not a UTF-8 ARPA file ({type(exc).__name__})") from None
+    if not any(line.strip() == "\\data\\" for line in head):
+        raise LMBuildError(f"{source}: not an ARPA file (no \\data\\ header)")
+    letters = "".join(line.split("\t")[1] for line in head if line.count("\t") >= 1 and not line.startswith("\\"))
+    lower_labels = not any(c.isupper() for label in labels for c in label)
+    fold = lower_labels and sum(c.isupper() for c in letters) > sum(c.islower() for c in letters)
+    if source.suffix != ".gz" and not fold:
+        return source
+    with open(dest, "w", encoding="utf-8") as out:
+        for line in lines():
+            # Only the words: the tokens <s>, </s> and <unk> keep their case.
+            out.write(line if line.startswith("\\") or not fold else
+                      "\t".join(part if i != 1 else " ".join(w if w.startswith("<") else w.lower()
+                                                            for w in part.split(" "))
+                                for i, part in enumerate(line.split("\t"))))
+    return dest
+
+
+def _arpa_order(arpa: Path) -> int:
+    """The highest n of the ``ngram n=count`` lines in an ARPA header."""
+    order = 0
+    with open(arpa, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("ngram "):
+                order = max(order, int(line.split()[1].split("=")[0]))
+            elif line.startswith("\\1-grams"):
+                break
+    return order
 
 
 def load_lm_files(registry: Registry, spec: str) -> tuple[Path, list[str], dict]:

@@ -95,3 +95,62 @@ def test_bad_corpora(kenlm_tools, registry, tmp_path: Path) -> None:
     with pytest.raises(LMBuildError, match="not UTF-8"):
         publish_lm(registry, "x", latin1, 3, None, LABELS)
     assert registry.names() == []
+
+
+def _arpa(tiny_lm, tmp_path: Path, *, upper: bool = False, gz: bool = False) -> Path:
+    """The ARPA file the project's own tools built (lmplz), as it is, upper-cased (LibriSpeech's style) or gzipped."""
+    import gzip
+
+    text = tiny_lm.arpa_path.read_text(encoding="utf-8")
+    if upper:
+        text = "\n".join(line if line.startswith("\\") or "\t" not in line else
+                         "\t".join(p.upper() if i == 1 else p for i, p in enumerate(line.split("\t")))
+                         for line in text.split("\n")).replace("<S>", "<s>").replace("</S>", "</s>").replace(
+            "<UNK>", "<unk>")
+    path = tmp_path / ("lm.arpa.gz" if gz else "lm.arpa")
+    if gz:
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("upper, gz", [(False, False), (True, True)])
+def test_an_imported_arpa_decodes_like_the_built_lm(kenlm_tools, tiny_lm, registry, tmp_path, upper, gz) -> None:
+    from lm.store import import_lm
+
+    ref = import_lm(registry, "imported", _arpa(tiny_lm, tmp_path, upper=upper, gz=gz), LABELS)
+    binary, unigrams, meta = load_lm_files(registry, str(ref))
+    assert unigrams == tiny_lm.unigrams and meta["source"] == "imported" and meta["extra"]["order"] == 3
+    imported, built = BeamDecoder(LABELS, binary, unigrams), BeamDecoder(LABELS, tiny_lm.binary_path, tiny_lm.unigrams)
+    for frames in ([{"y": 0.9}, {"e": 0.9}, {"z": 0.55, "s": 0.40}], [{"t": 0.9}, {"u": 0.5, "w": 0.45}, {"o": 0.9}]):
+        log_probs = make_log_probs(spell(frames))
+        got, want = imported.decode(log_probs)[0], built.decode(log_probs)[0]
+        assert (got.text, got.lm_score) == (want.text, want.lm_score)
+    assert built.decode(make_log_probs(spell([{"y": 0.9}, {"e": 0.9}, {"z": 0.55, "s": 0.40}])))[0].text == "yes"
+
+
+def test_a_file_that_is_not_an_arpa_lm_is_refused(kenlm_tools, registry, tmp_path) -> None:
+    from lm.store import import_lm
+
+    not_arpa = tmp_path / "notes.arpa"
+    not_arpa.write_text("hello world\n")
+    spelled_otherwise = tmp_path / "digits.arpa"
+    spelled_otherwise.write_text("\\data\\\nngram 1=3\n\n\\1-grams:\n-1\t<s>\t0\n-1\t</s>\n-1\t42\n\n\\end\\\n")
+    for path, fragment in ((tmp_path / "missing.arpa", "not found"), (not_arpa, "not an ARPA file"),
+                           (spelled_otherwise, "cannot be spelled")):
+        with pytest.raises(LMBuildError, match=fragment):
+            import_lm(registry, "bad", path, LABELS)
+    assert registry.versions("bad") == []
+
+
+def test_the_cli_imports_an_arpa_and_refuses_a_bad_one_in_one_line(kenlm_tools, tiny_lm, tmp_path) -> None:
+    from tests.cli.helpers import asr_in_process
+
+    root = tmp_path / "registry"
+    result = asr_in_process("--registry", root, "lm", "import", _arpa(tiny_lm, tmp_path), "--name", "libri")
+    assert result.returncode == 0 and result.stdout.strip() == "libri@1", result.stderr
+    (tmp_path / "x.arpa").write_text("not an lm\n")
+    asr_in_process("--registry", root, "lm", "import", tmp_path / "x.arpa", "--name", "libri"
+                   ).assert_one_line_error("not an ARPA file")
