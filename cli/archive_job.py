@@ -25,7 +25,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,8 +263,3 @@ def print_summary(summary: dict, failed: dict[str, str]) -> None:
     if len(failed) > 10:
         print(f"... and {len(failed) - 10} more failures (run.json lists them all)", file=sys.stderr)
     print(f"results in {summary['out']} (run manifest: {summary['out']}/run.json)")
-
-
-def timed(fn, *args, **kwargs):
-    started = time.monotonic()
-    return fn(*args, **kwargs), time.monotonic() - started

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 
 DEFAULT_MODEL_ENV = "ASR_DEFAULT_MODEL"
@@ -287,7 +288,7 @@ def cmd_transcribe(args) -> int:
 def cmd_transcribe_batch(args) -> int:
     """An archive on a Ray cluster (cli.archive_job); a rerun into the same --out finishes only what is left."""
     from cli.archive_inputs import InputError, list_inputs
-    from cli.archive_job import JobSpec, print_summary, registry_files, run_job, summarize, timed
+    from cli.archive_job import JobSpec, print_summary, registry_files, run_job, summarize
     from cli.archive_outputs import FORMATS, is_done, read_record
 
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
@@ -323,11 +324,13 @@ def cmd_transcribe_batch(args) -> int:
                    beta=choice.beta if choice else None, precision=args.precision, device=device,
                    batch_size=args.batch_size, threads=max(1, int(args.cpus_per_worker)),
                    sample_rate=model.sample_rate, frame_duration_s=model.frame_duration_s)
-    outcome, wall_s = timed(run_job, items, out, formats, spec, registry_files(ref.path),
-                            registry_files(lm_ref.path) if lm_ref else None,
-                            address=args.address or os.environ.get("RAY_ADDRESS") or None,
-                            workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                            gpus_per_worker=args.gpus_per_worker, progress=not args.quiet)
+    started = time.monotonic()
+    outcome = run_job(items, out, formats, spec, registry_files(ref.path),
+                      registry_files(lm_ref.path) if lm_ref else None,
+                      address=args.address or os.environ.get("RAY_ADDRESS") or None, workers=args.workers,
+                      cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
+                      progress=not args.quiet)
+    wall_s = time.monotonic() - started
     scores = None
     if kind == "manifest":
         from training.metrics import word_char_error_rates
