@@ -30,12 +30,12 @@ from service.domain import (DeadlineExceededError, IdleTimeoutError, PayloadTooL
                             UnknownModelError, WordTiming, WrongModelKindError, error_reason)
 from service.budget import Reservation
 from service.config import BeamConfig
+from service.container_stream import decode_container
 from service.decoding import plan_decoding
 from service.errors import ClientGoneError, public_message
 from service.model_slot import ModelLoadError
 from service.streaming import (MAX_STREAM_BACKLOG_S, StreamingOptions, StreamingSession, StreamResult,
                                pcm16_to_float32)
-from service.container_stream import decode_container
 from service.wav_stream import WavFormat, peel_wav_header
 
 log = logging.getLogger(__name__)
@@ -114,27 +114,13 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
             name, version, model_rate = self.engine.resolve_model(stream_config.config.model or None,
                                                                   _request_id(context))
             options = _streaming_options(stream_config, self.config.beam)
-            rate, channels = _stream_format(stream_config.config)
-            # Riva's sample apps stream a .wav or .flac file's bytes, header included, with the format unset;
-            # browsers record Opus in Ogg or WebM: the stream's first bytes say which.
-            wav, audio_messages = await peel_wav_header(aiter(request_iterator), self._next_message)
-            file_rate = None
-            if wav is None and stream_config.config.encoding != asr_pb2.LINEAR_PCM:  # raw PCM is never sniffed
-                file_rate, audio_messages = await decode_container(audio_messages, self._next_message)
-                if file_rate is not None:
-                    wav = WavFormat(file_rate, 1, 0)  # decoded to mono float32 at the file's rate
-                    channels = 1
-                elif stream_config.config.encoding in _CONTAINER_ENCODINGS:
-                    raise RequestError(f"the stream is not the {asr_pb2.AudioEncoding.Name(stream_config.config.encoding)}"
-                                       " file its config says (a FLAC, Ogg or WebM file's bytes, from its start)")
-            rate, channels = _stream_rate(wav, rate, channels)
+            rate, channels, audio_messages, decoded = await self._stream_audio(stream_config.config, request_iterator)
             session = StreamingSession(self.engine, f"{name}@{version}", model_rate, rate, options,
                                        deadline_s=_deadline(context))
             model_ref = asr_pb2.ModelRef(name=name, version=version)
             self.metrics.active_streams.inc()
             reader = _AudioReader(audio_messages, session, channels, self.config,
-                                  self.engine.budget.reserve(0.0, "stream"), self._next_message,
-                                  float_samples=file_rate is not None)
+                                  self.engine.budget.reserve(0.0, "stream"), self._next_message, float_samples=decoded)
             try:
                 async for results in reader.drive():
                     yield _streaming_response(results, model_ref)
@@ -163,6 +149,26 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
             return response
 
     # ---- helpers ------------------------------------------------------------------------
+
+    async def _stream_audio(self, config: asr_pb2.RecognitionConfig, requests: AsyncIterator
+                            ) -> tuple[int, int, AsyncIterator, bool]:
+        """A stream's (rate, channels, audio messages, whether they are decoded float32 samples).
+
+        Raw PCM at the configured rate; or a file's bytes whose header says the rate, as Riva's sample apps
+        stream a .wav or .flac with the format unset: a WAV's samples as they are, FLAC, Ogg, WebM or MP3
+        decoded to mono float32 as they arrive (service.container_stream). A stream declared LINEAR_PCM is
+        never sniffed.
+        """
+        rate, channels = _stream_format(config)
+        wav, messages = await peel_wav_header(aiter(requests), self._next_message)
+        if wav is None and config.encoding != asr_pb2.LINEAR_PCM:
+            file_rate, messages = await decode_container(messages, self._next_message)
+            if file_rate is not None:
+                return *_stream_rate(WavFormat(file_rate, 1, 0), rate, 1), messages, True
+            if config.encoding in _CONTAINER_ENCODINGS:
+                raise RequestError(f"the stream is not the {asr_pb2.AudioEncoding.Name(config.encoding)} file its "
+                                   "config says (a FLAC, Ogg or WebM file's bytes, from its start)")
+        return *_stream_rate(wav, rate, channels), messages, False
 
     async def _next_message(self, messages: AsyncIterator):
         """A stream's next message, None at its end; IdleTimeoutError after ``stream_idle_timeout_s`` of silence."""
