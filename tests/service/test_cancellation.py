@@ -191,8 +191,10 @@ def test_random_cancellations_of_hour_long_requests_on_every_transport_never_cra
         assert outcomes.get("cancelled", 0) >= 150, outcomes
         assert statuses and set(statuses) == {200}, statuses
         deadline = time.monotonic() + 120  # cancelled work winds down within a window or two
-        while "asr_buffered_audio_seconds 0.0" not in httpx.get(server.base + "/metrics").text:
-            assert time.monotonic() < deadline, "audio is still held after every request ended"
+        while "asr_buffered_audio_seconds 0.0" not in (metrics := httpx.get(server.base + "/metrics").text):
+            held = [line for line in metrics.splitlines() if line.startswith(("asr_buffered", "asr_active_streams",
+                                                                             "asr_queue_depth"))]
+            assert time.monotonic() < deadline, f"audio is still held after every request ended: {held}"
             time.sleep(0.2)
         metrics = httpx.get(server.base + "/metrics").text
         assert 'status="499"' in metrics and 'status="CANCELLED"' in metrics
