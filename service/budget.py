@@ -24,13 +24,22 @@ def bytes_per_audio_second(sample_rate: int, frame_duration_s: float, views: int
     return 4.0 * sample_rate + 4.0 * views * (num_labels + 1) / frame_duration_s
 
 
+# Amounts are kept in whole microseconds: float deltas added and taken back in another order leave a residue
+# (6e-15 s was seen) that reads as "something is held", which would end the first-reservation exemption below.
+_US_PER_S = 1_000_000
+
+
 class Reservation:
     """Seconds held from an ``AudioBudget``; ``resize`` as the holder's buffers change, ``release`` at the end."""
 
     def __init__(self, budget: "AudioBudget", what: str) -> None:
         self._budget = budget
         self.what = what
-        self.seconds = 0.0
+        self._us = 0
+
+    @property
+    def seconds(self) -> float:
+        return self._us / _US_PER_S
 
     def resize(self, seconds: float) -> None:
         """Holds ``seconds`` in all from now on.
@@ -38,10 +47,10 @@ class Reservation:
         Raises:
             MemoryBudgetError: growing by that much would go over the budget (nothing changes then).
         """
-        self._budget._change(self, max(0.0, seconds) - self.seconds)
+        self._budget._change(self, round(max(0.0, seconds) * _US_PER_S) - self._us)
 
     def release(self) -> None:
-        self._budget._change(self, -self.seconds)
+        self._budget._change(self, -self._us)
 
     def __enter__(self) -> "Reservation":
         return self
@@ -58,7 +67,11 @@ class AudioBudget:
 
     def __init__(self, limit_s: float) -> None:
         self.limit_s = float(limit_s)
-        self.held_s = 0.0
+        self._held_us = 0
+
+    @property
+    def held_s(self) -> float:
+        return self._held_us / _US_PER_S
 
     def reserve(self, seconds: float, what: str) -> Reservation:
         """A new reservation of ``seconds`` for ``what`` (a word for the refusal message: "request", "stream").
@@ -70,9 +83,10 @@ class AudioBudget:
         reservation.resize(seconds)
         return reservation
 
-    def _change(self, reservation: Reservation, delta_s: float) -> None:
-        if delta_s > 0 and self.held_s > 0 and self.held_s + delta_s > self.limit_s:
+    def _change(self, reservation: Reservation, delta_us: int) -> None:
+        if delta_us > 0 and self._held_us > 0 and self._held_us + delta_us > self.limit_s * _US_PER_S:
             raise MemoryBudgetError(f"the server holds {self.held_s:.0f} s of audio; this {reservation.what} needs "
-                                 f"{delta_s:.0f} s more and the limit is {self.limit_s:.0f} s, so retry shortly")
-        self.held_s = max(0.0, self.held_s + delta_s)
-        reservation.seconds += delta_s
+                                    f"{delta_us / _US_PER_S:.0f} s more and the limit is {self.limit_s:.0f} s, so "
+                                    "retry shortly")
+        self._held_us += delta_us
+        reservation._us += delta_us
