@@ -21,10 +21,7 @@ import numpy as np
 from model.audio import AudioError
 from model.audio_stream import AudioStream
 from model.decoding import GreedyDecoder, Transcript
-from model.long_audio import AudioWindow, plan_windows
-
-WINDOW_S = 30.0
-OVERLAP_S = 2.0
+from model.long_audio import DEFAULT_OVERLAP_S, DEFAULT_WINDOW_S, AudioWindow, plan_windows
 # Windows handed to the network at once (then length-sorted into batches): what bounds memory
 # besides each file's own audio.
 WINDOWS_PER_PASS_PER_BATCH = 4
@@ -55,8 +52,8 @@ def read_file(path: str, sample_rate: int, frame_duration_s: float) -> FileAudio
         if stream.num_samples < shortest:
             raise AudioError(f"{path}: audio is {1000 * stream.duration_s:.1f} ms long; the model needs at least "
                              f"{1000 * frame_duration_s:.0f} ms (one output frame)")
-        windows = plan_windows(stream.num_samples, sample_rate, frame_duration_s, window_s=WINDOW_S,
-                               overlap_s=OVERLAP_S)
+        windows = plan_windows(stream.num_samples, sample_rate, frame_duration_s, window_s=DEFAULT_WINDOW_S,
+                               overlap_s=DEFAULT_OVERLAP_S)
         samples = tuple(stream.read(w.start_sample, w.end_sample) for w in windows)
         return FileAudio(path, stream.duration_s, windows, samples)
 

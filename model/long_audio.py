@@ -16,7 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["AudioWindow", "plan_windows", "stitch_log_probs"]
+__all__ = ["DEFAULT_OVERLAP_S", "DEFAULT_WINDOW_S", "AudioWindow", "plan_windows", "stitch_log_probs"]
+
+# The service's defaults (ASR_LONG_AUDIO_WINDOW_S / _OVERLAP_S), which `asr transcribe` and `transcribe-batch` use too.
+DEFAULT_WINDOW_S = 30.0
+DEFAULT_OVERLAP_S = 2.0
 
 
 @dataclass(frozen=True)

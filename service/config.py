@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lm.beam import DEFAULT_ALPHA, DEFAULT_BEAM_WIDTH, DEFAULT_BETA, DEFAULT_HOTWORD_WEIGHT
+from model.long_audio import DEFAULT_OVERLAP_S, DEFAULT_WINDOW_S
 
 
 def _default_registry() -> Path:
@@ -124,9 +125,9 @@ class ServiceConfig(BaseSettings):
     """Largest .nemo file POST /admin/models/import accepts (bytes); over it -> 413."""
     max_audio_duration_s: float = Field(3600.0, gt=0)
     """Longest decoded audio accepted; over it -> 413."""
-    long_audio_window_s: float = Field(30.0, gt=0)
+    long_audio_window_s: float = Field(DEFAULT_WINDOW_S, gt=0)
     """Audio longer than this is cut into overlapping windows so memory stays bounded."""
-    long_audio_overlap_s: float = Field(2.0, ge=0)
+    long_audio_overlap_s: float = Field(DEFAULT_OVERLAP_S, ge=0)
     """Overlap between consecutive windows; the seam sits at its midpoint."""
     long_audio_windows_in_flight: int = Field(4, ge=1)
     """Windows of one long recording decoded and queued at once; its memory follows this, not its length."""
