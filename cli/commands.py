@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -186,6 +187,46 @@ def cmd_models_import_nemo(args) -> int:
     model, info = import_nemo(Path(args.file), frontend=args.frontend)
     ref = publish_model(_registry(args), args.name, model, source="imported", extra={"nemo": info})
     print(str(ref))
+    return 0
+
+
+def cmd_models_pull(args) -> int:
+    """Fetches, checks, imports and publishes a hub's .nemo; progress bars on stderr, NAME@VERSION on stdout."""
+    from interop.pull import pull_model
+
+    pulled = pull_model(_registry(args), args.source, name=args.name, activate=args.activate,
+                        by=f"asr models pull ({_who()})")
+    if pulled.reused:
+        print(f"asr: {args.source} is already in the registry as {pulled.ref} (sha256 "
+              f"{pulled.fetched.sha256[:12]}...); nothing published", file=sys.stderr)
+    print(str(pulled.ref))
+    return 0
+
+
+def cmd_models_catalog(args) -> int:
+    """NVIDIA's English CTC checkpoints the importer reads, with where to pull them from."""
+    from dataclasses import asdict
+
+    from interop.catalog import CATALOG, VERIFIED_HOW
+
+    if args.json:
+        print(json.dumps({"verified": VERIFIED_HOW, "models": [asdict(e) for e in CATALOG]}, indent=2))
+        return 0
+    def wers(wer: dict) -> str:
+        for split, label in (("test", "test"), ("dev", "dev")):
+            clean, other = wer.get(f"librispeech_{split}_clean"), wer.get(f"librispeech_{split}_other")
+            if clean is not None and other is not None:
+                return f"{label} {clean:g} / {other:g}"
+        return "-"
+
+    def shown(value, unit: str) -> str:
+        return f"{value:g}{unit}" if value is not None else "?"
+
+    print(f"{'pull with':<63} {'params':>7} {'size':>7}  {'license':<10} {'WER clean/other %':<19} trained on")
+    for e in CATALOG:
+        print(f"{e.pull:<63} {shown(e.params_m, 'M'):>7} {shown(e.size_mb, 'MB'):>7}  {e.license or '?':<10} "
+              f"{wers(e.published_wer):<19} {', '.join(e.trained_on) or '?'}")
+    print(f"\n{VERIFIED_HOW}")
     return 0
 
 
@@ -455,7 +496,7 @@ def cmd_lm_build(args) -> int:
 
 
 def cmd_lm_import(args) -> int:
-    from lm.store import import_lm
+    from lm.store import import_binary_lm, import_lm, is_kenlm_binary
     from model.vocabulary import ENGLISH_LABELS
 
     labels = ENGLISH_LABELS
@@ -463,7 +504,15 @@ def cmd_lm_import(args) -> int:
         from model.checkpoint import load_model
 
         labels = load_model(_registry(args), args.vocabulary_from)[0].vocabulary.labels
-    print(str(import_lm(_registry(args), args.name, Path(args.arpa), labels)))
+    path = Path(args.arpa)
+    if path.is_file() and is_kenlm_binary(path):
+        if not args.words:
+            raise UsageError(f"{path} is a KenLM binary: give its word list with --words WORDS.txt")
+        print(str(import_binary_lm(_registry(args), args.name, path, Path(args.words), labels)))
+        return 0
+    if args.words:
+        raise UsageError("--words is for KenLM binaries; an ARPA file lists its own words")
+    print(str(import_lm(_registry(args), args.name, path, labels)))
     return 0
 
 

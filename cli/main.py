@@ -4,6 +4,8 @@ Usage:
     asr models presets [--json]
     asr models list [--json]
     asr models import-nemo FILE.nemo --name NAME
+    asr models pull hf:ORG/REPO[@REV][:FILE.nemo] | ngc:ORG/[TEAM/]MODEL:VERSION | https://.../X.nemo [--name N] [--activate]
+    asr models catalog [--json]
     asr models ensemble MEMBER... --name NAME [--speeds 0.95 1.0 1.05] [--fp16]
     asr models export NAME[@VERSION] --format onnx|nemo --out FILE
     asr models activate NAME@VERSION [--reason TEXT]
@@ -18,7 +20,7 @@ Usage:
     asr bench [--model NAME[@VERSION]] [--batch-size N] [--clip-seconds S] [--threads N] [--precision P] [--json]
     asr train CONFIG.yaml [--set key=value ...] [--plot curve.png] [--activate | --canary PERCENT --gate M.json]
     asr lm build TEXT_OR_MANIFEST --order N --name NAME [--prune 0 1 1]
-    asr lm import FILE.arpa[.gz] --name NAME [--vocabulary-from MODEL]
+    asr lm import FILE.arpa[.gz] | FILE.bin --words WORDS.txt --name NAME [--vocabulary-from MODEL]
     asr serve [--port 8000] [--grpc-port 50051] [--model NAME]
 
 Expected failures (bad audio, unknown model, bad config) print one line and exit with 2.
@@ -31,10 +33,10 @@ import os
 import sys
 
 from cli.commands import (DEFAULT_MODEL_ENV, STARTER_MODEL, UsageError, cmd_bench, cmd_eval, cmd_fleet_status,
-                          cmd_lm_build, cmd_lm_import, cmd_logprobs, cmd_models_activate, cmd_models_canary, cmd_models_ensemble,
-                          cmd_models_export,
+                          cmd_lm_build, cmd_lm_import, cmd_logprobs, cmd_models_activate, cmd_models_canary,
+                          cmd_models_catalog, cmd_models_ensemble, cmd_models_export,
                           cmd_models_export_nemo, cmd_models_import_nemo, cmd_models_list, cmd_models_presets,
-                          cmd_models_rollback, cmd_serve, cmd_train, cmd_transcribe, cmd_transcribe_batch)
+                          cmd_models_pull, cmd_models_rollback, cmd_serve, cmd_train, cmd_transcribe, cmd_transcribe_batch)
 
 def _add_decoder_args(parser: argparse.ArgumentParser) -> None:
     from lm.beam import DEFAULT_BEAM_WIDTH
@@ -107,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frontend", choices=("nemo25", "nemo24"),
                    help="front-end behaviour (default: from the file's nemo_version)")
     p.set_defaults(func=cmd_models_import_nemo)
+    p = models.add_parser("pull", help="fetch a NeMo checkpoint from the Hugging Face Hub, NGC or a URL, check it, "
+                                       "import it and publish it (see `asr models catalog`)")
+    p.add_argument("source", metavar="SOURCE",
+                   help="hf:ORG/REPO[@REVISION][:FILE.nemo], ngc:ORG/[TEAM/]MODEL:VERSION[:FILE.nemo], or an "
+                        "https:// URL of a .nemo (append #sha256=HEX to have it checked)")
+    p.add_argument("--name", help="registry name (default: the model's own, e.g. stt_en_citrinet_256_ls)")
+    p.add_argument("--activate", action="store_true", help="record it as the version servers on this registry serve")
+    p.set_defaults(func=cmd_models_pull)
+    p = models.add_parser("catalog", help="NVIDIA's English CTC checkpoints this importer reads, with their sources, "
+                                          "sizes, licenses and published WERs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models_catalog)
     p = models.add_parser("ensemble", help="publish registry versions, each heard at one or more input speeds, "
                                            "as one ensemble model (same vocabulary)")
     p.add_argument("members", nargs="+", help="NAME[@VERSION] of each member")
@@ -207,9 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", type=int, nargs="*", default=None, help="lmplz --prune thresholds, e.g. 0 1 1")
     p.add_argument("--model", help="take the vocabulary from this model (default: English letters)")
     p.set_defaults(func=cmd_lm_build)
-    p = lm.add_parser("import", help="publish an ARPA language model made elsewhere (plain or .gz)")
-    p.add_argument("arpa", help="FILE.arpa or FILE.arpa.gz (e.g. LibriSpeech's 3-gram.arpa.gz)")
+    p = lm.add_parser("import", help="publish a language model made elsewhere: ARPA (plain or .gz) or a KenLM binary")
+    p.add_argument("arpa", metavar="FILE", help="FILE.arpa, FILE.arpa.gz (e.g. LibriSpeech's 3-gram.arpa.gz) or a "
+                                                "KenLM binary (with --words)")
     p.add_argument("--name", required=True)
+    p.add_argument("--words", metavar="WORDS.txt",
+                   help="for a KenLM binary: its words, one per line (a binary cannot list them itself)")
     p.add_argument("--vocabulary-from", metavar="MODEL",
                    help="check its words against this model's labels (default: English letters)")
     p.set_defaults(func=cmd_lm_import)
@@ -248,7 +265,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from model.registry import RegistryError
 
     errors: list[type[BaseException]] = [UsageError, AudioError, RegistryError, FileNotFoundError, PrecisionError]
-    for module, name in (("interop.nemo", "NemoImportError"), ("interop.onnx", "OnnxExportError"), ("training.config", "ConfigError"),
+    for module, name in (("interop.nemo", "NemoImportError"), ("interop.onnx", "OnnxExportError"), ("interop.hubs", "PullError"), ("training.config", "ConfigError"),
                          ("training.trainer", "TrainingError"), ("lm.kenlm_tools", "LMBuildError"),
                          ("lm.kenlm_tools", "KenLMNotFoundError"), ("cli.evaluate", "ManifestError"),
                          ("training.datasets", "DataError"), ("pydantic", "ValidationError")):

@@ -156,6 +156,63 @@ def import_lm(registry: Registry, name: str, arpa: Path, labels: Sequence[str], 
                    "imported_from": arpa.name})
 
 
+KENLM_BINARY_MAGIC = b"mmap lm "
+
+
+def is_kenlm_binary(path: Path) -> bool:
+    """Whether ``path`` is a KenLM binary (build_binary's output), which starts with its format line."""
+    with open(path, "rb") as f:
+        return f.read(len(KENLM_BINARY_MAGIC)) == KENLM_BINARY_MAGIC
+
+
+def import_binary_lm(registry: Registry, name: str, binary: Path, words: Path, labels: Sequence[str]) -> ModelRef:
+    """Publishes a KenLM binary made elsewhere with its word list (one word per line: the unigrams the beam
+    decoder completes partial words against, which a binary cannot list itself).
+
+    The words must be the LM's (the binary is asked about each) and spellable with ``labels``; a binary's
+    words cannot be re-cased, so an upper-case binary for a lower-case model is refused in favour of its ARPA.
+
+    Raises:
+        LMBuildError: not a KenLM binary, a word list that does not belong to it, or words the labels cannot spell.
+    """
+    import kenlm
+
+    labels, binary, words = list(labels), Path(binary), Path(words)
+    for path in (binary, words):
+        if not path.is_file():
+            raise LMBuildError(f"{path}: file not found")
+    if not is_kenlm_binary(binary):
+        raise LMBuildError(f"{binary}: not a KenLM binary (no '{KENLM_BINARY_MAGIC.decode().strip()}' header)")
+    try:
+        model = kenlm.Model(str(binary))
+        unigrams = [w for w in (line.strip() for line in words.read_text(encoding="utf-8").splitlines())
+                    if w and not (w.startswith("<") and w.endswith(">"))]
+    except UnicodeDecodeError:
+        raise LMBuildError(f"{words}: not a UTF-8 word list") from None
+    except (OSError, RuntimeError) as exc:
+        raise LMBuildError(f"{binary}: KenLM cannot load it ({' '.join(str(exc).split())[:200]})") from None
+    if not unigrams:
+        raise LMBuildError(f"{words}: no words in it")
+    foreign = [w for w in unigrams if w not in model]
+    if len(foreign) > len(unigrams) // 2:
+        raise LMBuildError(f"{words}: {len(foreign)} of its {len(unigrams)} words are not in the LM (e.g. "
+                           f"{foreign[0]!r}); give the word list the LM was built with")
+    lower_labels = not any(c.isupper() for label in labels for c in label)
+    if lower_labels and sum(c.isupper() for w in unigrams for c in w) > sum(c.islower() for w in unigrams for c in w):
+        raise LMBuildError(f"{binary}: its words are upper case and the model's labels lower case; a binary cannot be "
+                           "re-cased: import its ARPA file instead, which is lower-cased on the way in")
+    unspellable = [w for w in unigrams if normalize_text(w, labels) != w]
+    if len(unspellable) > len(unigrams) // 2:
+        raise LMBuildError(f"{words}: {len(unspellable)} of its {len(unigrams)} words cannot be spelled with the "
+                           f"model's labels (e.g. {unspellable[0]!r}); the beam decoder could never match them")
+    return registry.publish(
+        name, {BINARY_FILE: binary, UNIGRAMS_FILE: "".join(w + "\n" for w in unigrams).encode("utf-8")},
+        kind="lm", source="imported",
+        extra={"order": model.order, "prune": [], "num_unigrams": len(unigrams),
+               "num_unspellable_unigrams": len(unspellable), "labels": labels, "corpus": None,
+               "imported_from": binary.name, "words_from": words.name})
+
+
 def _plain_arpa(source: Path, dest: Path, labels: Sequence[str]) -> Path:
     """``source`` as an uncompressed ARPA file, lower-cased when the labels are and the LM's words are not."""
     import gzip

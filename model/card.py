@@ -49,7 +49,7 @@ def model_card(metadata: dict[str, Any], config: dict[str, Any]) -> dict[str, An
         "measured_wer": stored.get("measured_wer") or {k: round(v, 4) for k, v in metrics.items()
                                                          if k.endswith("wer") and isinstance(v, (int, float))},
     }
-    for key in ("recognises", "not_for", "general_english"):
+    for key in ("recognises", "not_for", "general_english", "source", "license", "published_wer"):
         if key in stored:
             card[key] = stored[key]
     return card

@@ -7,6 +7,8 @@ or wrong token gets 401. Tokens are compared with ``hmac.compare_digest``.
          -H 'Content-Type: application/json' localhost:8000/admin/models/activate
     curl -H "Authorization: Bearer $ASR_ADMIN_TOKEN" -F file=@model.nemo -F name=english \\
          localhost:8000/admin/models/import          # publishes english@N; activate it to serve it
+    curl -H "Authorization: Bearer $ASR_ADMIN_TOKEN" -d '{"source": "hf:nvidia/stt_en_citrinet_256_ls"}' \\
+         -H 'Content-Type: application/json' localhost:8000/admin/models/pull   # 202 + a job to poll
 """
 
 from __future__ import annotations
@@ -117,6 +119,50 @@ async def import_model(request: Request) -> JSONResponse:
     except Exception as exc:  # noqa: BLE001 - one JSON error shape for every failure
         return error_response(_as_request_error(exc))
     return JSONResponse({"published": str(ref), "name": ref.name, "version": ref.version}, 201)
+
+
+class PullRequest(BaseModel):
+    """Body of POST /admin/models/pull (see `asr models pull`)."""
+
+    source: str = Field(..., description="hf:ORG/REPO[@REV][:FILE.nemo], ngc:ORG/[TEAM/]MODEL:VERSION[:FILE.nemo] "
+                                         "or an https:// URL of a .nemo")
+    name: str | None = Field(None, description="registry name (default: the model's own)")
+    activate: bool = Field(False, description="record it as the version every server on this registry serves")
+
+
+@router.post("/models/pull", status_code=202,
+             summary="Pull a .nemo from the Hugging Face Hub, NGC or a URL and publish it (a job; see its progress)")
+async def pull_model(body: PullRequest, request: Request) -> JSONResponse:
+    """Starts the pull as a job (or joins the one already pulling this source) and answers 202 with it."""
+    from interop.hubs import PullError, parse_source
+
+    try:
+        parse_source(body.source)  # a malformed source is the request's fault: say so now, not in the job
+    except PullError as exc:
+        return error_response(RequestError(public_message(exc)))
+    job, started = _pull_jobs(request).start(body.source, body.name, body.activate)
+    return JSONResponse({**job.describe(), "joined": not started}, 202,
+                        headers={"Location": f"/admin/models/pull/{job.id}"})
+
+
+@router.get("/models/pull/{job_id}", summary="A pull job: state, bytes so far, what it published or why it failed")
+async def pull_status(job_id: str, request: Request) -> JSONResponse:
+    job = _pull_jobs(request).get(job_id)
+    if job is None:
+        return JSONResponse(error_body(f"no pull job {job_id!r}", "invalid_request_error", "unknown_job"), 404)
+    return JSONResponse(job.describe())
+
+
+def _pull_jobs(request: Request):
+    from service.pull_jobs import PullJobs
+
+    state = request.app.state
+    if getattr(state, "pull_jobs", None) is None:
+        from interop.pull import pull_model as pull
+
+        registry = engine_of(request).registry
+        state.pull_jobs = PullJobs(lambda source, **kw: pull(registry, source, by="admin API", **kw))
+    return state.pull_jobs
 
 
 def _import_and_publish(registry, source, name: str, frontend: str | None):

@@ -72,7 +72,9 @@ class ServiceConfig(BaseSettings):
     registry: Path = Field(default_factory=_default_registry)
     """Model registry root ($ASR_REGISTRY, else ./registry, else the per-user registry: model.registry)."""
     default_model: str = "an4-quartznet"
-    """NAME[@VERSION] served when a request names no model (or "default"/an OpenAI model id)."""
+    """NAME[@VERSION] served when a request names no model (or "default"/an OpenAI model id); or a hub source
+    (``hf:ORG/REPO``, ``ngc:ORG/TEAM/MODEL:VERSION``, an https URL of a .nemo), pulled into the registry on the
+    first start (interop.pull) and served by its registry name from then on."""
     preload_models: list[str] = Field(default_factory=list)
     """Extra NAME[@VERSION] specs loaded and warmed at start-up next to the default."""
     registry_poll_s: float = Field(2.0, gt=0)

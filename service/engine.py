@@ -120,6 +120,11 @@ class Engine:
         """
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
+        try:
+            await self._pull_default_model()
+        except Exception as e:
+            self.startup_error = f"default model {self.config.default_model!r} could not be pulled: {public_message(e)}"
+            raise
         name, _, version = self.config.default_model.partition("@")
         try:
             if version and version != "latest":
@@ -137,6 +142,29 @@ class Engine:
         if self._follower is None:
             self._follower = asyncio.get_running_loop().create_task(
                 self.replica.follow_registry(pinned=bool(version) and version != "latest"))
+
+    async def _pull_default_model(self) -> None:
+        """``ASR_DEFAULT_MODEL=hf:...`` (or ``ngc:``, a URL): pulled into the registry on the first start only.
+
+        Later starts find the version pulled from that source and serve the model by its registry
+        name, offline included.
+        """
+        from interop.hubs import is_source, parse_source
+
+        spec = self.config.default_model
+        if not is_source(spec):
+            return
+        from interop.pull import pull_model, pulled_from
+
+        name = parse_source(spec).default_name
+        ref = await asyncio.to_thread(pulled_from, self.registry, name, spec)
+        if ref is None:
+            log.info("the registry has no %s from %s: pulling it", name, spec)
+            ref = (await asyncio.to_thread(pull_model, self.registry, spec, by="ASR_DEFAULT_MODEL")).ref
+            log.info("pulled %s as %s", spec, ref)
+        # The settings object is shared by every transport (ListModels shows it): from now on it names the
+        # registry model, whose versions the replica follows as it does for any other default model.
+        self.config.default_model = ref.name
 
     async def _activate_recorded(self, name: str) -> None:
         """Activates the recorded active version of ``name``, else the newest that loads (see above)."""

@@ -154,3 +154,49 @@ def test_the_cli_imports_an_arpa_and_refuses_a_bad_one_in_one_line(kenlm_tools, 
     (tmp_path / "x.arpa").write_text("not an lm\n")
     asr_in_process("--registry", root, "lm", "import", tmp_path / "x.arpa", "--name", "libri"
                    ).assert_one_line_error("not an ARPA file")
+
+
+def test_an_imported_kenlm_binary_decodes_like_the_built_lm(kenlm_tools, tiny_lm, registry, tmp_path) -> None:
+    from lm.store import import_binary_lm
+
+    words = tmp_path / "words.txt"
+    words.write_text("".join(w + "\n" for w in tiny_lm.unigrams), encoding="utf-8")
+    ref = import_binary_lm(registry, "binary", tiny_lm.binary_path, words, LABELS)
+    binary, unigrams, meta = load_lm_files(registry, str(ref))
+    assert unigrams == tiny_lm.unigrams and meta["extra"]["order"] == 3 and meta["source"] == "imported"
+    imported, built = BeamDecoder(LABELS, binary, unigrams), BeamDecoder(LABELS, tiny_lm.binary_path, tiny_lm.unigrams)
+    log_probs = make_log_probs(spell([{"y": 0.9}, {"e": 0.9}, {"z": 0.55, "s": 0.40}]))
+    got, want = imported.decode(log_probs)[0], built.decode(log_probs)[0]
+    assert (got.text, got.lm_score) == (want.text, want.lm_score) and got.text == "yes"
+
+
+def test_a_kenlm_binary_with_a_foreign_word_list_or_upper_case_words_is_refused(kenlm_tools, tiny_lm, registry,
+                                                                                  tmp_path) -> None:
+    from lm.kenlm_tools import arpa_to_binary
+    from lm.store import import_binary_lm
+
+    foreign = tmp_path / "foreign.txt"
+    foreign.write_text("alpha\nbravo\ncharlie\n")
+    upper_words = tmp_path / "upper.txt"
+    upper_words.write_text("".join(w.upper() + "\n" for w in tiny_lm.unigrams))
+    upper_binary = arpa_to_binary(_arpa(tiny_lm, tmp_path, upper=True), tmp_path / "upper.bin")
+    not_binary = tmp_path / "lm.bin"
+    not_binary.write_bytes(b"\x00" * 64)
+    for binary, words, fragment in ((tiny_lm.binary_path, foreign, "are not in the LM"),
+                                    (upper_binary, upper_words, "import its ARPA file instead"),
+                                    (not_binary, foreign, "not a KenLM binary")):
+        with pytest.raises(LMBuildError, match=fragment):
+            import_binary_lm(registry, "bad", binary, words, LABELS)
+    assert registry.versions("bad") == []
+
+
+def test_the_cli_imports_a_kenlm_binary_only_with_its_words(kenlm_tools, tiny_lm, tmp_path) -> None:
+    from tests.cli.helpers import asr_in_process
+
+    root = tmp_path / "registry"
+    asr_in_process("--registry", root, "lm", "import", tiny_lm.binary_path, "--name", "libri"
+                   ).assert_one_line_error("--words")
+    words = tmp_path / "words.txt"
+    words.write_text("".join(w + "\n" for w in tiny_lm.unigrams))
+    result = asr_in_process("--registry", root, "lm", "import", tiny_lm.binary_path, "--words", words, "--name", "libri")
+    assert result.returncode == 0 and result.stdout.strip() == "libri@1", result.stderr
