@@ -192,8 +192,13 @@ def _fetch_hf(source: Source, progress: Progress | None) -> Fetched:
             nemo_files = [s.rfilename for s in info.siblings or [] if s.rfilename.endswith(".nemo")]
             filename = _pick_file(source, nemo_files)
             sibling = next(s for s in info.siblings if s.rfilename == filename)
-            path = Path(hub.hf_hub_download(source.repo, filename, revision=info.sha, endpoint=endpoint,
+            # By the revision asked for, not the commit, so that the cache records the branch or tag and an
+            # offline pull of the same source finds it; the commit is checked to be the one described.
+            path = Path(hub.hf_hub_download(source.repo, filename, revision=source.revision, endpoint=endpoint,
                                             cache_dir=cache_dir, tqdm_class=_reporting_tqdm(progress)))
+            if path.parent.parent.name == "snapshots" and info.sha and path.parent.name != info.sha:
+                raise PullError(f"{source}: the repository changed during the pull (commit {info.sha[:12]} became "
+                                f"{path.parent.name[:12]}); run the pull again", "upstream")
             expected_size = sibling.lfs.size if sibling.lfs else sibling.size
             stated_sha256 = sibling.lfs.sha256 if sibling.lfs else None
             resolved = info.sha

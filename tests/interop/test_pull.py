@@ -19,7 +19,7 @@ import pytest
 from interop.hubs import PullError, Source, parse_source
 from model.registry import Registry
 
-from tests.cli.helpers import asr_in_process
+from tests.cli.helpers import asr_console, asr_in_process
 from tests.interop.hub_standin import HubFile, Standin
 from tests.interop.test_nemo_parity import FIXTURES, MANIFEST, PARITY_ATOL, _conformer, _modified_copy
 
@@ -113,9 +113,9 @@ def test_hub_pull_imports_with_nemo_log_probs_and_a_card(hub, tmp_path, speech_r
     card = extra["card"]  # the catalog's publisher facts, since this is the catalog's repository
     assert card["published_wer"] == {"librispeech_test_clean": 3.8, "librispeech_test_other": 9.8}
     assert card["trained_on"] == ["LibriSpeech 960 h"] and card["license"] == "cc-by-4.0"
-    # The Hub was asked through its own protocol: the model's info, then the file at the resolved commit.
+    # The Hub was asked through its own protocol: the model's info, then the file on the default branch.
     assert ("GET", "/api/models/nvidia/stt_en_citrinet_256_ls") in hub.requests
-    assert ("GET", f"/nvidia/stt_en_citrinet_256_ls/resolve/{hub.commit}/stt_en_citrinet_256_ls.nemo") in hub.requests
+    assert ("GET", "/nvidia/stt_en_citrinet_256_ls/resolve/main/stt_en_citrinet_256_ls.nemo") in hub.requests
 
 
 def test_ngc_and_url_pulls_with_nemo_log_probs(hub, tmp_path, speech_root):
@@ -134,7 +134,7 @@ def test_ngc_and_url_pulls_with_nemo_log_probs(hub, tmp_path, speech_root):
     assert _metadata(registry, "citrinet")["extra"]["pulled"]["checked"] == ["size", "sha256"]
 
 
-def test_a_second_pull_answers_from_the_cache_with_the_network_off(hub, tmp_path):
+def test_a_second_pull_answers_from_the_cache_with_the_network_off(hub, tmp_path, monkeypatch):
     specs = {"hf:test/quartznet": "quartznet", "ngc:nvidia/nemo/stt_en_quartznet15x5:1.0.0rc1": "stt_en_quartznet15x5",
              f"{hub.url}/files/citrinet.nemo": "citrinet"}
     first = tmp_path / "first"
@@ -150,6 +150,10 @@ def test_a_second_pull_answers_from_the_cache_with_the_network_off(hub, tmp_path
         assert (_metadata(tmp_path / "second", name)["extra"]["pulled"]["sha256"]
                 == _metadata(first, name)["extra"]["pulled"]["sha256"])
     assert sorted(p.name for p in first.iterdir() if not p.name.startswith(".")) == sorted(specs.values())
+    # The console script, as a user runs it, with the Hub's own offline switch (read when huggingface_hub loads).
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = asr_console("--registry", str(tmp_path / "third"), "models", "pull", "hf:test/quartznet")
+    assert (offline.returncode, offline.stdout.strip(), offline.stderr) == (0, "quartznet@1", "")
     assert all(not (first / name / "2").exists() for name in specs.values())
 
 
@@ -166,7 +170,7 @@ def test_a_broken_download_resumes_where_it_stopped(hub, tmp_path):
     assert not part.exists()
     assert (f"/storage/{NGC_QUARTZNET}", f"bytes={len(QUARTZNET) // 2}-") in hub.ranges  # only the rest was asked for
     # The Hub's client retries by itself within one pull (from its last whole 10 MB chunk: here, the start).
-    hub.truncate_once.add(f"/test/quartznet/resolve/{hub.commit}/quartznet_small.nemo")
+    hub.truncate_once.add("/test/quartznet/resolve/main/quartznet_small.nemo")
     result = _pull(registry, "hf:test/quartznet")
     assert (result.returncode, result.stdout.strip()) == (0, "quartznet@1"), result.stderr
 
@@ -201,7 +205,7 @@ def test_refusals_are_one_line_and_publish_nothing(case, hub, tmp_path):
 
 
 def test_a_truncated_download_is_refused_and_not_kept(hub, tmp_path):
-    hub.truncate_always.add(f"/test/quartznet/resolve/{hub.commit}/quartznet_small.nemo")
+    hub.truncate_always.add("/test/quartznet/resolve/main/quartznet_small.nemo")
     _pull(tmp_path / "registry", "hf:test/quartznet").assert_one_line_error("hf:test/quartznet", "broke off")
     assert not (tmp_path / "registry" / "quartznet").exists()
     assert not [p for p in (tmp_path / "hf-home").rglob("*") if p.is_file() and p.stat().st_size == len(QUARTZNET)]
