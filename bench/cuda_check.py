@@ -8,8 +8,9 @@ It records, for QuartzNet 15x5 (random weights), the eager model and the inferen
 fp16 and bf16 for 1, 8 and 32 clips of 10 s (median x real time), the fp16 and bf16 forms'
 log-prob distance from fp32, a 5x3 training step with and without AMP (fp16 autocast +
 GradScaler), a forward/backward through torch's SyncBatchNorm in a one-rank NCCL group, and the
-service engine's throughput with 32 concurrent requests on CUDA, and `asr transcribe-batch` on a GPU
-actor (its texts against `asr transcribe` on the same device). Each part that fails is
+service engine's throughput with 32 concurrent requests on CUDA, `asr transcribe-batch` on a GPU
+actor (its texts against `asr transcribe` on the same device), and `asr train` on Ray Train with one
+worker per GPU (NCCL, fp16 AMP, SyncBN). Each part that fails is
 recorded with its error instead of stopping the run. ``--device cpu`` runs the same script on
 the CPU, as a check that it works before a GPU is lent.
 """
@@ -207,6 +208,48 @@ def archive_batch(device: torch.device) -> dict:
                 "of": len(expected)}
 
 
+def ray_train(device: torch.device) -> dict:
+    """`asr train` on Ray Train: one worker per GPU (NCCL; SyncBN across them when there are two or more; fp16
+    AMP), one epoch of QuartzNet 5x3 on 32 synthetic labelled clips, published to a scratch registry. With
+    ``--device cpu``, two gloo workers and bf16 AMP. NCCL cannot put two ranks on one GPU, so a one-GPU
+    machine checks NCCL, AMP and the SyncBN conversion path with one rank only."""
+    import subprocess
+    import tempfile
+
+    import soundfile as sf
+    import yaml
+
+    from model.registry import Registry
+
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    workers = gpus or 2
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = []
+        for i, clip in enumerate(synthetic_batch(32, 3.0, 16_000)):
+            path = Path(tmp) / f"clip{i:02d}.wav"
+            sf.write(path, clip, 16_000)
+            rows.append(json.dumps({"audio_filepath": str(path), "duration": 3.0, "text": "yes no"}))
+        (Path(tmp) / "train.json").write_text("\n".join(rows) + "\n")
+        config = {"model": {"preset": "quartznet_5x3"},
+                  "data": {"train_manifests": [{"path": f"{tmp}/train.json"}], "batch_size": 8},
+                  "optim": {"epochs": 1, "warmup_steps": 0},
+                  "scaling": {"num_workers": workers, "use_gpu": gpus > 0, "cpus_per_worker": 1},
+                  "amp": "fp16" if gpus else "bf16", "sync_bn": True,
+                  "run": {"output_dir": f"{tmp}/out", "registry": f"{tmp}/registry", "publish_name": "check",
+                          "log_every_steps": 1}}
+        (Path(tmp) / "cfg.yaml").write_text(yaml.safe_dump(config))
+        started = time.perf_counter()
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        run = subprocess.run([sys.executable, "-m", "cli.main", "train", f"{tmp}/cfg.yaml"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=900)
+        if run.returncode != 0:
+            raise RuntimeError((run.stdout + run.stderr)[-2000:])
+        meta = Registry(f"{tmp}/registry").open("check")[1]
+        return {"workers": workers, "backend": "nccl" if gpus else "gloo", "amp": config["amp"],
+                "sync_bn_across_ranks": workers > 1, "global_steps": meta["extra"]["global_steps"],
+                "nodes": meta["extra"]["nodes"], "wall_s": round(time.perf_counter() - started, 1)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -220,7 +263,7 @@ def main() -> int:
              "training_fp32": lambda: training_step(device, amp=False),
              "training_amp_fp16": lambda: training_step(device, amp=device.type == "cuda"),
              "sync_bn": lambda: sync_bn(device), "batching_32_requests": lambda: batching(device),
-             "archive_batch": lambda: archive_batch(device)}
+             "archive_batch": lambda: archive_batch(device), "ray_train": lambda: ray_train(device)}
     for name, part in parts.items():
         started = time.perf_counter()
         try:

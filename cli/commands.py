@@ -452,7 +452,8 @@ def cmd_bench(args) -> int:
 def cmd_train(args) -> int:
     from training.config import load_config
 
-    cfg = load_config(args.config, args.set or [])  # before the heavy imports: bad configs fail fast
+    overrides = list(args.set or []) + ([f"scaling.ray_address={args.address}"] if args.address else [])
+    cfg = load_config(args.config, overrides)  # before the heavy imports: bad configs fail fast
     if args.canary is not None and not args.gate:
         raise UsageError("--canary needs --gate MANIFEST.json: the dev set both versions are compared on")
     from training.plot import plot_metrics

@@ -18,7 +18,7 @@ Usage:
     asr eval --manifest M.json [--model ...] [--json]
     asr logprobs AUDIO --model NAME[@VERSION] --out FILE.npy [--precision fp32]
     asr bench [--model NAME[@VERSION]] [--batch-size N] [--clip-seconds S] [--threads N] [--precision P] [--json]
-    asr train CONFIG.yaml [--set key=value ...] [--plot curve.png] [--activate | --canary PERCENT --gate M.json]
+    asr train CONFIG.yaml [--set key=value ...] [--address HOST:PORT|auto] [--plot curve.png] [--activate | --canary PERCENT --gate M.json]
     asr lm build TEXT_OR_MANIFEST --order N --name NAME [--prune 0 1 1]
     asr lm import FILE.arpa[.gz] | FILE.bin --words WORDS.txt --name NAME [--vocabulary-from MODEL]
     asr serve [--port 8000] [--grpc-port 50051] [--model NAME]
@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     p.add_argument("--run-name", default=None, help="Ray run name; the same name resumes a killed run")
+    p.add_argument("--address", metavar="HOST:PORT|auto",
+                   help="join this Ray cluster (default $RAY_ADDRESS, else a local Ray); same as "
+                        "--set scaling.ray_address=...")
     p.add_argument("--plot", help="write loss/WER curves to this PNG")
     rollout = p.add_mutually_exclusive_group()
     rollout.add_argument("--activate", action="store_true",

@@ -122,6 +122,10 @@ class ScalingConfig(_Section):
     cpus_per_worker: Annotated[float, Field(gt=0.0)] = 1.0
     gpus_per_worker: Annotated[float, Field(ge=0.0)] = 1.0
     ray_address: str | None = Field(default_factory=lambda: os.environ.get("RAY_ADDRESS") or None)
+    # How Ray places the workers: SPREAD puts them on as many nodes as it can (each node's CPUs, memory
+    # bandwidth and disks work for the job; gradients cross the network once per step), PACK on as few.
+    # Either is best effort: workers go wherever there is room rather than wait. STRICT_* demand it.
+    placement_strategy: Literal["SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"] = "SPREAD"
 
 
 class LossConfig(_Section):
@@ -198,6 +202,15 @@ class RunConfig(_Section):
     seed: int = 0
     log_every_steps: PositiveInt = 50
     checkpoint_every_epochs: PositiveInt = 1
+    # Where Ray Train keeps checkpoints: a folder every node sees (NFS, a shared volume) or any URI Ray
+    # accepts (s3://, gs://); None keeps them in output_dir/ray, which suits one machine only.
+    storage_path: str | None = None
+    # Worker or node failures Ray Train recovers from by itself: it restarts the whole worker group
+    # from the latest checkpoint, with the same number of workers, on whichever nodes have room (it
+    # waits until they do), so the run continues without a person. 0 lets the first failure end the
+    # run (a rerun with the same --run-name resumes it). Errors in the config or data fail every
+    # attempt alike, so keep it small.
+    max_failures: Annotated[int, Field(ge=0)] = 0
     # Extra mid-epoch resume checkpoints every N optimiser steps; None writes only per epoch.
     checkpoint_every_steps: PositiveInt | None = None
     # Stop once validation WER has not improved for this many epochs (the best epoch is still

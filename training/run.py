@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,8 +189,30 @@ def _resume(ctx: Context, recognizer: SpeechRecognizer, train_step: TrainStep, o
     """Ray's latest checkpoint loaded into the model and optimiser, or a fresh state."""
     resumed = load_resume_state(ctx.under_ray, recognizer, optimizer, scheduler, scaler,
                                 train_step.inter_ctc_heads or None)
-    if resumed is None:
-        return TrainState()
-    if ctx.rank == 0:
-        print(f"[train] resumed at epoch {resumed.epoch} batch {resumed.batches_done}", flush=True)
-    return resumed
+    state = resumed or TrainState()
+    attempt = _attempt_record(ctx, state)
+    state.attempts.append(attempt)
+    if ctx.rank == 0 and resumed is not None:
+        lost = f"; lost nodes {', '.join(attempt['lost_nodes'])}" if attempt.get("lost_nodes") else ""
+        print(f"[train] resumed at epoch {resumed.epoch} batch {resumed.batches_done} (attempt {attempt['attempt']}, "
+              f"nodes {', '.join(attempt['nodes'])}{lost})", flush=True)
+    return state
+
+
+def _attempt_record(ctx: Context, state: TrainState) -> dict:
+    """This start of the worker group: its number, where it resumed, and each rank's node (gathered from all)."""
+    node = socket.gethostname()
+    if ctx.under_ray:
+        import ray
+
+        node = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
+    nodes = [node]
+    if ctx.world_size > 1 and torch.distributed.is_initialized():
+        nodes = [None] * ctx.world_size
+        torch.distributed.all_gather_object(nodes, node)
+    record = {"attempt": len(state.attempts) + 1, "epoch": state.epoch, "batches_done": state.batches_done,
+              "global_step": state.global_step, "nodes": nodes, "started_at": time.time()}
+    if state.attempts:  # a restart: the group before it failed (Ray Train restarts only after a failure)
+        record["restarted_after_failure"] = True
+        record["lost_nodes"] = sorted(set(state.attempts[-1]["nodes"]) - set(nodes))
+    return record

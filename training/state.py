@@ -33,6 +33,9 @@ class TrainState:
         averaged_epochs: how many epochs ``average_weights`` holds (``run.average_last_epochs``).
         best_weights: the best model's tensors (saved to best.safetensors, not to JSON).
         average_weights: the running float64 mean of those epochs' weights (average.safetensors).
+        attempts: one entry per start of the worker group: the first, and each restart Ray Train made
+            after a worker or node failed (``run.max_failures``): where it resumed and on which nodes
+            each rank ran, so the published record says which nodes took part and what was lost.
     """
 
     epoch: int = 0
@@ -45,6 +48,7 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_averaged_epochs: int = 0
     averaged_epochs: int = 0
+    attempts: list[dict[str, Any]] = field(default_factory=list)
     best_weights: dict[str, torch.Tensor] | None = None
     average_weights: dict[str, torch.Tensor] | None = None
 

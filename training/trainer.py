@@ -192,18 +192,29 @@ def _fit(worker: WorkerConfig, run_name: str, output_dir: Path):
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
         resources["GPU"] = scaling.gpus_per_worker
+    run = worker.train.run
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=worker.loop_config(),
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(name=run_name, storage_path=str(output_dir / "ray"),
+                                               resources_per_worker=resources,
+                                               placement_strategy=scaling.placement_strategy),
+        run_config=ray.train.RunConfig(name=run_name, storage_path=storage_path(worker.train, output_dir),
+                                       failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
                                        # Ray Train both copies and re-logs worker prints; once is enough.
                                        worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )
     return trainer.fit()
+
+
+def storage_path(cfg: TrainConfig, output_dir: Path) -> str:
+    """Where Ray Train keeps this run's checkpoints: run.storage_path (a folder is made absolute), else output_dir/ray."""
+    path = cfg.run.storage_path
+    if path is None:
+        return str(output_dir / "ray")
+    return path if "://" in path else str(Path(path).resolve())
 
 
 def _publish(cfg: TrainConfig, registry: Registry, checkpoint, parent_version: int | None, teacher_ref: str | None
@@ -221,7 +232,8 @@ def _publish(cfg: TrainConfig, registry: Registry, checkpoint, parent_version: i
              "val_manifests": [m.path for m in cfg.data.val_manifests],
              "holdout_speakers": list(cfg.data.holdout_speakers), "epochs": state["epoch"],
              "global_steps": state["global_step"], "wall_time_s": round(state["wall_time_s"], 1),
-             "git_commit": _git_commit(), "history": state["history"]}
+             "git_commit": _git_commit(), "history": state["history"], "attempts": state.get("attempts", []),
+             "nodes": sorted({node for attempt in state.get("attempts", []) for node in attempt["nodes"]})}
     if teacher_ref is not None:
         extra["distilled_from"] = teacher_ref
     ref = registry.publish(cfg.run.publish_name, artifact_files(model), kind="model", source="trained",
