@@ -5,6 +5,8 @@
 #   1. Debian packages (compilers, cmake, boost, compression libs, libsndfile) via apt-get.
 #   2. .venv holding exactly requirements.lock (pip --require-hashes --no-deps; a changed lock
 #      rebuilds .venv from scratch), then the project itself in editable mode, resolving nothing.
+#   2b. .venv-client/floors and .venv-client/newest: the client's own dependencies only, at both ends of
+#      client/pyproject.toml (client/locks/), for tests/client/test_floors.py.
 #   3. KenLM's `lmplz` and `build_binary`, compiled from the kenlm source distribution that the
 #      lock pins (fetched by `pip download`, sha256 checked), installed into .venv/bin.
 #   4. gRPC stubs via scripts/gen_protos.sh, when the proto and that script exist.
@@ -238,6 +240,28 @@ fetch_kenlm_sdist() {  # fetch_kenlm_sdist <version> <sha256> <dest>
   rm -rf "$tmp"
 }
 
+# The client package alone, at its declared floors and at the newest versions (client/locks/), for
+# tests/client/test_floors.py: two small venvs beside .venv, without torch or anything of the server's.
+step_client_venvs() {
+  local end lock venv want have
+  for end in floors newest; do
+    lock="client/locks/$end.lock" venv="$ROOT/.venv-client/$end"
+    [[ -f "$lock" ]] || die "$lock is missing; run scripts/lock.sh"
+    grep -qxF "# client-pyproject-sha256: $(sha256_of client/pyproject.toml)" "$lock" \
+      || die "client/pyproject.toml changed since $lock was made; run scripts/lock.sh"
+    want="$(sha256_of "$lock")" have=""
+    [[ -f "$venv/.setup-lock.sha256" ]] && have="$(cat "$venv/.setup-lock.sha256")"
+    if [[ -x "$venv/bin/python" && "$want" == "$have" ]]; then
+      log "$lock already installed"
+      continue
+    fi
+    log "creating .venv-client/$end from $lock"
+    "$PYTHON" -m venv --clear "$venv"
+    "$venv/bin/python" -m pip install --disable-pip-version-check --no-input -q --require-hashes --no-deps -r "$lock"
+    echo "$want" >"$venv/.setup-lock.sha256"
+  done
+}
+
 step_kenlm() {
   local bin version sha tarball src stamp_value
   version="$(kenlm_pin version)"
@@ -303,6 +327,7 @@ TOTAL_START="$(now)"
 run_step "apt packages" step_apt
 run_step "test tools" step_test_tools
 run_step "python venv" step_venv
+run_step "client venvs" step_client_venvs
 run_step "kenlm binaries" step_kenlm
 run_step "grpc stubs" step_protos
 run_step "starter models" step_seed_registry

@@ -1,1 +1,1 @@
-"""Generated from protos/asr/v1/asr.proto by scripts/gen_protos.sh; do not edit."""
+"""asr.v1's messages and stubs for the client, built at import from the proto's descriptor (see asr_pb2)."""

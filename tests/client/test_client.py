@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import threading
-import time
 
 import grpc
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from client.cli import add_client_arguments
 from model.audio import decode_audio
 from service.domain import TranscriptionRequest
-from tests.service.test_grpc_support import (AN4_TEST_MANIFEST, REPO_ROOT, an4_test_set, free_port, service_config,
+from tests.service.test_grpc_support import (AN4_TEST_MANIFEST, REPO_ROOT, an4_test_set, rest_serving, service_config,
                                              serving)
 from tests.tiny_model import publish_tiny_model
 
@@ -99,27 +98,9 @@ def test_unreachable_server_exits_1(capsys):
     assert code == 1 and err.startswith("error:")
 
 
-@pytest.mark.skipif(not (REPO_ROOT / "service" / "app.py").exists(), reason="service/app.py (REST) not written yet")
 def test_rest(tmp_path, capsys):
-    import httpx
-    import uvicorn
-
-    from service.app import create_app
-
     publish_tiny_model(tmp_path)
-    config = service_config(tmp_path, http_port=free_port())
-    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=config.http_port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{config.http_port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # the app loads its model in the background
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.2)
+    with rest_serving(tmp_path) as url:
         path = an4_test_set(limit=1)[0][0]
         code, out, _ = _run(capsys, str(path), "--url", url, "--json")
         assert code == 0 and isinstance(json.loads(out)["text"], str)
@@ -127,9 +108,6 @@ def test_rest(tmp_path, capsys):
         assert code == 2 and err.startswith("error: HTTP 4")
         code, _, err = _run(capsys, str(path), "--url", url, "--model", "nosuch")
         assert code == 2 and "HTTP 404" in err
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def _servicer_base():

@@ -39,26 +39,12 @@ def test_the_installed_client_imports_and_runs_without_the_server_side(tmp_path)
     assert "file.wav" in run.stderr and "ImportError" not in run.stderr
 
 
-def test_the_declared_floors_are_what_the_generated_stubs_check_for():
-    """grpcio and protobuf floors in client/pyproject.toml against the version checks inside client/asr_pb."""
-    import re
-    import tomllib
-
-    from packaging.version import Version
-
-    dependencies = tomllib.loads((REPO_ROOT / "client" / "pyproject.toml").read_text())["project"]["dependencies"]
-    floors = {}
-    for dependency in dependencies:
-        name, floor = re.match(r"([A-Za-z0-9_-]+)>=([0-9.]+)", dependency).groups()
-        floors[name] = Version(floor)
-    stubs = REPO_ROOT / "client" / "asr_pb"
-    grpc_needs = re.search(r"GRPC_GENERATED_VERSION = '([0-9.]+)'", (stubs / "asr_pb2_grpc.py").read_text()).group(1)
-    protobuf_needs = re.search(r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*(\d+),\s*(\d+),"
-                               r"\s*(\d+),", (stubs / "asr_pb2.py").read_text()).groups()
-    assert floors["grpcio"] >= Version(grpc_needs), (floors, grpc_needs)
-    assert floors["protobuf"] >= Version(".".join(protobuf_needs)), (floors, protobuf_needs)
-    protobuf = next(d for d in dependencies if d.startswith("protobuf"))
-    assert f"<{int(protobuf_needs[0]) + 1}" in protobuf  # the stubs refuse another major version
+def test_the_client_stubs_carry_no_generator_version_check():
+    """Generated modules refuse a protobuf older than their protoc and a grpcio older than their grpcio-tools;
+    the client's are built from the descriptor so that its declared floors (tests/client/test_floors.py) hold."""
+    for path in (REPO_ROOT / "client" / "asr_pb").glob("*.py"):
+        text = path.read_text()
+        assert "ValidateProtobufRuntimeVersion" not in text and "GRPC_GENERATED_VERSION" not in text, path
 
 
 def test_rest_needs_neither_grpc_nor_protobuf():

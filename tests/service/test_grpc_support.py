@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,35 @@ async def serving(config: ServiceConfig):
     finally:
         await stop_grpc(server, 0)
         await engine.drain_and_stop(1.0)
+
+
+@contextlib.contextmanager
+def rest_serving(registry_root: Path, **overrides):
+    """The REST API of a real server (uvicorn on a thread, a free port) once it is ready; yields its URL."""
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from service.app import create_app
+
+    config = service_config(registry_root, http_port=free_port(), **overrides)
+    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=config.http_port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{config.http_port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the app loads its model in the background
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.2)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def an4_test_set(limit: int | None = None) -> list[tuple[Path, str]]:
