@@ -6,7 +6,7 @@
 #   2. .venv holding exactly requirements.lock (pip --require-hashes --no-deps; a changed lock
 #      rebuilds .venv from scratch), then the project itself in editable mode, resolving nothing.
 #   2b. .venv-client/floors and .venv-client/newest: the client's own dependencies only, at both ends of
-#      client/pyproject.toml (client/locks/), for tests/client/test_floors.py.
+#      client/pyproject.toml (client/locks/), for tests/client/test_floors.py (not with ASR_SKIP_TEST_TOOLS=1).
 #   3. KenLM's `lmplz` and `build_binary`, compiled from the kenlm source distribution that the
 #      lock pins (fetched by `pip download`, sha256 checked), installed into .venv/bin.
 #   4. gRPC stubs via scripts/gen_protos.sh, when the proto and that script exist.
@@ -243,6 +243,10 @@ fetch_kenlm_sdist() {  # fetch_kenlm_sdist <version> <sha256> <dest>
 # The client package alone, at its declared floors and at the newest versions (client/locks/), for
 # tests/client/test_floors.py: two small venvs beside .venv, without torch or anything of the server's.
 step_client_venvs() {
+  if [[ "${ASR_SKIP_TEST_TOOLS:-}" == "1" ]]; then
+    log "ASR_SKIP_TEST_TOOLS=1: not making the client's test venvs"
+    return
+  fi
   local end lock venv want have
   for end in floors newest; do
     lock="client/locks/$end.lock" venv="$ROOT/.venv-client/$end"
