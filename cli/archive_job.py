@@ -207,7 +207,10 @@ def run_job(items: list[Item], out: Path, formats: tuple[str, ...], spec: JobSpe
     transcribed = read.map_batches(
         Transcriber, fn_constructor_kwargs={"spec": spec, "model_files": model_ref, "lm_files": lm_ref},
         batch_size=FILES_PER_CALL, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None)
+        num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
+        # Across nodes, not wherever the first free CPUs are: every node's cores (and memory bandwidth)
+        # work, and a busy node does not end up holding the whole pool.
+        scheduling_strategy="SPREAD")
     for row in _rows(transcribed):
         outcome.files_by_node[row["node"]] = outcome.files_by_node.get(row["node"], 0) + 1
         if row["error"]:
