@@ -358,7 +358,7 @@ class Engine:
         self.replica.observe(model, time.monotonic() - started, failed=False)
 
     async def log_probs(self, audio: np.ndarray, model: str | None, *, deadline_s: float | None = None,
-                        api: str = "grpc") -> LogProbsResult:
+                        api: str = "grpc", interim: bool = False) -> LogProbsResult:
         """Acoustic model only, batched like ``transcribe``; for streaming and custom decoders.
 
         Audio shorter than one output frame has no frames (streams may commit a few ms).
@@ -368,11 +368,15 @@ class Engine:
             model: NAME[@VERSION]; None/"default" = the active model.
             deadline_s: absolute ``time.monotonic()`` deadline (None: request_timeout_s from now).
             api: transport label (kept for symmetry with TranscriptionRequest).
+            interim: the cheap path of an ensemble (its first member alone, (T, V+1) frames) for a stream's
+                interim windows; a single network has one path and ignores it.
         """
         started = time.monotonic()
         async with self.slot.lease(model) as loaded:
+            cheap = interim and loaded.interim_batcher is not None
+            frame_shape = (len(loaded.labels) + 1,) if cheap else loaded.frame_shape
             if isinstance(audio, np.ndarray) and audio.ndim == 1 and 0 < audio.size < _min_samples(loaded):
-                frames = np.zeros((0, *loaded.frame_shape), dtype=np.float32)
+                frames = np.zeros((0, *frame_shape), dtype=np.float32)
                 return LogProbsResult(frames, loaded.frame_duration_s, loaded.labels, loaded.name, loaded.version)
             duration_s = self._check_audio(audio, loaded)
             deadline = request_deadline(started, duration_s, deadline_s, timeout_s=self.config.request_timeout_s,
@@ -383,7 +387,8 @@ class Engine:
                 parts.append(frames)
 
             with self._judged(loaded, started):  # a stream's steps count for the canary gate as requests do
-                await self._run_windows(loaded, audio, self._windows(loaded, audio), deadline, _SHORT, collect)
+                await self._run_windows(loaded, audio, self._windows(loaded, audio), deadline, _SHORT, collect,
+                                        batcher=loaded.interim_batcher if cheap else None)
         log_probs = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         return LogProbsResult(log_probs, loaded.frame_duration_s, loaded.labels, loaded.name, loaded.version)
 
@@ -516,9 +521,10 @@ class Engine:
 
     async def _run_windows(self, model: LoadedModel, audio: np.ndarray | AudioStream,
                            windows: tuple[AudioWindow, ...], deadline: float, priority: int,
-                           consume: Callable[[AudioWindow, np.ndarray], Awaitable[None]]
-                           ) -> tuple[float, float, float]:
-        """Runs ``windows`` through the batcher and hands each one's kept frames to ``consume``, in time order.
+                           consume: Callable[[AudioWindow, np.ndarray], Awaitable[None]], *,
+                           batcher: DynamicBatcher | None = None) -> tuple[float, float, float]:
+        """Runs ``windows`` through the batcher (``model.batcher`` unless given) and hands each one's kept
+        frames to ``consume``, in time order.
 
         At most ``long_audio_windows_in_flight`` windows are read or queued at once, and a window
         counts until ``consume`` has taken it, so a slow decoder holds back reading, not memory.
@@ -538,7 +544,8 @@ class Engine:
             nonlocal queue_s, consume_s
             while True:
                 while len(in_flight) < limit and (window := next(upcoming, None)) is not None:
-                    task = asyncio.ensure_future(self._window(model, audio, window, deadline, priority))
+                    task = asyncio.ensure_future(self._window(batcher or model.batcher, audio, window, deadline,
+                                                              priority))
                     task.add_done_callback(_retrieve)  # a window's failure after the request ended is not news
                     in_flight.append(task)
                 if not in_flight:
@@ -558,7 +565,7 @@ class Engine:
                 task.cancel()
         return queue_s, sum(batches.values()), consume_s
 
-    async def _window(self, model: LoadedModel, audio: np.ndarray | AudioStream, window: AudioWindow,
+    async def _window(self, batcher: DynamicBatcher, audio: np.ndarray | AudioStream, window: AudioWindow,
                       deadline: float, priority: int):
         if isinstance(audio, AudioStream):  # decoded now, from the file, and dropped once consumed
             clip = await asyncio.get_running_loop().run_in_executor(self._read_pools[priority], audio.read,
@@ -567,8 +574,8 @@ class Engine:
         else:
             clip = audio[window.start_sample:window.end_sample]
         submitted = time.monotonic()
-        out = await model.batcher.submit(np.ascontiguousarray(clip, dtype=np.float32), size_key=len(clip),
-                                         deadline=deadline, priority=priority)
+        out = await batcher.submit(np.ascontiguousarray(clip, dtype=np.float32), size_key=len(clip),
+                                   deadline=deadline, priority=priority)
         return window, out, max(0.0, out.started_at - submitted)
 
     async def _load_version(self, name: str, version: int) -> LoadedModel:
@@ -582,13 +589,19 @@ class Engine:
             worker = InferenceWorker(recognizer, self.devices, precision=self.precision,
                                      on_batch_done=self.metrics.inference_duration.observe)
             worker.warm_up(recognizer.sample_rate, self.config.long_audio_window_s + self.config.long_audio_overlap_s)
+            interim = None
             if recognizer.num_views > 1:
                 _check_members(recognizer, worker)
-            return recognizer, worker, lm, card
+                # Streams' windows (interims, endpoints) run one member, not every view: finals still come from
+                # one pass of the whole ensemble over the segment, so only the interims' cost changes.
+                interim = InferenceWorker(recognizer.members[0], self.devices, precision=self.precision,
+                                          on_batch_done=self.metrics.inference_duration.observe)
+                interim.warm_up(recognizer.sample_rate)
+            return recognizer, worker, lm, card, interim
 
         started = time.monotonic()
         try:
-            recognizer, worker, lm, card = await asyncio.to_thread(load)
+            recognizer, worker, lm, card, interim_worker = await asyncio.to_thread(load)
         except Exception as e:  # noqa: BLE001 - any failure here must leave the old version serving
             detail = str(e).splitlines()[0] if str(e) else type(e).__name__
             log.warning("cannot load model %s: %s", spec, detail)
@@ -598,18 +611,25 @@ class Engine:
         metrics = self.metrics
         hooks = BatcherHooks(on_queue_wait=metrics.queue_wait.observe, on_batch=metrics.batch_size.observe,
                              on_depth_change=metrics.queue_depth.inc)
-        batcher = DynamicBatcher(worker, self._inference_pool, max_batch_size=cfg.max_batch_size,
-                                 max_queue_delay_ms=cfg.max_queue_delay_ms, max_queue_size=cfg.max_queue_size,
-                                 max_batch_padded_size=cfg.max_batch_audio_s * recognizer.sample_rate,
-                                 max_low_priority_padded_size=cfg.long_audio_batch_audio_s * recognizer.sample_rate,
-                                 max_concurrent_batches=len(self.devices), hooks=hooks, name=f"batcher[{spec}]")
+        def batcher_for(runner, label: str) -> DynamicBatcher:
+            return DynamicBatcher(runner, self._inference_pool, max_batch_size=cfg.max_batch_size,
+                                  max_queue_delay_ms=cfg.max_queue_delay_ms, max_queue_size=cfg.max_queue_size,
+                                  max_batch_padded_size=cfg.max_batch_audio_s * recognizer.sample_rate,
+                                  max_low_priority_padded_size=cfg.long_audio_batch_audio_s * recognizer.sample_rate,
+                                  max_concurrent_batches=len(self.devices), hooks=hooks, name=f"{label}[{spec}]")
+
         return LoadedModel(name, version, recognizer.sample_rate, recognizer.frame_duration_s,
-                           tuple(recognizer.vocabulary.labels), lm, batcher, worker,
-                           precision=worker.precision, card=card, views=recognizer.num_views)
+                           tuple(recognizer.vocabulary.labels), lm, batcher_for(worker, "batcher"), worker,
+                           precision=worker.precision, card=card, views=recognizer.num_views,
+                           interim_batcher=batcher_for(interim_worker, "interim") if interim_worker else None,
+                           interim_worker=interim_worker)
 
     async def _unload_version(self, model: LoadedModel) -> None:
         await model.batcher.stop()
         await asyncio.to_thread(model.worker.close)
+        if model.interim_batcher is not None:
+            await model.interim_batcher.stop()
+            await asyncio.to_thread(model.interim_worker.close)
 
     def _publish_model_info(self) -> None:
         active = self.slot.active

@@ -44,6 +44,9 @@ class LoadedModel:
         precision: the precision its inference form runs at (model.precision), reported in timings.
         card: its model card (model.card): training data, vocabulary, measured WERs.
         views: log-prob slices per frame: 1 for one network, an ensemble's member x speed count.
+        interim_batcher, interim_worker: an ensemble's first member alone, with its own batcher: the cheap
+            path streams run their windows through for interim results and endpointing (service.streaming);
+            None for one network, whose windows are already one view.
         leases: requests currently using this version.
         retired: unload as soon as ``leases`` reaches 0 (unless it is active again).
     """
@@ -59,6 +62,8 @@ class LoadedModel:
     precision: str = "fp32"
     card: dict | None = None
     views: int = 1
+    interim_batcher: Any = None
+    interim_worker: Any = None
     leases: int = 0
     retired: bool = False
     last_used: float = field(default_factory=time.monotonic)

@@ -160,7 +160,8 @@ class Replica:
                     "started_at": self.canary["started_at"], "version": self.canary["version"],
                     "stats": {str(version): stats.summary() for version, stats in self._canary_stats.items()}},
                 "load": {"in_flight": self.engine.in_flight, "buffered_audio_s": round(self.engine.budget.held_s, 1),
-                         "queue_depth": sum(m.batcher.queue_depth for m in self.engine.slot.loaded())}}
+                         "queue_depth": sum(m.batcher.queue_depth + (m.interim_batcher.queue_depth if m.interim_batcher else 0)
+                                             for m in self.engine.slot.loaded())}}
 
     def fleet(self) -> list[dict]:
         """Every replica that reports into this registry (model.fleet.fleet_status)."""

@@ -23,7 +23,13 @@ The method is NeMo's buffered CTC inference (FrameBatchASR), run incrementally:
   finalised from its committed frames plus one flush window whose right context is all the
   remaining audio (buffered inference proper).
 
-Every model run goes through ``Engine.log_probs``, so stream windows batch with other work.
+Every model run goes through ``Engine.log_probs``, so stream windows batch with other work. For an
+ensemble, the windows (interims and endpointing) run its cheap path, the first member alone
+(``interim=True``): the window work, several times the audio, shrinks by the ensemble's view count
+(12 for the default model), while each final is still the whole ensemble's one pass over the
+segment, so finals (and their WER) are unchanged. The exception is a segment longer than
+``max_redecode_s`` without an endpoint, finalised from its committed frames: those are the cheap
+path's, one view's.
 Endpointing reads committed frames only, so a silence is declared after ``silence_ms`` plus at
 most ``right_context_s + chunk_s`` of audio.
 
@@ -63,7 +69,7 @@ class LogProbsEngine(Protocol):
     """The part of service.engine.Engine a stream needs."""
 
     async def log_probs(self, audio: np.ndarray, model: str | None, *, deadline_s: float | None = None,
-                        api: str = "grpc") -> LogProbsResult: ...
+                        api: str = "grpc", interim: bool = False) -> LogProbsResult: ...
 
     async def decode(self, lp: LogProbsResult, req: TranscriptionRequest) -> TranscriptionResult: ...
 
@@ -224,11 +230,14 @@ class StreamingSession:
         new_commit = self._commit + num_chunks * self._chunk_samples()
         old_commit = self._commit
         settled = frames[old_commit // self._spf - first_frame: new_commit // self._spf - first_frame]
-        cut = self._scan_for_endpoint(settled)
         self._commit = new_commit
-        if cut is not None:
+        position = old_commit
+        # A candidate the whole model does not confirm leaves the count at the blanks it hears; the frames
+        # after the candidate are counted on from there (and may hold the confirmed endpoint).
+        while (cut := self._scan_for_endpoint(settled)) is not None:
             self._feed(settled[:cut])
-            ended, final = await self._endpoint_final(old_commit + cut * self._spf, end)
+            position += cut * self._spf
+            ended, final = await self._endpoint_final(position, end)
             if ended:
                 return [] if final is None else [final]
             settled = settled[cut:]
@@ -277,12 +286,14 @@ class StreamingSession:
     def _right_samples(self) -> int:
         return round(self.options.right_context_s * self.model_rate / self._spf) * self._spf
 
-    async def _run(self, start: int, end: int) -> np.ndarray:
-        """Log-probs (T, V+1) of model-rate samples [start, end); ``start`` is frame-aligned."""
+    async def _run(self, start: int, end: int, *, full: bool = False) -> np.ndarray:
+        """Log-probs of model-rate samples [start, end) (``start`` frame-aligned): the cheap path's (T, V+1)
+        for windows, or with ``full`` the whole model's (an ensemble's (T, K, V+1)) for a segment's final."""
         result = await self.engine.log_probs(self._audio.read(start, end), self.model,
-                                             deadline_s=self.deadline_s, api=self.api)
+                                             deadline_s=self.deadline_s, api=self.api, interim=not full)
+        if not full and not self._frame_shape and len(result.log_probs):
+            self._frame_shape = result.log_probs.shape[1:]  # the decoder's frames: the windows'
         if not self._spf and len(result.log_probs):
-            self._frame_shape = result.log_probs.shape[1:]
             self._labels = tuple(result.labels)
             self._frame_s = float(result.frame_duration_s)
             self._spf = max(1, round(self._frame_s * self.model_rate))
@@ -359,7 +370,10 @@ class StreamingSession:
         if last_frames is not None:
             tail = last_frames[-needed:]
             if len(tail) < needed or not blank_frames(tail).all():
-                self._trailing_blanks = 0
+                # Count on from the blanks the whole model does hear before the cut: the windows' cheap path
+                # may hear silence a frame or two before every view of an ensemble does.
+                blanks = blank_frames(last_frames)
+                self._trailing_blanks = len(blanks) - (int(np.flatnonzero(~blanks)[-1]) + 1 if (~blanks).any() else 0)
                 return False, None
         # The frames after the cut are recomputed as the start of the next segment.
         self._start_segment(cut)
@@ -388,7 +402,7 @@ class StreamingSession:
         if end - start < max(self._spf, 1):
             return Transcript(""), None
         context_start = max(start - self._final_context_samples(), self._aligned(self._audio.start))
-        frames = await self._run(context_start, read_to)
+        frames = await self._run(context_start, read_to, full=True)
         if not self._spf:  # too little audio for one frame
             return Transcript(""), None
         first = (start - context_start) // self._spf

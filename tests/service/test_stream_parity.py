@@ -58,3 +58,61 @@ def test_an4_model_stream_wer_within_half_a_point_of_offline():
           f"{differing} of {len(refs)} transcripts differ, "
           f"{edits / max(1, sum(len(a.split()) for a in offline)):.4f} word edits per offline word")
     assert abs(stream_wer - offline_wer) <= 0.005
+
+
+def test_an_ensemble_streams_its_windows_through_one_member_and_its_finals_through_all(tmp_path):
+    """The cheap path: a stream's windows run the ensemble's first member alone (its own batcher), each
+    final one pass of every view, so finals still equal offline Recognize."""
+    import numpy as np
+
+    from model import publish_model
+    from model.ensemble import EnsembleRecognizer
+    from model.inference import for_inference
+    from model.registry import Registry
+    from tests.service.conftest import tiny_model
+    from tests.tiny_model import agreeing_copy
+
+    members = [tiny_model(0), agreeing_copy(tiny_model(0), 1)]
+    publish_model(Registry(tmp_path), "duo", EnsembleRecognizer.of(members), source="ensemble")
+
+    async def main():
+        async with serving(service_config(tmp_path, model="duo", max_queue_delay_ms=0, precision="fp32")) as (engine,
+                                                                                                                _):
+            name, version, rate = engine.resolve_model(None)
+            loaded = engine.slot.active
+            assert loaded.views == 2 and loaded.interim_batcher is not None
+            clips = [decode_audio(path, rate).samples for path, _ in an4_test_set(limit=12)]
+            cheap = await engine.log_probs(clips[0], "duo@1", interim=True)
+            whole = await engine.log_probs(clips[0], "duo@1")
+            assert cheap.log_probs.shape == (whole.log_probs.shape[0], whole.log_probs.shape[2])
+            # The cheap path is member 0 as it runs alone (and as view 0 of the ensemble's pass).
+            alone = for_inference(members[0], "fp32").log_probs_batch([clips[0]])[0]
+            assert float(np.abs(cheap.log_probs - alone).max()) <= 1e-4
+            submitted = {"cheap": 0, "whole": 0}
+
+            def counted(batcher, key):
+                submit = batcher.submit
+
+                async def counting(*args, **kwargs):
+                    submitted[key] += 1
+                    return await submit(*args, **kwargs)
+                return counting
+
+            loaded.interim_batcher.submit = counted(loaded.interim_batcher, "cheap")
+            loaded.batcher.submit = counted(loaded.batcher, "whole")
+            mismatches, finals = [], 0
+            for audio in clips:
+                offline = (await engine.transcribe(TranscriptionRequest(audio))).text
+                results = await stream_simulated(engine, f"{name}@{version}", rate, audio, StreamingOptions())
+                streamed = " ".join(r.text for r in results if r.is_final and r.text)
+                finals += sum(r.is_final for r in results)
+                if streamed != offline:
+                    mismatches.append((offline, streamed))
+            return mismatches, submitted, finals, len(clips)
+
+    mismatches, submitted, finals, num_clips = run(main())
+    assert not mismatches, mismatches[:3]
+    # The whole ensemble ran each offline request, each final, and at most one unconfirmed endpoint candidate
+    # per final; the many windows (one per 0.32 s of audio) all took the cheap path.
+    assert submitted["whole"] <= num_clips + 2 * finals
+    assert submitted["cheap"] > 3 * submitted["whole"]

@@ -24,9 +24,11 @@ class FrameLevelEngine:
 
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.interim_calls: list[bool] = []
 
-    async def log_probs(self, audio, model, *, deadline_s=None, api="grpc"):
+    async def log_probs(self, audio, model, *, deadline_s=None, api="grpc", interim=False):
         self.calls.append(len(audio))
+        self.interim_calls.append(interim)
         num_frames = -(-(len(audio) // 160) // 2)
         out = np.full((num_frames, len(LABELS) + 1), -12.0, dtype=np.float32)
         for t in range(num_frames):
@@ -74,10 +76,13 @@ def test_silence_ends_a_segment_with_absolute_word_times():
 
 
 class TwoMemberEngine(FrameLevelEngine):
-    """An ensemble of the frame-level model and a copy that emits everything one frame later."""
+    """An ensemble of the frame-level model and a copy that emits everything one frame later; its cheap
+    path (``interim=True``), as the engine's, is the first member alone."""
 
-    async def log_probs(self, audio, model, *, deadline_s=None, api="grpc"):
-        own = (await super().log_probs(audio, model)).log_probs
+    async def log_probs(self, audio, model, *, deadline_s=None, api="grpc", interim=False):
+        own = (await super().log_probs(audio, model, interim=interim)).log_probs
+        if interim:
+            return LogProbsResult(own, SPF / RATE, LABELS, "fake", 1)
         late = np.concatenate([np.full((1, own.shape[1]), -12.0, np.float32), own[:-1]])
         late[0, -1] = 0.0  # the delayed member starts with a blank
         return LogProbsResult(np.stack([own, late], axis=1), SPF / RATE, LABELS, "fake", 1)
@@ -88,6 +93,21 @@ def test_an_ensemble_streams_like_its_members():
     finals = [r for r in stream(audio, StreamingOptions(silence_ms=800), engine=TwoMemberEngine()) if r.is_final]
     assert [f.text for f in finals] == ["go on", "stop"]
     assert finals[1].words[0].start_s == pytest.approx(1.8, abs=0.05)
+
+
+def test_an_ensemble_runs_its_windows_on_the_cheap_path_and_its_finals_on_the_whole_model():
+    engine = TwoMemberEngine()
+    audio = spell(("go on", 0.6), ("", 1.2), ("stop", 0.4), ("", 1.0))
+    results = stream(audio, StreamingOptions(silence_ms=800), engine=engine)
+    finals = [r for r in results if r.is_final]
+    assert [f.text for f in finals] == ["go on", "stop"]
+    full_passes, windows = engine.interim_calls.count(False), engine.interim_calls.count(True)
+    # Whole-model passes only for finals: each final's, plus at most one candidate per final the whole model
+    # did not confirm (its late member still speaks a frame after the cheap path's silence); every window,
+    # one per chunk of audio, is a cheap-path run.
+    assert len(finals) <= full_passes <= 2 * len(finals)
+    assert windows >= len(audio) / RATE / StreamingOptions().chunk_s - 2
+    assert [r.text for r in results if not r.is_final and r.text]  # interims from the cheap path still come
 
 
 def test_no_endpointing_gives_one_final_and_interims_split_by_stability():
