@@ -17,13 +17,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.errors import ASRError
+
 # What model.audio reads: libsndfile's containers and PyAV's (model.audio_container).
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".mpga", ".mpeg", ".m4a", ".mp4",
                               ".aac", ".webm", ".mov", ".aif", ".aiff", ".au", ".caf", ".w64"})
 
 
-class InputError(ValueError):
+class InputError(ASRError, ValueError):
     """INPUT names nothing to transcribe (the CLI's one-line error, exit 2)."""
+
+    code = "bad_input"
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,16 @@ import sys
 import time
 from pathlib import Path
 
+from model.errors import ASRError
+
 DEFAULT_MODEL_ENV = "ASR_DEFAULT_MODEL"
 STARTER_MODEL = "an4-quartznet"
 
 
-class UsageError(Exception):
+class UsageError(ASRError):
     """A user mistake the CLI reports in one line with exit code 2."""
+
+    code = "usage"
 
 
 def _default_model() -> str:

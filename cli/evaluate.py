@@ -7,12 +7,15 @@ from pathlib import Path
 
 from cli.inference import BatchDecoder, decode_clip
 from model.audio import AudioError
+from model.errors import ASRError
 from model.recognizer import SpeechRecognizer
 from training.metrics import word_char_error_rates
 
 
-class ManifestError(ValueError):
+class ManifestError(ASRError, ValueError):
     """A manifest that cannot be evaluated at all (missing, or no usable line)."""
+
+    code = "bad_manifest"
 
 
 def read_eval_manifest(path: Path) -> tuple[list[tuple[str, str]], list[str]]:

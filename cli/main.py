@@ -262,21 +262,14 @@ def _missing_extra(extra: str, exc: ImportError):
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean bad input, not a bug; imported lazily to keep startup fast."""
-    from model.audio import AudioError
-    from model.precision import PrecisionError
-    from model.registry import RegistryError
+    """What exits 2 with one line: every error of the taxonomy (model.errors), whatever its kind, and two
+    foreign ones that only a user's input raises here: a path that does not exist, and a settings value
+    (ASR_*) pydantic refuses."""
+    from pydantic import ValidationError
 
-    errors: list[type[BaseException]] = [UsageError, AudioError, RegistryError, FileNotFoundError, PrecisionError]
-    for module, name in (("interop.nemo", "NemoImportError"), ("interop.onnx", "OnnxExportError"), ("interop.hubs", "PullError"), ("training.config", "ConfigError"),
-                         ("training.trainer", "TrainingError"), ("lm.kenlm_tools", "LMBuildError"),
-                         ("lm.kenlm_tools", "KenLMNotFoundError"), ("cli.evaluate", "ManifestError"),
-                         ("training.datasets", "DataError"), ("pydantic", "ValidationError")):
-        try:
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(errors)
+    from model.errors import ASRError
+
+    return ASRError, FileNotFoundError, ValidationError
 
 
 def main(argv: list[str] | None = None) -> int:

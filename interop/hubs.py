@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.errors import ASRError, Kind
+
 NGC_API_URL_ENV = "ASR_NGC_API_URL"
 NGC_API_URL = "https://api.ngc.nvidia.com"
 CACHE_DIR_ENV = "ASR_CACHE_DIR"
@@ -44,18 +46,17 @@ Progress = Callable[[int, int | None], None]
 """Called with (bytes so far, total bytes or None) as a download goes on."""
 
 
-class PullError(Exception):
-    """A pull that cannot go on; ``kind`` says whose fault, for the transport's status.
+class PullError(ASRError):
+    """A pull that cannot go on; its ``kind`` (model.errors) says whose fault, for the transport's status.
 
-    kinds: ``invalid`` (the source or the file is wrong), ``not_found`` (the host has no such
-    model, revision or file), ``denied`` (the host wants credentials), ``integrity`` (a truncated
-    or corrupt download), ``unreachable`` (no answer, or offline with nothing cached),
-    ``upstream`` (the host failed), ``storage`` (the cache or the registry cannot be written).
+    BAD_REQUEST: the source or the file is wrong (not a .nemo, an architecture the importer does not
+    read); NOT_FOUND: the host has no such model, revision or file; UPSTREAM: the host refused (it
+    wants credentials), failed, or sent a truncated or corrupt download; UNAVAILABLE: no answer, or
+    offline with nothing cached; STORAGE: the cache or the registry cannot be written.
     """
 
-    def __init__(self, message: str, kind: str):
-        super().__init__(message)
-        self.kind = kind
+    def __init__(self, message: str, kind: Kind):
+        super().__init__(message, kind=kind, code=f"pull_{kind.value}")
 
 
 @dataclass(frozen=True)
@@ -126,33 +127,33 @@ def parse_source(spec: str) -> Source:
             key, _, value = fragment.partition("=")
             if key != "sha256" or not _SHA256.match(value.lower()):
                 raise PullError(f"invalid source {spec!r}: the only fragment understood is #sha256=<64 hex digits>",
-                                "invalid")
+                                Kind.BAD_REQUEST)
             sha256 = value.lower()
         if not urllib.parse.urlparse(url).netloc:
-            raise PullError(f"invalid source {spec!r}: no host in the URL", "invalid")
+            raise PullError(f"invalid source {spec!r}: no host in the URL", Kind.BAD_REQUEST)
         return Source("url", url, sha256=sha256)
     scheme, _, rest = spec.partition(":")
     if scheme == "hf":
         rest, _, filename = rest.partition(":")
         repo, _, revision = rest.partition("@")
         if not _HF_REPO.match(repo):
-            raise PullError(f"invalid source {spec!r}: expected hf:ORG/REPO[@REVISION][:FILE.nemo]", "invalid")
+            raise PullError(f"invalid source {spec!r}: expected hf:ORG/REPO[@REVISION][:FILE.nemo]", Kind.BAD_REQUEST)
         return Source("hf", repo, revision or None, _checked_filename(spec, filename))
     if scheme == "ngc":
         repo, _, rest = rest.partition(":")
         version, _, filename = rest.partition(":")
         if not _NGC_REPO.match(repo) or not version:
-            raise PullError(f"invalid source {spec!r}: expected ngc:ORG/[TEAM/]MODEL:VERSION[:FILE.nemo]", "invalid")
+            raise PullError(f"invalid source {spec!r}: expected ngc:ORG/[TEAM/]MODEL:VERSION[:FILE.nemo]", Kind.BAD_REQUEST)
         return Source("ngc", repo, version, _checked_filename(spec, filename))
     raise PullError(f"invalid source {spec!r}: expected hf:ORG/REPO, ngc:ORG/[TEAM/]MODEL:VERSION or an https:// URL",
-                    "invalid")
+                    Kind.BAD_REQUEST)
 
 
 def _checked_filename(spec: str, filename: str) -> str | None:
     if not filename:
         return None
     if not filename.endswith(".nemo") or ".." in filename.split("/") or filename.startswith("/"):
-        raise PullError(f"invalid source {spec!r}: the file must be a .nemo inside the repository", "invalid")
+        raise PullError(f"invalid source {spec!r}: the file must be a .nemo inside the repository", Kind.BAD_REQUEST)
     return filename
 
 
@@ -198,7 +199,7 @@ def _fetch_hf(source: Source, progress: Progress | None) -> Fetched:
                                             cache_dir=cache_dir, tqdm_class=_reporting_tqdm(progress)))
             if path.parent.parent.name == "snapshots" and info.sha and path.parent.name != info.sha:
                 raise PullError(f"{source}: the repository changed during the pull (commit {info.sha[:12]} became "
-                                f"{path.parent.name[:12]}); run the pull again", "upstream")
+                                f"{path.parent.name[:12]}); run the pull again", Kind.UPSTREAM)
             expected_size = sibling.lfs.size if sibling.lfs else sibling.size
             stated_sha256 = sibling.lfs.sha256 if sibling.lfs else None
             resolved = info.sha
@@ -241,7 +242,7 @@ def _hf_cached(source: Source, hub, cache_dir: str | None) -> tuple[Path, str]:
                                             cache_dir=cache_dir, local_files_only=True))
     except Exception:  # noqa: BLE001 - not in the cache: the network was needed
         raise PullError(f"cannot reach the Hugging Face Hub for {source} and it is not in the local cache "
-                        "(HF_HUB_OFFLINE, HF_ENDPOINT)", "unreachable") from None
+                        "(HF_HUB_OFFLINE, HF_ENDPOINT)", Kind.UNAVAILABLE) from None
     filename = _pick_file(source, sorted(str(p.relative_to(folder)) for p in folder.rglob("*.nemo")))
     return folder / filename, filename
 
@@ -250,12 +251,12 @@ def _pick_file(source: Source, nemo_files: list[str]) -> str:
     if source.filename:
         if source.filename not in nemo_files:
             raise PullError(f"{source}: the repository has no {source.filename}"
-                            + (f" (it has {', '.join(nemo_files)})" if nemo_files else ""), "not_found")
+                            + (f" (it has {', '.join(nemo_files)})" if nemo_files else ""), Kind.NOT_FOUND)
         return source.filename
     if len(nemo_files) != 1:
         raise PullError(f"{source}: " + (f"{len(nemo_files)} .nemo files ({', '.join(nemo_files)}); name one as "
                                          f"{source}:FILE.nemo" if nemo_files else "no .nemo file in the repository"),
-                        "invalid" if nemo_files else "not_found")
+                        Kind.BAD_REQUEST if nemo_files else Kind.NOT_FOUND)
     return nemo_files[0]
 
 
@@ -268,29 +269,29 @@ def _hf_error(source: Source, exc: Exception) -> PullError:
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
     if isinstance(exc, GatedRepoError):
-        return PullError(f"{source}: the repository is gated: accept its terms on the Hub and set HF_TOKEN", "denied")
+        return PullError(f"{source}: the repository is gated: accept its terms on the Hub and set HF_TOKEN", Kind.UPSTREAM)
     if isinstance(exc, RepositoryNotFoundError):
         return PullError(f"{source}: no such model repository on the Hub (or it is private: set HF_TOKEN)",
-                         "not_found")
+                         Kind.NOT_FOUND)
     if isinstance(exc, RevisionNotFoundError):
-        return PullError(f"{source}: no revision {source.revision!r} in the repository", "not_found")
+        return PullError(f"{source}: no revision {source.revision!r} in the repository", Kind.NOT_FOUND)
     if isinstance(exc, LocalEntryNotFoundError) or isinstance(exc, _connection_errors()):
-        return PullError(f"cannot reach the Hugging Face Hub for {source}: {_one_line(exc)}", "unreachable")
+        return PullError(f"cannot reach the Hugging Face Hub for {source}: {_one_line(exc)}", Kind.UNAVAILABLE)
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if isinstance(exc, HfHubHTTPError) and status in (401, 403):
-        return PullError(f"{source}: the Hub refused the download (HTTP {status}; set HF_TOKEN)", "denied")
+        return PullError(f"{source}: the Hub refused the download (HTTP {status}; set HF_TOKEN)", Kind.UPSTREAM)
     if isinstance(exc, HfHubHTTPError) and status == 404:
-        return PullError(f"{source}: not found on the Hub", "not_found")
+        return PullError(f"{source}: not found on the Hub", Kind.NOT_FOUND)
     if isinstance(exc, HfHubHTTPError):
-        return PullError(f"{source}: the Hub answered HTTP {status}", "upstream")
+        return PullError(f"{source}: the Hub answered HTTP {status}", Kind.UPSTREAM)
     if type(exc).__name__ in ("RemoteProtocolError", "ReadTimeout", "ReadError"):  # httpx2's, after its retries
-        return PullError(f"{source}: the download broke off ({_one_line(exc)}); run the pull again", "integrity")
+        return PullError(f"{source}: the download broke off ({_one_line(exc)}); run the pull again", Kind.UPSTREAM)
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
-        return PullError(f"cannot write the Hugging Face cache for {source}: {exc.strerror}", "storage")
+        return PullError(f"cannot write the Hugging Face cache for {source}: {exc.strerror}", Kind.STORAGE)
     if "consistency check failed" in str(exc).lower():  # huggingface_hub's own size check after a download
         return PullError(f"{source}: the download was incomplete (the Hub's stated size was not received)",
-                         "integrity")
-    return PullError(f"{source}: {_one_line(exc)}", "upstream")
+                         Kind.UPSTREAM)
+    return PullError(f"{source}: {_one_line(exc)}", Kind.UPSTREAM)
 
 
 def _reporting_tqdm(progress: Progress | None):
@@ -326,7 +327,7 @@ def _fetch_url(source: Source, url: str, target: Path, expected_sha256: str | No
         target.parent.mkdir(parents=True, exist_ok=True)
         expected_size = _download(url, part, progress, str(source))
     except OSError as exc:
-        raise PullError(f"cannot write the download cache: {exc.strerror or exc}", "storage") from None
+        raise PullError(f"cannot write the download cache: {exc.strerror or exc}", Kind.STORAGE) from None
     fetched = _checked(part, source, expected_size, expected_sha256, resolved, None)
     os.replace(part, target)
     meta_path.write_text(json.dumps({"url": url, "size_bytes": fetched.size_bytes, "sha256": fetched.sha256}))
@@ -366,9 +367,9 @@ def _download(url: str, part: Path, progress: Progress | None, what: str) -> int
             return total
     except httpx.HTTPError as exc:
         if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
-            raise PullError(f"cannot reach the host for {what}: {_one_line(exc)}", "unreachable") from None
+            raise PullError(f"cannot reach the host for {what}: {_one_line(exc)}", Kind.UNAVAILABLE) from None
         raise PullError(f"{what}: the download broke off ({_one_line(exc)}); run the pull again to resume it",
-                        "integrity") from None
+                        Kind.UPSTREAM) from None
 
 
 def _raise_for_status(response, what: str) -> None:
@@ -376,11 +377,11 @@ def _raise_for_status(response, what: str) -> None:
     if status in (200, 206):
         return
     if status == 404:
-        raise PullError(f"{what}: not found (HTTP 404)", "not_found")
+        raise PullError(f"{what}: not found (HTTP 404)", Kind.NOT_FOUND)
     if status in (401, 403):
         raise PullError(f"{what}: the host refused the download (HTTP {status}); only public models can be pulled "
-                        "anonymously", "denied")
-    raise PullError(f"{what}: the host answered HTTP {status}", "upstream")
+                        "anonymously", Kind.UPSTREAM)
+    raise PullError(f"{what}: the host answered HTTP {status}", Kind.UPSTREAM)
 
 
 def _bar(total: int | None, initial: int, what: str):
@@ -400,7 +401,7 @@ def _checked(path: Path, source: Source, expected_size: int | None, expected_sha
     if expected_size is not None and size != expected_size:
         path.unlink(missing_ok=True)
         raise PullError(f"{source}: the download is {size} bytes where {expected_size} were stated (truncated); "
-                        "run the pull again", "integrity")
+                        "run the pull again", Kind.UPSTREAM)
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK_BYTES):
@@ -409,7 +410,7 @@ def _checked(path: Path, source: Source, expected_size: int | None, expected_sha
     if expected_sha256 is not None and sha256 != expected_sha256:
         path.unlink(missing_ok=True)
         raise PullError(f"{source}: checksum mismatch (sha256 {sha256[:12]}..., expected {expected_sha256[:12]}...); "
-                        "the corrupt download was removed", "integrity")
+                        "the corrupt download was removed", Kind.UPSTREAM)
     checked = tuple(name for name, value in (("size", expected_size), ("sha256", expected_sha256)) if value)
     return Fetched(path, source, size, sha256, resolved, license_, checked)
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import yaml
 
+from model.errors import ASRError
 from model.features import MelFeaturizerConfig
 from model.network_config import BlockConfig, QuartzNetConfig
 from model.presets import scaled_kernel
@@ -35,8 +36,10 @@ BPE_TARGET = "nemo.collections.asr.models.ctc_bpe_models.EncDecCTCModelBPE"
 CHAR_TARGET = "nemo.collections.asr.models.ctc_models.EncDecCTCModel"
 
 
-class NemoImportError(ValueError):
+class NemoImportError(ASRError, ValueError):
     """A .nemo file we cannot read or a config we do not support; the message says which."""
+
+    code = "nemo_import_refused"
 
 
 # ---- archive and config reading ----

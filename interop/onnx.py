@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from model.ensemble import EnsembleRecognizer
+from model.errors import ASRError
 from model.inference import for_inference
 from model.recognizer import SpeechRecognizer
 
@@ -25,8 +26,10 @@ OUTPUT_NAMES = ["logprobs", "encoded_lengths"]
 OPSET = 17
 
 
-class OnnxExportError(ValueError):
+class OnnxExportError(ASRError, ValueError):
     """A model that cannot be exported to ONNX, or an install without the exporter."""
+
+    code = "onnx_export_refused"
 
 
 def export_onnx(model: SpeechRecognizer | EnsembleRecognizer, path: Path, *, opset: int = OPSET) -> dict:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from interop.catalog import entry_for
 from interop.hubs import Fetched, Progress, PullError, fetch, parse_source
+from model.errors import Kind
 from model.registry import ModelRef, Registry, RegistryError, validate_name
 
 
@@ -34,7 +35,7 @@ def pull_model(registry: Registry, spec: str, *, name: str | None = None, activa
     try:
         name = validate_name(name or source.default_name)
     except RegistryError as exc:
-        raise PullError(str(exc), "invalid") from None
+        raise PullError(str(exc), Kind.BAD_REQUEST) from None
     fetched = fetch(source, progress=progress)
     ref = published_copy(registry, name, fetched.sha256)
     reused = ref is not None
@@ -44,7 +45,7 @@ def pull_model(registry: Registry, spec: str, *, name: str | None = None, activa
         try:
             registry.record_active(name, ref.version, action="activate", by=by, reason=f"pulled from {source}")
         except (OSError, RegistryError) as exc:
-            raise PullError(f"cannot record {ref} as active: {exc}", "storage") from None
+            raise PullError(f"cannot record {ref} as active: {exc}", Kind.STORAGE) from None
     return Pulled(ref, reused, fetched)
 
 
@@ -77,7 +78,7 @@ def _import_and_publish(registry: Registry, name: str, fetched: Fetched) -> Mode
     except NemoImportError as exc:
         # The cached file's path means nothing to the user (nor should a server tell it): name the source.
         raise PullError(str(exc).replace(f"{fetched.path}: ", "").replace(str(fetched.path), str(source))
-                        + f" ({source})", "invalid") from None
+                        + f" ({source})", Kind.BAD_REQUEST) from None
     entry = entry_for(source)
     pulled = {"source": str(source), "resolved": fetched.resolved, "sha256": fetched.sha256,
               "size_bytes": fetched.size_bytes, "checked": list(fetched.checked),
@@ -93,4 +94,4 @@ def _import_and_publish(registry: Registry, name: str, fetched: Fetched) -> Mode
         return publish_model(registry, name, model, source="imported", extra={"nemo": info, "pulled": pulled,
                                                                               "card": card})
     except (OSError, RegistryError) as exc:
-        raise PullError(f"cannot publish {name!r} to the registry: {' '.join(str(exc).split())}", "storage") from None
+        raise PullError(f"cannot publish {name!r} to the registry: {' '.join(str(exc).split())}", Kind.STORAGE) from None

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import io
 
+from model.errors import ASRError
 from model.text import UNKNOWN_PIECE
 
 # Tokenizer files NeMo registers as artifacts of a BPE model, by their config key.
 MODEL_KEY, VOCAB_KEY, SPE_VOCAB_KEY = "model_path", "vocab_path", "spe_tokenizer_vocab"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(ASRError, ValueError):
     """A tokenizer we cannot read or rebuild; the message says why."""
+
+    code = "bad_tokenizer"
 
 
 def read_pieces(model_bytes: bytes) -> tuple[str, ...]:

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from model.errors import ASRError, Kind
+
 __all__ = [
     "KenLMBuild",
     "KenLMNotFoundError",
@@ -31,12 +33,16 @@ SETUP_SCRIPT = "scripts/setup.sh"
 _SPECIAL_TOKENS = frozenset({"<s>", "</s>", "<unk>"})
 
 
-class LMBuildError(RuntimeError):
+class LMBuildError(ASRError, RuntimeError):
     """A language model could not be built; the message is one line naming the cause."""
+
+    code = "lm_build_failed"
 
 
 class KenLMNotFoundError(LMBuildError):
     """``lmplz`` or ``build_binary`` is not installed."""
+
+    kind, code = Kind.UNAVAILABLE, "kenlm_not_found"
 
 
 class KenLMBuild(NamedTuple):

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
+from model.errors import ASRError
+
 # Below 8 kHz the 0-4 kHz band that carries most speech cues is already cut off, so the
 # model's 0-8 kHz mel bank would see mostly silence; refuse instead of guessing.
 MIN_SAMPLE_RATE = 8_000
@@ -24,8 +26,10 @@ MAX_SAMPLE_RATE = 192_000
 _MAX_SPEED_RATIO_DENOMINATOR = 100
 
 
-class AudioError(ValueError):
+class AudioError(ASRError, ValueError):
     """Audio that cannot be decoded or used; the message is one line naming the problem."""
+
+    code = "bad_audio"
 
 
 @dataclass(frozen=True)

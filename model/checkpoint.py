@@ -21,6 +21,8 @@ WEIGHTS_FILE = "model.safetensors"
 class ArtifactError(RegistryError):
     """An artifact folder that cannot be turned back into a model."""
 
+    code = "bad_artifact"
+
 
 Recognizer = SpeechRecognizer | EnsembleRecognizer
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import torch
 
+from model.errors import ASRError
+
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "auto")
 FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class PrecisionError(ValueError):
+class PrecisionError(ASRError, ValueError):
     """A precision or device this machine cannot run (or an unknown name); never silently replaced by another."""
+
+    code = "bad_precision"
 
 
 def check_device(device: torch.device | str) -> torch.device:

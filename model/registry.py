@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from model.errors import ASRError, Kind
+
 METADATA_FILE = "metadata.json"
 # Per name, beside its version folders: which version serves, and how it came to (Registry.serving_state).
 STATE_FILE = "serving.json"
@@ -36,20 +38,28 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _VERSION_RE = re.compile(r"[1-9][0-9]*")
 
 
-class RegistryError(Exception):
+class RegistryError(ASRError):
     """Base of every registry failure; the message is one line naming the problem."""
+
+    code = "registry_error"
 
 
 class InvalidNameError(RegistryError):
     """A model name, file name or version spec that the registry refuses."""
 
+    code = "invalid_name"
+
 
 class NotFoundError(RegistryError):
     """A name or version that does not exist in the registry."""
 
+    kind, code = Kind.NOT_FOUND, "model_not_found"
+
 
 class IntegrityError(RegistryError):
     """A published version whose files or metadata no longer match what was published."""
+
+    kind, code = Kind.UNAVAILABLE, "integrity_error"
 
 
 def user_registry_root() -> Path:

@@ -139,7 +139,7 @@ async def pull_model(body: PullRequest, request: Request) -> JSONResponse:
     try:
         parse_source(body.source)  # a malformed source is the request's fault: say so now, not in the job
     except PullError as exc:
-        return error_response(RequestError(public_message(exc)))
+        return error_response(exc)
     job, started = _pull_jobs(request).start(body.source, body.name, body.activate)
     return JSONResponse({**job.describe(), "joined": not started}, 202,
                         headers={"Location": f"/admin/models/pull/{job.id}"})

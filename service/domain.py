@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model.decoding import WordTiming
+from model.errors import ASRError
 from service.errors import (DeadlineExceededError, IdleTimeoutError, PayloadTooLargeError, QueueFullError, RequestError,
                             ServiceUnavailableError, UnauthenticatedError, UnknownModelError, WrongModelKindError)
 
@@ -89,11 +90,6 @@ class LogProbsResult:
 
 
 def error_reason(exc: BaseException) -> str:
-    """The ``asr_errors_total{reason}`` label for an exception raised while serving a request."""
-    from model.audio import AudioError  # AudioError is a ValueError too, so test it first
-
-    if isinstance(exc, AudioError):
-        return "bad_audio"
-    if isinstance(exc, RequestError):
-        return exc.reason
-    return "internal"
+    """The ``asr_errors_total{reason}`` label for an exception raised while serving a request: its code, or
+    "internal" for anything outside the taxonomy (model.errors)."""
+    return exc.code if isinstance(exc, ASRError) else "internal"

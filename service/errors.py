@@ -1,11 +1,14 @@
-"""The request error types, and the one sanitiser every transport passes an error's message through.
+"""The request error types (model.errors' taxonomy: each has a ``kind`` the wires map and a ``code``), and the
+one sanitiser every transport passes an error's message through.
 
-Kept free of torch/model imports so the batcher can raise them.
+Kept free of torch imports (model.errors has none) so the batcher can raise them.
 """
 
 from __future__ import annotations
 
 import re
+
+from model.errors import ASRError, Kind
 
 # An absolute path: a "/" that does not follow a word character or a dot, then no spaces, quotes or brackets.
 _PATH = re.compile(r"(?<![\w.])/[^\s:'\"()]+")
@@ -22,69 +25,69 @@ def public_message(exc: BaseException) -> str:
     return without_paths(text.splitlines()[0]) if text.strip() else type(exc).__name__
 
 
-class RequestError(ValueError):
+class RequestError(ASRError, ValueError):
     """The request itself is wrong (REST 400 / gRPC INVALID_ARGUMENT); the message says how."""
 
-    reason = "bad_request"
+    code = "bad_request"
 
 
 class UnknownModelError(RequestError):
     """No such model, version or LM (REST 404 / gRPC NOT_FOUND)."""
 
-    reason = "unknown_model"
+    kind, code = Kind.NOT_FOUND, "model_not_found"
 
 
 class WrongModelKindError(RequestError):
     """A registry version that exists but is not an acoustic model, e.g. an LM (REST 400 / gRPC FAILED_PRECONDITION)."""
 
-    reason = "wrong_model_kind"
+    kind, code = Kind.WRONG_KIND, "wrong_model_kind"
 
 
 class UnauthenticatedError(RequestError):
     """No or a wrong API key (REST 401 / gRPC UNAUTHENTICATED)."""
 
-    reason = "unauthenticated"
+    kind, code = Kind.UNAUTHENTICATED, "invalid_api_key"
 
 
 class QueueFullError(RequestError):
     """The batch queue or the decoded-audio budget is full (REST 429 / gRPC RESOURCE_EXHAUSTED); retry later."""
 
-    reason = "queue_full"
+    kind, code = Kind.BUSY, "queue_full"
 
 
 class MemoryBudgetError(QueueFullError):
     """The process-wide memory budget is spent (service.budget); retry later (REST 429 / gRPC RESOURCE_EXHAUSTED)."""
 
-    reason = "memory_budget"
+    kind, code = Kind.BUSY, "memory_budget"
 
 
 class DeadlineExceededError(RequestError):
     """The deadline passed before the work finished (REST 504 / gRPC DEADLINE_EXCEEDED)."""
 
-    reason = "deadline"
+    kind, code = Kind.DEADLINE, "deadline_exceeded"
 
 
 class ClientGoneError(RequestError):
     """The client closed the connection before the answer was ready; its work was stopped (REST 499, as nginx
     logs it / gRPC CANCELLED)."""
 
-    reason = "cancelled"
+    kind, code = Kind.CANCELLED, "client_closed_request"
 
 
 class IdleTimeoutError(RequestError):
     """A stream that sent nothing for ``stream_idle_timeout_s`` (REST 408, WebSocket 1001 / gRPC OUT_OF_RANGE,
     as Google's streaming API answers an audio timeout)."""
 
-    reason = "idle_timeout"
+    kind, code = Kind.IDLE, "idle_timeout"
 
 
 class PayloadTooLargeError(RequestError):
     """Audio over the byte or duration limit (REST 413 / gRPC INVALID_ARGUMENT)."""
 
-    reason = "too_large"
+    kind, code = Kind.TOO_LARGE, "too_large"
 
 
 class ServiceUnavailableError(RequestError):
     """No ready model, or the server is draining (REST 503 / gRPC UNAVAILABLE)."""
 
-    reason = "unavailable"
+    kind, code = Kind.UNAVAILABLE, "unavailable"

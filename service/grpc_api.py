@@ -24,16 +24,15 @@ from google.protobuf import duration_pb2
 
 from model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError, resample
 from model.audio_stream import AudioStream
+from model.errors import ASRError, Kind
 from service.asr_pb import asr_pb2, asr_pb2_grpc
-from service.domain import (DeadlineExceededError, IdleTimeoutError, PayloadTooLargeError, QueueFullError, RequestError,
-                            ServiceUnavailableError, TranscriptionRequest, TranscriptionResult, UnauthenticatedError,
-                            UnknownModelError, WordTiming, WrongModelKindError, error_reason)
+from service.domain import (IdleTimeoutError, PayloadTooLargeError, RequestError, TranscriptionRequest,
+                            TranscriptionResult, WordTiming, error_reason)
 from service.budget import Reservation
 from service.config import BeamConfig
 from service.container_stream import decode_container
 from service.decoding import plan_decoding
-from service.errors import ClientGoneError, public_message
-from service.model_slot import ModelLoadError
+from service.errors import public_message
 from service.streaming import (MAX_STREAM_BACKLOG_S, StreamingOptions, StreamingSession, StreamResult,
                                pcm16_to_float32)
 from service.wav_stream import WavFormat, peel_wav_header
@@ -42,21 +41,22 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = asr_pb2.DESCRIPTOR.services_by_name["SpeechRecognition"].full_name
 
-# Most specific class first: every domain error is a RequestError.
-_STATUS_BY_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
-    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
-    (UnknownModelError, grpc.StatusCode.NOT_FOUND),
-    (WrongModelKindError, grpc.StatusCode.FAILED_PRECONDITION),
-    (QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (IdleTimeoutError, grpc.StatusCode.OUT_OF_RANGE),
-    (ClientGoneError, grpc.StatusCode.CANCELLED),
-    (ServiceUnavailableError, grpc.StatusCode.UNAVAILABLE),
-    (PayloadTooLargeError, grpc.StatusCode.INVALID_ARGUMENT),
-    (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
-    (AudioError, grpc.StatusCode.INVALID_ARGUMENT),
-    (ModelLoadError, grpc.StatusCode.UNAVAILABLE),
-)
+# The one table from an error's kind (model.errors) to the gRPC status it is reported with (Riva's API too).
+GRPC_BY_KIND: dict[Kind, grpc.StatusCode] = {
+    Kind.BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    Kind.UNSUPPORTED_MEDIA: grpc.StatusCode.INVALID_ARGUMENT,
+    Kind.TOO_LARGE: grpc.StatusCode.INVALID_ARGUMENT,
+    Kind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Kind.WRONG_KIND: grpc.StatusCode.FAILED_PRECONDITION,
+    Kind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Kind.BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Kind.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Kind.IDLE: grpc.StatusCode.OUT_OF_RANGE,  # as Google's streaming API answers an audio timeout
+    Kind.CANCELLED: grpc.StatusCode.CANCELLED,
+    Kind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Kind.UPSTREAM: grpc.StatusCode.UNAVAILABLE,
+    Kind.STORAGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 _CONTAINER_HINT = " (raw PCM needs encoding=LINEAR_PCM and sample_rate_hertz)"
 # Interleaved channels a LINEAR_PCM request may declare (0 means 1); files may have any number.
 MAX_PCM_CHANNELS = 8
@@ -64,9 +64,8 @@ MAX_PCM_CHANNELS = 8
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status and one-line message a request failure is reported with."""
-    for error_type, code in _STATUS_BY_ERROR:
-        if isinstance(exc, error_type):
-            return code, public_message(exc)
+    if isinstance(exc, ASRError):
+        return GRPC_BY_KIND[exc.kind], public_message(exc)
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see server logs"
 
 

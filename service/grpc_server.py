@@ -98,7 +98,7 @@ class _ApiKeyInterceptor(grpc.aio.ServerInterceptor):
                 yield  # an async generator, as streaming handlers are
 
             streaming = handler is not None and handler.request_streaming
-            self.metrics.count_error(exc.reason)
+            self.metrics.count_error(exc.code)
             self.metrics.observe_request("grpc_stream" if streaming else "grpc", grpc.StatusCode.UNAUTHENTICATED.name, 0.0)
             if streaming:
                 return grpc.stream_stream_rpc_method_handler(deny_stream)

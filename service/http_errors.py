@@ -9,33 +9,30 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from model.audio import AudioError
-from service.domain import (DeadlineExceededError, IdleTimeoutError, PayloadTooLargeError, QueueFullError, RequestError,
-                            ServiceUnavailableError, UnauthenticatedError, UnknownModelError, WrongModelKindError,
-                            error_reason)
-from service.errors import ClientGoneError, public_message
-from service.model_slot import ModelLoadError
-from service.upload import UnsupportedMediaTypeError
+from model.errors import ASRError, Kind
+from service.domain import error_reason
+from service.errors import public_message
 
 log = logging.getLogger(__name__)
 
-# Most specific first: (class, HTTP status, OpenAI error type, OpenAI error code). The realtime
-# WebSocket reports the same type and code, and derives its close code from the status.
-_STATUS = (
-    (UnauthenticatedError, 401, "invalid_request_error", "invalid_api_key"),
-    (UnsupportedMediaTypeError, 415, "invalid_request_error", "unsupported_media_type"),
-    (UnknownModelError, 404, "invalid_request_error", "model_not_found"),
-    (WrongModelKindError, 400, "invalid_request_error", "wrong_model_kind"),
-    (QueueFullError, 429, "server_busy", "queue_full"),
-    (DeadlineExceededError, 504, "timeout", "deadline_exceeded"),
-    (IdleTimeoutError, 408, "timeout", "idle_timeout"),
-    (ClientGoneError, 499, "invalid_request_error", "client_closed_request"),
-    (PayloadTooLargeError, 413, "invalid_request_error", "too_large"),
-    (ServiceUnavailableError, 503, "unavailable", "unavailable"),
-    (ModelLoadError, 503, "unavailable", "model_load_failed"),
-    (AudioError, 400, "invalid_request_error", "bad_audio"),
-    (RequestError, 400, "invalid_request_error", "bad_request"),
-)
+# The one table from an error's kind (model.errors) to its HTTP status and OpenAI error type; the error's own
+# ``code`` goes into the body. The realtime WebSocket reports the same type and code, and derives its close
+# code from the status.
+HTTP_BY_KIND: dict[Kind, tuple[int, str]] = {
+    Kind.BAD_REQUEST: (400, "invalid_request_error"),
+    Kind.UNSUPPORTED_MEDIA: (415, "invalid_request_error"),
+    Kind.TOO_LARGE: (413, "invalid_request_error"),
+    Kind.NOT_FOUND: (404, "invalid_request_error"),
+    Kind.WRONG_KIND: (400, "invalid_request_error"),
+    Kind.UNAUTHENTICATED: (401, "invalid_request_error"),
+    Kind.BUSY: (429, "server_busy"),
+    Kind.DEADLINE: (504, "timeout"),
+    Kind.IDLE: (408, "timeout"),
+    Kind.CANCELLED: (499, "invalid_request_error"),
+    Kind.UNAVAILABLE: (503, "unavailable"),
+    Kind.UPSTREAM: (502, "upstream_error"),
+    Kind.STORAGE: (507, "server_error"),
+}
 
 
 def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict:
@@ -45,10 +42,10 @@ def error_body(message: str, type_: str, code: str | None, param: str | None = N
 
 def known_error(exc: BaseException) -> tuple[int, str, str] | None:
     """The HTTP status, OpenAI error type and code of a failure the client caused or can retry; None if internal."""
-    for cls, status, type_, code in _STATUS:
-        if isinstance(exc, cls):
-            return status, type_, code
-    return None
+    if not isinstance(exc, ASRError):
+        return None
+    status, type_ = HTTP_BY_KIND[exc.kind]
+    return status, type_, exc.code
 
 
 def status_for(exc: BaseException) -> int:
@@ -72,7 +69,7 @@ def error_response(exc: BaseException, param: str | None = None) -> JSONResponse
 
 def count_failure(metrics, exc: BaseException) -> None:
     """Counts ``asr_errors_total{reason}`` for a failed request."""
-    metrics.count_error("internal" if isinstance(exc, ModelLoadError) else error_reason(exc))
+    metrics.count_error(error_reason(exc))
 
 
 def install_error_handlers(app: FastAPI) -> None:

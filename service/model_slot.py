@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lm.model_lm import DEFAULT_LM_KEY
+from model.errors import ASRError, Kind
 from model.registry import InvalidNameError, NotFoundError, Registry, RegistryError, parse_spec
 from service.domain import RequestError, ServiceUnavailableError, UnknownModelError
 
@@ -25,8 +26,10 @@ log = logging.getLogger(__name__)
 DEFAULT_ALIASES = (None, "", "default")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ASRError, RuntimeError):
     """A version that could not be loaded or warmed up; the old active version keeps serving."""
+
+    kind, code = Kind.UNAVAILABLE, "model_load_failed"
 
 
 @dataclass(eq=False)

@@ -8,6 +8,7 @@ downloading twice. Finished jobs are kept (the newest ``_KEPT`` of them) so thei
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -17,10 +18,7 @@ from dataclasses import dataclass, field
 from service.errors import public_message
 
 _KEPT = 64
-# How a pull's failure reads over HTTP: the fault is the request's (400/404), the hub's (502/503), or
-# the server's own disk (507).
-HTTP_STATUS = {"invalid": 400, "not_found": 404, "denied": 502, "integrity": 502, "upstream": 502,
-               "unreachable": 503, "storage": 507}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,7 +74,7 @@ class PullJobs:
             return self._jobs.get(job_id)
 
     def _work(self, job: PullJob) -> None:
-        from interop.hubs import PullError
+        from service.http_errors import known_error
 
         def progress(done: int, total: int | None) -> None:
             job.bytes_done, job.bytes_total = done, total
@@ -86,11 +84,15 @@ class PullJobs:
             job.published, job.reused = str(pulled.ref), pulled.reused
             job.bytes_done = job.bytes_total = pulled.fetched.size_bytes
             job.state = "done"
-        except PullError as exc:
-            job.error = {"kind": exc.kind, "status": HTTP_STATUS.get(exc.kind, 502), "message": public_message(exc)}
-            job.state = "failed"
         except Exception as exc:  # noqa: BLE001 - a job must end, and say why, whatever happened
-            job.error = {"kind": "internal", "status": 500, "message": public_message(exc)}
+            # Read as a response to the pull would be (service.http_errors): the request's fault (400/404), the
+            # hub's (502/503), the server's own disk (507), or a bug (500, its text kept to the log).
+            known = known_error(exc)
+            status, type_, code = known or (500, "server_error", "internal")
+            job.error = {"status": status, "type": type_, "code": code,
+                         "message": public_message(exc) if known else "internal error; see the server log"}
             job.state = "failed"
+            if not known:
+                log.exception("pull job %s failed", job.id, exc_info=exc)
         finally:
             job.finished_at = time.time()

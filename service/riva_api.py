@@ -60,7 +60,7 @@ class RivaSpeechRecognitionServicer(riva_asr_pb2_grpc.RivaSpeechRecognitionServi
         try:
             config = to_asr_config(request.config)
         except RequestError as exc:  # counted and reported like asr.v1's own refusals
-            self.asr.metrics.count_error(exc.reason)
+            self.asr.metrics.count_error(exc.code)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, public_message(exc))
         response = await self.asr.Recognize(asr_pb2.RecognizeRequest(
             config=config, audio=_pcm(request.audio, request.config.encoding), request_id=request.id.value), context)

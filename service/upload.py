@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
+from model.errors import Kind
 from service.domain import PayloadTooLargeError, RequestError
 
 # Form fields and part headers ride along with the file in a multipart body.
@@ -30,6 +31,8 @@ _SPOOL_MEMORY_BYTES = 1024 * 1024
 
 class UnsupportedMediaTypeError(RequestError):
     """A body whose content type is neither multipart nor audio (HTTP 415)."""
+
+    kind, code = Kind.UNSUPPORTED_MEDIA, "unsupported_media_type"
 
 
 @dataclass

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from model.errors import ASRError
 from model.network_config import BlockConfig
 from model.presets import PRESETS, preset_config
 from model.vocabulary import ENGLISH_LABELS, Vocabulary
@@ -20,8 +21,10 @@ _PUBLISH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 PositiveInt = Annotated[int, Field(ge=1)]
 
 
-class ConfigError(ValueError):
+class ConfigError(ASRError, ValueError):
     """An invalid training config; the message has one ``field.path: problem`` line per error."""
+
+    code = "bad_config"
 
 
 class _Section(BaseModel):

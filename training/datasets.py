@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.errors import ASRError
 from model.vocabulary import Vocabulary
 from training.config import TrainConfig
 from training.manifest import ManifestEntry, filter_by_duration, mix_manifests
 
 
-class DataError(ValueError):
+class DataError(ASRError, ValueError):
     """No usable data (all lines bad, all filtered out); the message says why."""
+
+    code = "bad_data"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 from model.checkpoint import artifact_files, read_config
 from model.ensemble import EnsembleConfig
+from model.errors import ASRError
 from model.features import MelFeaturizerConfig
 from model.recognizer import RecognizerConfig, SpeechRecognizer
 from model.registry import ModelRef, Registry, RegistryError
@@ -57,8 +58,10 @@ def _resolve_init(cfg: TrainConfig, registry: Registry, scratch: Path) -> tuple[
     return str(Path(ref.path).resolve()), ref.version
 
 
-class TrainingError(ValueError):
+class TrainingError(ASRError, ValueError):
     """A run that cannot start (missing manifest, unknown fine-tuning source); one-line message."""
+
+    code = "training_refused"
 
 
 def check_manifests(cfg: TrainConfig) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from interop.hubs import PullError, Source, parse_source
+from model.errors import Kind
 from model.registry import Registry
 
 from tests.cli.helpers import asr_console, asr_in_process
@@ -94,7 +95,7 @@ def test_sources_parse_and_print_back(spec, expected):
 def test_malformed_sources_are_refused(spec):
     with pytest.raises(PullError) as excinfo:
         parse_source(spec)
-    assert excinfo.value.kind == "invalid"
+    assert excinfo.value.kind is Kind.BAD_REQUEST
 
 
 # ---- pulls that work ----
@@ -253,7 +254,7 @@ def test_a_second_pull_of_the_same_source_joins_the_running_job():
     def run(source, **kwargs):
         calls.append(source)
         release.wait(10)
-        raise PullError(f"{source}: not found (HTTP 404)", "not_found")
+        raise PullError(f"{source}: not found (HTTP 404)", Kind.NOT_FOUND)
 
     jobs = PullJobs(run)
     first, started = jobs.start("hf:a/b", None, False)
@@ -267,5 +268,5 @@ def test_a_second_pull_of_the_same_source_joins_the_running_job():
             if job.state != "running":
                 break
             threading.Event().wait(0.01)
-    assert first.state == "failed" and first.error["status"] == 404 and first.error["kind"] == "not_found"
+    assert first.state == "failed" and first.error["status"] == 404 and first.error["code"] == "pull_not_found"
     assert calls.count("hf:a/b") == 1

@@ -185,12 +185,13 @@ async def test_per_item_exceptions_and_wrong_result_count(pool) -> None:
 
 
 def test_batcher_imports_neither_torch_nor_model() -> None:
+    """Nothing of torch, and of model only the error taxonomy (model.errors, the standard library alone)."""
     import subprocess
     import sys
 
     code = "import sys, service.batcher; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'model')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert out.strip() == "['model', 'model.errors']"
 
 
 async def test_an_urgent_item_goes_before_older_low_priority_ones_and_alone(pool) -> None:

@@ -55,7 +55,7 @@ async def test_bad_inputs(registry_root, an4_paths) -> None:
         assert (await post("/transcribe", files={"file": ("a.flac", flac)})).status_code == 200
         errors = engine.metrics.errors
         assert errors.labels(reason="bad_audio")._value.get() >= 2
-        assert errors.labels(reason="unknown_model")._value.get() >= 2
+        assert errors.labels(reason="model_not_found")._value.get() >= 2
 
 
 async def test_upload_limit_is_enforced_while_streaming(registry_root) -> None:

@@ -52,4 +52,4 @@ async def test_full_queue_gets_429_and_expired_deadline_504(registry_root, an4_p
         assert "deadline" in late.json()["error"]["message"]
         metrics = (await client.get("/metrics")).text
         assert 'asr_requests_total{api="rest",status="504"}' in metrics
-        assert 'asr_errors_total{reason="deadline"}' in metrics
+        assert 'asr_errors_total{reason="deadline_exceeded"}' in metrics

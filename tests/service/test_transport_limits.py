@@ -195,4 +195,4 @@ def test_a_refused_api_key_is_counted_on_grpc(registry_root) -> None:
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     metrics = engine.metrics.render().decode()
     assert 'asr_requests_total{api="grpc_stream",status="UNAUTHENTICATED"} 1.0' in metrics
-    assert 'asr_errors_total{reason="unauthenticated"} 1.0' in metrics
+    assert 'asr_errors_total{reason="invalid_api_key"} 1.0' in metrics
