@@ -1,4 +1,4 @@
-"""Module boundaries (docs/style.md section 2), checked by walking every import with `ast`.
+"""Module boundaries (docs/architecture.md, "Layers"), checked by walking every import with `ast`.
 
 - `model` imports only the standard library, torch, torchaudio, numpy, safetensors, soundfile and av
   (audio I/O lives in model.audio, model.audio_stream and model.audio_container, both imported lazily)
