@@ -39,8 +39,11 @@ CACHE_DIR_ENV = "ASR_CACHE_DIR"
 _CHUNK_BYTES = 1 << 20
 _TIMEOUT_S = 30.0
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_HF_REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
-_NGC_REPO = re.compile(r"^[\w.-]+(/[\w.-]+){1,2}$")
+# Path segments that are names, never "." or ".." (NGC and URL downloads are cached under their names).
+_SEGMENT = r"(?!\.\.?(?:/|:|@|$))[\w.-]+"
+_HF_REPO = re.compile(rf"^{_SEGMENT}/{_SEGMENT}$")
+_NGC_REPO = re.compile(rf"^{_SEGMENT}(/{_SEGMENT}){{1,2}}$")
+_VERSION = re.compile(rf"^{_SEGMENT}$")
 
 Progress = Callable[[int, int | None], None]
 """Called with (bytes so far, total bytes or None) as a download goes on."""
@@ -142,7 +145,7 @@ def parse_source(spec: str) -> Source:
     if scheme == "ngc":
         repo, _, rest = rest.partition(":")
         version, _, filename = rest.partition(":")
-        if not _NGC_REPO.match(repo) or not version:
+        if not _NGC_REPO.match(repo) or not _VERSION.match(version):
             raise PullError(f"invalid source {spec!r}: expected ngc:ORG/[TEAM/]MODEL:VERSION[:FILE.nemo]", Kind.BAD_REQUEST)
         return Source("ngc", repo, version, _checked_filename(spec, filename))
     raise PullError(f"invalid source {spec!r}: expected hf:ORG/REPO, ngc:ORG/[TEAM/]MODEL:VERSION or an https:// URL",
@@ -169,7 +172,8 @@ def fetch(source: Source, *, progress: Progress | None = None, cache_dir: Path |
         target = cache / "ngc" / source.repo / source.revision / filename
         return _fetch_url(source, url, target, None, f"{source.repo}:{source.revision}", progress)
     key = hashlib.sha256(source.repo.encode()).hexdigest()[:16]
-    name = Path(urllib.parse.urlparse(source.repo).path).name or "model.nemo"
+    name = Path(urllib.parse.urlparse(source.repo).path).name
+    name = name if name not in ("", ".", "..") else "model.nemo"
     return _fetch_url(source, source.repo, cache / "url" / key / name, source.sha256, source.repo, progress)
 
 

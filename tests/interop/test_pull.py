@@ -91,6 +91,7 @@ def test_sources_parse_and_print_back(spec, expected):
 
 
 @pytest.mark.parametrize("spec", ["hf:nvidia", "hf:a/b:weights.bin", "hf:a/b:../m.nemo", "ngc:nvidia/nemo/m",
+                                  "ngc:nvidia/../../m:1", "ngc:nvidia/nemo/m:..", "hf:../b", "hf:a/..",
                                   "s3://bucket/m.nemo", "https://h/m.nemo#md5=abc", "https:///m.nemo"])
 def test_malformed_sources_are_refused(spec):
     with pytest.raises(PullError) as excinfo:
