@@ -22,7 +22,12 @@ class UsageError(ASRError):
 
 
 def _default_model() -> str:
-    return os.environ.get(DEFAULT_MODEL_ENV, STARTER_MODEL)
+    """$ASR_DEFAULT_MODEL (else the starter); a hub source there (as a server takes it) names the registry model
+    it is pulled as: the CLI never downloads unasked (`asr models pull` does)."""
+    from interop.hubs import is_source, parse_source
+
+    spec = os.environ.get(DEFAULT_MODEL_ENV, STARTER_MODEL)
+    return parse_source(spec).default_name if is_source(spec) else spec
 
 
 def _registry(args):

@@ -152,6 +152,12 @@ def test_a_second_pull_answers_from_the_cache_with_the_network_off(hub, tmp_path
         assert (_metadata(tmp_path / "second", name)["extra"]["pulled"]["sha256"]
                 == _metadata(first, name)["extra"]["pulled"]["sha256"])
     assert sorted(p.name for p in first.iterdir() if not p.name.startswith(".")) == sorted(specs.values())
+    # A hub source as the default model (as a server takes it) names the pulled model for the CLI too.
+    monkeypatch.setenv("ASR_DEFAULT_MODEL", "hf:test/quartznet")
+    clip = str(Path(__file__).resolve().parents[2].parent / "shared" / "speech" / MANIFEST["fixtures"][0]["clip"])
+    transcribed = asr_in_process("--registry", str(first), "transcribe", clip, "--json")
+    assert transcribed.returncode == 0 and json.loads(transcribed.stdout)["model"] == "quartznet@1", \
+        transcribed.stderr
     # The console script, as a user runs it, with the Hub's own offline switch (read when huggingface_hub loads).
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     offline = asr_console("--registry", str(tmp_path / "third"), "models", "pull", "hf:test/quartznet")
