@@ -8,7 +8,8 @@ final result's latency after a clip's last message (p50/p99), the median lag of 
 behind the audio they cover, failed streams, and the server's CPU seconds per second of audio
 streamed, against the same server's CPU per audio-second offline (the same clips through
 Recognize, 8 at a time). A level passes with final p99 <= 300 ms and median interim lag <= 200 ms;
-the largest passing N is the capacity. The load generator shares the machine's cores.
+the largest passing N is the capacity. The load generator shares the machine's cores. With
+``--transport ws`` the clients use the realtime WebSocket instead (one committed item per clip).
 
     .venv/bin/python bench/stream_capacity.py --model an4-quartznet --levels 8 16 32 64
     .venv/bin/python bench/stream_capacity.py --model an4-quartznet@6 --levels 64 128 192 256 --code /tmp/before
@@ -86,15 +87,59 @@ async def _stream_clip(stub, pcm: bytes, rate: int) -> tuple[float | None, list[
     return (last_final - sent_at[-1] if last_final and sent_at else None), lags
 
 
+async def _ws_clip(url: str, pcm: bytes, rate: int) -> tuple[float | None, list[float]]:
+    """One clip over the realtime WebSocket (one item, committed after its last 100 ms append): the completed
+    transcript's latency after the commit, and each delta's lag behind the newest append before it (the
+    socket's events do not say which audio they cover, so this bounds the lag from below)."""
+    import base64
+
+    from websockets.asyncio.client import connect
+
+    step = int(MESSAGE_S * rate) * 2
+    last_append, lags = [0.0], []
+    async with connect(f"{url}/v1/realtime?intent=transcription", open_timeout=60, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "transcription_session.update", "session": {
+            "input_audio_format": "pcm16", "sample_rate": rate, "turn_detection": None}}))
+
+        async def send():
+            start = time.monotonic()
+            for k, offset in enumerate(range(0, len(pcm), step)):
+                await asyncio.sleep(max(0.0, start + k * MESSAGE_S - time.monotonic()))
+                last_append[0] = time.monotonic()
+                await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                          "audio": base64.b64encode(pcm[offset: offset + step]).decode()}))
+            await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+
+        sender = asyncio.create_task(send())
+        try:
+            async for message in ws:
+                event = json.loads(message)
+                kind, now = event["type"], time.monotonic()
+                if kind == "error":
+                    raise RuntimeError(event["error"].get("code") or "error")
+                if kind.endswith("input_audio_transcription.delta") and not sender.done():
+                    lags.append(now - last_append[0])
+                if kind.endswith("input_audio_transcription.completed"):
+                    await sender
+                    return now - last_append[0], lags
+        finally:
+            sender.cancel()
+    return None, lags
+
+
 async def _client(stub, clips: list[bytes], rate: int, offset: int, stop_at: float, out: dict) -> None:
     k = offset
     while time.monotonic() < stop_at:
         pcm = clips[k % len(clips)]
         k += 1
         try:
-            final_s, lags = await _stream_clip(stub, pcm, rate)
+            final_s, lags = await (_ws_clip(stub, pcm, rate) if isinstance(stub, str) else _stream_clip(stub, pcm,
+                                                                                                         rate))
         except grpc.aio.AioRpcError as exc:
             out["failures"].append(exc.code().name)
+            continue
+        except Exception as exc:  # noqa: BLE001 - a WebSocket's failure, counted by its kind
+            out["failures"].append(type(exc).__name__ if not isinstance(exc, RuntimeError) else str(exc))
             continue
         out["audio_s"] += len(pcm) / 2 / rate
         out["lags"].extend(lags)
@@ -104,10 +149,11 @@ async def _client(stub, clips: list[bytes], rate: int, offset: int, stop_at: flo
             out["finals"].append(final_s)
 
 
-async def _level(target: str, clips: list[bytes], rate: int, streams: int, seconds: float, pid: int) -> dict:
+async def _level(target: str, clips: list[bytes], rate: int, streams: int, seconds: float, pid: int,
+                 ws_url: str | None = None) -> dict:
     out = {"finals": [], "lags": [], "failures": [], "audio_s": 0.0}
     async with grpc.aio.insecure_channel(target) as channel:
-        stub = asr_pb2_grpc.SpeechRecognitionStub(channel)
+        stub = ws_url or asr_pb2_grpc.SpeechRecognitionStub(channel)
         cpu0, t0 = _cpu_s(pid), time.monotonic()
         stop_at = t0 + seconds
         # Staggered starts, so the streams do not send in lockstep.
@@ -154,7 +200,7 @@ async def _offline_cpu(target: str, clips: list[bytes], rate: int, pid: int, con
             "x_real_time": round(audio_s / wall, 1)}
 
 
-def _start_server(code: Path, registry: Path, model: str) -> tuple[subprocess.Popen, str]:
+def _start_server(code: Path, registry: Path, model: str) -> tuple[subprocess.Popen, str, str]:
     port, grpc_port = _free_port(), _free_port()
     env = {**os.environ, "PYTHONPATH": str(code)}
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--registry", str(registry), "serve", "--model", model,
@@ -166,7 +212,7 @@ def _start_server(code: Path, registry: Path, model: str) -> tuple[subprocess.Po
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
-                return proc, f"127.0.0.1:{grpc_port}"
+                return proc, f"127.0.0.1:{grpc_port}", f"ws://127.0.0.1:{port}"
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
@@ -180,13 +226,14 @@ async def bench(args) -> dict:
     rows = [json.loads(line) for line in (SPEECH / "an4_test.json").read_text().splitlines() if line.strip()]
     clips = [_pcm(decode_audio(SPEECH / row["audio_filepath"], 16_000).samples) for row in rows]
     code = Path(args.code).resolve() if args.code else ROOT
-    proc, target = _start_server(code, Path(args.registry).resolve(), args.model)
+    proc, target, ws_url = _start_server(code, Path(args.registry).resolve(), args.model)
     try:
         offline = await _offline_cpu(target, clips, 16_000, proc.pid)
         print("offline", json.dumps(offline), flush=True)
         levels = []
         for streams in args.levels:
-            level = await _level(target, clips, 16_000, streams, args.seconds, proc.pid)
+            level = await _level(target, clips, 16_000, streams, args.seconds, proc.pid,
+                                 ws_url if args.transport == "ws" else None)
             level["streaming_cpu_vs_offline"] = (round(level["server_cpu_s_per_audio_s"]
                                                        / offline["server_cpu_s_per_audio_s"], 2)
                                                  if level["server_cpu_s_per_audio_s"] else None)
@@ -198,6 +245,7 @@ async def bench(args) -> dict:
     passing = [level["streams"] for level in levels if level["passes"]]
     return {"benchmark": "stream_capacity", "date": dt.datetime.now().isoformat(timespec="seconds"),
             "machine": {"cpu": cpu_model(), "cores": os.cpu_count()}, "model": args.model,
+            "transport": args.transport,
             "code": str(code), "seconds_per_level": args.seconds, "message_s": MESSAGE_S,
             "targets": {"final_p99_ms": 1000 * FINAL_P99_S, "median_interim_lag_ms": 1000 * INTERIM_LAG_S},
             "offline": offline, "levels": levels, "capacity_streams": max(passing) if passing else 0}
@@ -210,6 +258,8 @@ def main() -> int:
     parser.add_argument("--levels", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--seconds", type=float, default=30.0, help="wall time per level (default 30)")
     parser.add_argument("--code", help="another checkout to run the server from (its own code, this venv)")
+    parser.add_argument("--transport", choices=("grpc", "ws"), default="grpc",
+                        help="asr.v1 StreamingRecognize, or the realtime WebSocket (one item per clip)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     report = asyncio.run(bench(args))

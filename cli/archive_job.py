@@ -37,6 +37,8 @@ from cli.archive_outputs import is_done, record, remove_partial_files, write_res
 # Files per actor call: enough windows for several length-sorted batches, few enough that a batch of
 # short files does not wait long for one long one.
 FILES_PER_CALL = 32
+# Seconds the actor pool may take to start (model files shipped, weights loaded, warmed) before the job fails.
+ACTOR_START_TIMEOUT_S = 600
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ def read_row(row: dict, sample_rate: int, frame_duration_s: float) -> dict:
     from cli.windowed import read_file
     from model.audio import AudioError
 
-    out = {"key": row["key"], "path": row["path"], "error": "", "duration_s": 0.0, "windows": "[]", "audio": b""}
+    out = {"key": row["key"], "path": row["path"], "error": "", "duration_s": 0.0, "windows": "[]", "audio": b"",
+           "read_node": _node_id()}
     try:
         with native_stderr_silenced(), local_file(row["path"]) as path:
             audio = read_file(path, sample_rate, frame_duration_s)
@@ -92,6 +95,13 @@ def read_row(row: dict, sample_rate: int, frame_duration_s: float) -> dict:
                for w in audio.windows]
     return {**out, "duration_s": audio.duration_s, "windows": json.dumps(windows),
             "audio": b"".join(np.ascontiguousarray(s, dtype=np.float32).tobytes() for s in audio.samples)}
+
+
+def _node_id() -> str:
+    """The Ray node this runs on ("local" outside Ray, as in tests of the stages)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
 class Transcriber:
@@ -108,7 +118,7 @@ class Transcriber:
 
         torch.set_num_threads(spec.threads)
         self.spec = spec
-        self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+        self.node = _node_id()
         self._scratch = tempfile.TemporaryDirectory(prefix="asr-batch-")
         scratch = Path(self._scratch.name)
         # The files come through the object store (refs), or as they are when called outside Ray (tests).
@@ -152,7 +162,8 @@ class Transcriber:
                 errors[i] = transcript
             else:
                 records[i] = json.dumps(record(keys[i], paths[i], audio.duration_s, transcript, self.spec.model))
-        return {"key": keys, "error": errors, "record": records, "node": [self.node] * len(keys)}
+        return {"key": keys, "error": errors, "record": records, "node": [self.node] * len(keys),
+                "read_node": list(batch["read_node"])}
 
     def _alone(self, audio):
         """One file's transcript, or the reason it failed."""
@@ -173,6 +184,7 @@ class Outcome:
     audio_s: float = 0.0
     failed: dict[str, str] = field(default_factory=dict)
     files_by_node: dict[str, int] = field(default_factory=dict)  # which Ray nodes transcribed how many
+    reads_by_node: dict[str, int] = field(default_factory=dict)  # and which read (decoded) how many
 
 
 def run_job(items: list[Item], out: Path, formats: tuple[str, ...], spec: JobSpec, model_files: dict[str, bytes],
@@ -198,6 +210,11 @@ def run_job(items: list[Item], out: Path, formats: tuple[str, ...], spec: JobSpe
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     context.enable_operator_progress_bars = progress
+    # Start transcribing once the whole pool is up, not as soon as its first actor is: an actor still
+    # loading its model on a busy node would otherwise find the archive already done by the others
+    # (seen on two nodes under load: one node did every file). A cluster that cannot place the pool
+    # fails with Ray's "Timed out while starting actors" instead of waiting for ever.
+    context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     dataset = ray.data.from_items([{"key": i.key, "path": i.path} for i in todo],
                                   override_num_blocks=min(len(todo), 200))
     read = dataset.map(read_row, fn_kwargs={"sample_rate": spec.sample_rate,
@@ -213,6 +230,7 @@ def run_job(items: list[Item], out: Path, formats: tuple[str, ...], spec: JobSpe
         scheduling_strategy="SPREAD")
     for row in _rows(transcribed):
         outcome.files_by_node[row["node"]] = outcome.files_by_node.get(row["node"], 0) + 1
+        outcome.reads_by_node[row["read_node"]] = outcome.reads_by_node.get(row["read_node"], 0) + 1
         if row["error"]:
             outcome.failed[row["key"]] = row["error"]
             continue
@@ -246,7 +264,8 @@ def summarize(items: list[Item], out: Path, outcome: Outcome, wall_s: float, kin
                "skipped_already_done": outcome.skipped, "failed": len(outcome.failed),
                "audio_hours_this_run": round(outcome.audio_s / 3600, 4), "wall_s": round(wall_s, 2),
                "x_real_time": round(outcome.audio_s / wall_s, 2) if wall_s > 0 else None, "out": str(out),
-               "files_by_node": dict(sorted(outcome.files_by_node.items()))}
+               "files_by_node": dict(sorted(outcome.files_by_node.items())),
+               "reads_by_node": dict(sorted(outcome.reads_by_node.items()))}
     if scores is not None:
         summary["scores"] = scores
     write_run_files(out, [i.key for i in items], outcome.failed, summary, with_results)

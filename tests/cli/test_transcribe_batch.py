@@ -118,7 +118,10 @@ def test_an_archive_on_two_nodes_equals_asr_transcribe_and_a_killed_run_resumes(
     assert summary["skipped_already_done"] == len(done_before)
     assert summary["done_this_run"] == len(good) - len(done_before)
     assert summary["failed"] == len(bad)
-    assert len(summary["files_by_node"]) == 2, summary  # both nodes' actors transcribed
+    # Both nodes worked. The pool has an actor on each (SPREAD), but with the tiny model reading is the slower
+    # stage: batches then arrive one at a time and the first idle actor takes each, so which nodes transcribe
+    # depends on timing; the reading tasks spread over both nodes whatever the load.
+    assert len(set(summary["reads_by_node"]) | set(summary["files_by_node"])) == 2, summary
     assert not list(out.rglob(".*.tmp"))
 
     # 3. Bad files listed with their reasons; the job went on.
